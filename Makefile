@@ -1,0 +1,39 @@
+# reasoning-slm. Two commands on a fresh machine: `make run` and `make test`; each builds .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export RSLM_HOME ?= $(CURDIR)/.rslm
+
+.PHONY: venv run test test-fast clean ui-mlflow ui-prefect
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 15), "Python 3.11-3.14 required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+## Main job: the nightly_retrain flow once, on the embedded defaults (tiny profile, DevOps framework).
+run: venv
+	$(VENV)/bin/rslm pipeline
+
+## Everything CI can run: unit tests, GX, training, MLflow and the flow end to end under Prefect's test harness.
+test: venv
+	$(PY) -m pytest -q
+
+## Only the fast, pure tests (no training, no Prefect server).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+## Browse results of `make run` (MLflow on 127.0.0.1:5001: macOS AirPlay often holds 5000).
+ui-mlflow: venv
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RSLM_HOME)/mlflow.db --host 127.0.0.1 --port 5001 --workers 1
+
+ui-prefect: venv
+	PREFECT_HOME=$(RSLM_HOME)/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf $(RSLM_HOME) .pytest_cache

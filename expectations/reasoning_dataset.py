@@ -1,0 +1,102 @@
+"""The `reasoning_dataset` expectation suite and the flat table it runs on.
+
+One row per conversation; each column exists so that one rule can be stated on it. Every
+expectation carries `meta.rule`, the sentence a user sees when it fails.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tasks.domain.config import ValidationConfig
+from tasks.domain.records import Row
+from tasks.domain.secret_patterns import SECRET_PATTERNS
+
+SUITE_NAME = "reasoning_dataset"
+ROLE_ORDER = r"^(system,)?user,assistant(,user,assistant)*$"
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """What the suite needs from a framework: the terseness bounds, the banned hedging phrases and
+    the final principles every dataset must cover."""
+
+    max_answer_words: int
+    min_answer_words: int
+    banned_phrases: tuple[str, ...]
+    final_principles: tuple[str, ...]
+    validation: ValidationConfig
+
+
+def flatten_rows(rows: Sequence[tuple[str, int, Row]]) -> pd.DataFrame:
+    """(file, line, row) -> one flat record per conversation."""
+    records = []
+    for file, line, row in rows:
+        users, answers = row.turns("user"), row.turns("assistant")
+        contents = [m.content for m in row.messages]
+        records.append({
+            "id": row.id,
+            "file": file,
+            "line": line,
+            "split": row.metadata.split or "",
+            "final_principle": row.metadata.final_principle,
+            "roles": ",".join(m.role for m in row.messages),
+            "empty_turns": sum(1 for c in contents if not c.strip()),
+            "prompt": "\n".join(users),
+            "shortest_prompt_chars": min((len(u) for u in users), default=0),
+            "longest_prompt_chars": max((len(u) for u in users), default=0),
+            "conversation_chars": sum(len(c) for c in contents),
+            "answer_words_max": max((len(a.split()) for a in answers), default=0),
+            "answer_words_min": min((len(a.split()) for a in answers), default=0),
+            "answer_text": "\n".join(answers),
+            "text": "\n".join(contents),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def _hedging_regexes(phrases: Sequence[str]) -> list[str]:
+    return [rf"(?i)(?<!\w){re.escape(p)}(?!\w)" for p in phrases]
+
+
+def build_suite(spec: SuiteSpec):
+    """The expectation suite for one framework (imports GX lazily: ~2 s)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    v = spec.validation
+
+    def rule(text: str) -> dict:
+        return {"rule": text}
+
+    expectations = [
+        gxe.ExpectColumnValuesToNotBeNull(column="id", meta=rule("every row has an id")),
+        gxe.ExpectColumnValuesToBeUnique(column="id", meta=rule("row ids are unique")),
+        gxe.ExpectColumnValuesToMatchRegex(column="roles", regex=ROLE_ORDER,
+                                           meta=rule("roles are [system,] user, assistant, alternating, ending with assistant")),
+        gxe.ExpectColumnValuesToBeBetween(column="empty_turns", min_value=0, max_value=0,
+                                          meta=rule("no message has empty content")),
+        gxe.ExpectColumnValuesToBeBetween(column="shortest_prompt_chars", min_value=v.min_prompt_chars,
+                                          meta=rule(f"user turns have at least {v.min_prompt_chars} characters")),
+        gxe.ExpectColumnValuesToBeBetween(column="longest_prompt_chars", max_value=v.max_prompt_chars,
+                                          meta=rule(f"user turns have at most {v.max_prompt_chars} characters")),
+        gxe.ExpectColumnValuesToBeBetween(column="conversation_chars", max_value=v.max_conversation_chars,
+                                          meta=rule(f"conversations have at most {v.max_conversation_chars} characters")),
+        gxe.ExpectColumnValuesToBeUnique(column="prompt",
+                                         meta=rule("prompts are unique (across train and eval: no leakage)")),
+        gxe.ExpectColumnValuesToBeBetween(column="answer_words_max", max_value=spec.max_answer_words,
+                                          meta=rule(f"answers are terse: at most {spec.max_answer_words} words")),
+        gxe.ExpectColumnValuesToBeBetween(column="answer_words_min", min_value=spec.min_answer_words,
+                                          meta=rule(f"answers have at least {spec.min_answer_words} words")),
+        gxe.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(SECRET_PATTERNS.values()),
+                                                  meta=rule("no secret-looking strings (cloud keys, private keys, passwords, tokens)")),
+        gxe.ExpectColumnDistinctValuesToContainSet(column="final_principle", value_set=list(spec.final_principles),
+                                                   meta=rule("every final principle of the framework is represented")),
+    ]
+    if spec.banned_phrases:
+        expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(
+            column="answer_text", regex_list=_hedging_regexes(spec.banned_phrases),
+            meta=rule(f"answers use no hedging filler ({', '.join(spec.banned_phrases)})")))
+    return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)

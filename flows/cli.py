@@ -1,0 +1,206 @@
+"""`rslm`: one entry point over the flows and stages. Heavy imports live inside the commands so
+`rslm --help` is instant. Errors print one line (`error: ...`) and exit non-zero; RSLM_DEBUG=1
+shows the traceback."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_CONFIG = "configs/pipeline.yaml"
+
+
+def _overrides(framework: str | None, profile: str | None, max_steps: int | None, max_samples: int | None,
+               device: str | None) -> dict:
+    overrides: dict = {}
+    if framework:
+        overrides["framework"] = framework
+    if profile:
+        overrides["profile"] = profile
+    if max_samples is not None:
+        overrides["dataset.max_samples"] = max_samples
+    training = {}
+    if max_steps is not None:
+        training["max_steps"] = max_steps
+    if device:
+        training["device"] = device
+    if training:
+        overrides["training_overrides"] = training
+    return overrides
+
+
+def _setup() -> None:
+    from tasks.adapters.settings import quiet_offline_defaults
+
+    quiet_offline_defaults()
+
+
+config_option = click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
+                             help="Pipeline YAML (configs/pipeline.yaml).")
+framework_option = click.option("--framework", help="Framework YAML; overrides the config's `framework`.")
+profile_option = click.option("--profile", help="Model profile: tiny | mistral-7b-instruct | a YAML path.")
+max_steps_option = click.option("--max-steps", type=int, help="Optimizer steps (overrides the profile).")
+max_samples_option = click.option("--max-samples", type=int, help="Cap on dataset rows (0 = all).")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Training device.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """reasoning-slm: teach a small LLM to reason in a domain (framework -> dataset -> LoRA -> MLflow)."""
+
+
+@cli.command()
+@config_option
+@framework_option
+@profile_option
+@max_steps_option
+@max_samples_option
+@device_option
+@click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
+def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model) -> None:
+    """Run the nightly_retrain flow once: build, validate, train, register."""
+    _setup()
+    from flows.nightly_retrain import nightly_retrain
+
+    record = nightly_retrain(config_path=config_path, base_model=base_model,
+                             overrides=_overrides(framework, profile, max_steps, max_samples, device))
+    click.echo(json.dumps({k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
+                                                  "registered_model", "model_version", "aliases")}, indent=2))
+    from tasks.adapters.settings import paths
+
+    click.echo(f"run record: {paths().last_run}")
+
+
+@cli.command()
+@config_option
+@framework_option
+@max_samples_option
+@click.option("--seed", type=int, help="Seed for shuffling and the split.")
+def generate(config_path, framework, max_samples, seed) -> None:
+    """Build the dataset (blueprint -> expansion -> dedup -> split) as the build-dataset flow."""
+    _setup()
+    from flows.nightly_retrain import build_dataset
+    from tasks.adapters.configs import load_pipeline_config
+
+    overrides = _overrides(framework, None, None, max_samples, None)
+    if seed is not None:
+        overrides["seed"] = seed
+    dataset = build_dataset(load_pipeline_config(config_path, overrides))
+    click.echo(json.dumps(dataset.to_dict(), indent=2))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@config_option
+@framework_option
+@click.option("--out", type=click.Path(), help="Where to write the GX result and Data Docs.")
+def validate(files, config_path, framework, out) -> None:
+    """Validate dataset JSONL FILES with the Great Expectations suite (train and eval together)."""
+    _setup()
+    from datetime import UTC, datetime
+
+    from tasks.adapters.configs import load_framework, load_pipeline_config
+    from tasks.adapters.settings import paths
+    from tasks.adapters.stages import require_valid, validate_files
+
+    config = load_pipeline_config(config_path, _overrides(framework, None, None, None, None))
+    out_dir = Path(out) if out else paths().validations / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    report = validate_files(list(files), load_framework(config.framework), config.validation, out_dir)
+    require_valid(report)
+    click.echo(f"ok: {report.summary()} (Data Docs: {report.data_docs_index})")
+
+
+@cli.command(name="format")
+@click.argument("file", type=click.Path())
+def format_(file) -> None:
+    """Print, per row of FILE, the exact `prompt` and `completion` strings the trainer sees."""
+    from tasks.adapters.dataset_store import read_rows
+    from tasks.domain.formatting import format_row
+
+    for _, row in read_rows(file):
+        example = format_row(row)
+        click.echo(json.dumps({"id": row.id, "prompt": example.prompt, "completion": example.completion},
+                              ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@config_option
+@profile_option
+@max_steps_option
+@device_option
+@click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
+def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> None:
+    """Validate, then train a LoRA adapter on the dataset in DATASET_DIR (tracked in MLflow, not registered)."""
+    _setup()
+    from flows.nightly_retrain import train_adapter, validate_dataset
+    from tasks.adapters.configs import load_pipeline_config
+    from tasks.adapters.dataset_store import dataset_ref
+
+    config = load_pipeline_config(config_path, _overrides(None, profile, max_steps, None, device))
+    dataset = dataset_ref(Path(dataset_dir))
+    report = validate_dataset(config, dataset)
+    trained = train_adapter(config, dataset, report, base_model)
+    click.echo(json.dumps(trained.to_dict(), indent=2))
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory.")
+@click.option("--model", "model_uri", help="Registry URI, e.g. models:/reasoning-slm-devops@champion.")
+@click.option("--max-new-tokens", default=96, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
+    """Answer QUESTION with base + adapter (from --adapter, --model, or the last pipeline run)."""
+    _setup()
+    if model_uri:
+        import mlflow
+
+        from tasks.adapters.settings import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        model = mlflow.pyfunc.load_model(model_uri)
+        click.echo(model.predict([question], params={"max_new_tokens": max_new_tokens})[0])
+        return
+    from tasks.adapters.inference import load_generator
+    from tasks.adapters.settings import paths
+    from tasks.domain.errors import RslmError
+
+    last = paths().last_run
+    record = json.loads(last.read_text()) if last.exists() else {}
+    adapter = adapter or record.get("adapter_dir")
+    if not adapter:
+        raise RslmError("no adapter: pass --adapter DIR or --model URI, or run `rslm pipeline` first")
+    summary = json.loads((Path(adapter) / "training_summary.json").read_text())
+    from tasks.adapters.configs import load_framework
+
+    system = load_framework(record["framework_path"]).system_prompt if record.get("framework_path") else ""
+    generator = load_generator(summary["base_model"], adapter, system)
+    click.echo(generator.reply([question], max_new_tokens=max_new_tokens, temperature=temperature)[0])
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
+        if os.environ.get("RSLM_DEBUG"):
+            raise
+        from tasks.domain.errors import RslmError
+
+        code = error.exit_code if isinstance(error, RslmError) else 1
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        prefix = "" if isinstance(error, RslmError) else f"{type(error).__name__}: "
+        click.echo(f"error: {prefix}{message}", err=True)
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

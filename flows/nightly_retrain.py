@@ -1,0 +1,94 @@
+"""The nightly retrain, as a table of contents:
+
+    build-dataset -> validate-dataset -> train-adapter -> register-adapter
+
+Each stage is a sub-flow; a failed stage stops the run before anything later is trained,
+registered or promoted. `last-run.json` and a summary artifact are written whatever happens."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config
+from tasks.adapters.dataset_store import DatasetRef
+from tasks.adapters.gx_runner import ValidationReport
+from tasks.adapters.settings import paths, resolve_path, tracking_uri
+from tasks.adapters.stages import Registration, TrainedAdapter, require_valid
+from tasks.dataset_tasks import (expand_dataset_task, generate_blueprint_task, load_framework_task,
+                                 validate_dataset_task)
+from tasks.domain.config import PipelineConfig
+from tasks.domain.errors import DataValidationError
+from tasks.domain.report import RunRecord
+from tasks.model_tasks import prepare_base_model_task, register_adapter_task, train_adapter_task
+from tasks.report_tasks import publish_validation_task, write_run_record_task
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@flow(name="build-dataset")
+def build_dataset(config: PipelineConfig) -> DatasetRef:
+    framework = load_framework_task(config.framework)
+    blueprint = generate_blueprint_task(framework, config.dataset.generator)
+    return expand_dataset_task(framework, blueprint, config, str(paths().datasets))
+
+
+@flow(name="validate-dataset")
+def validate_dataset(config: PipelineConfig, dataset: DatasetRef) -> ValidationReport:
+    framework = load_framework_task(config.framework)
+    report = validate_dataset_task(dataset, framework, config, f"{dataset.directory}/validation")
+    publish_validation_task(report)
+    require_valid(report)
+    return report
+
+
+@flow(name="train-adapter")
+def train_adapter(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport,
+                  base_override: str | None = None) -> TrainedAdapter:
+    base_model = prepare_base_model_task(config, dataset, base_override)
+    return train_adapter_task(config, dataset, report, base_model, tracking_uri())
+
+
+@flow(name="register-adapter")
+def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: TrainedAdapter) -> Registration:
+    return register_adapter_task(config, dataset, trained, tracking_uri())
+
+
+@flow(name="nightly-retrain")
+def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any] | None = None,
+                    base_model: str | None = None) -> dict:
+    """Build, validate, train and register. `overrides` use dotted keys over the pipeline YAML
+    (e.g. {"training_overrides": {"max_steps": 10}}); `base_model` replaces a pretrained profile's source."""
+    config = load_pipeline_config(config_path, overrides)
+    record = RunRecord(started_at=_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
+                       mlflow_tracking_uri=tracking_uri(), prefect_flow_run_id=str(flow_run.get_id() or ""))
+    try:
+        dataset = build_dataset(config)
+        record = record.model_copy(update={"domain": dataset.domain, "dataset_path": dataset.train_path,
+                                           "eval_dataset_path": dataset.eval_path, "dataset_sha256": dataset.sha256,
+                                           "blueprint_hash": dataset.blueprint_hash})
+        try:
+            report = validate_dataset(config, dataset)
+        except DataValidationError as error:
+            record = record.model_copy(update={"validation_success": False, "validation_failures": error.failures,
+                                               "data_docs": error.data_docs})
+            raise
+        record = record.model_copy(update={"validation_success": True, "data_docs": report.data_docs_index})
+        trained = train_adapter(config, dataset, report, base_model)
+        record = record.model_copy(update={"base_model_dir": trained.base_model, "adapter_dir": trained.adapter_dir,
+                                           "training": trained.summary, "mlflow_run_id": trained.run_id,
+                                           "mlflow_experiment": trained.experiment})
+        registration = register_adapter(config, dataset, trained)
+        record = record.model_copy(update={"registered_model": registration.name, "model_version": registration.version,
+                                           "aliases": registration.aliases, "model_uri": registration.model_uri,
+                                           "status": "succeeded"})
+    except BaseException as error:
+        record = record.model_copy(update={"status": "failed", "error": str(error).splitlines()[0][:500]})
+        raise
+    finally:
+        write_run_record_task(record.model_copy(update={"finished_at": _now()}), str(paths().last_run))
+    return record.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Adapters at the IO boundary: files, models, MLflow, Great Expectations."""

@@ -1,0 +1,84 @@
+"""Where state lives. `RSLM_HOME` (default `.rslm/` under the working directory) holds the MLflow
+store, datasets, models, adapters and Prefect's database; `MLFLOW_TRACKING_URI` overrides the
+embedded SQLite store."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def datasets(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def adapters(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def validations(self) -> Path:
+        return self.home / "validations"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def last_run(self) -> Path:
+        return self.home / "last-run.json"
+
+
+def rslm_home() -> Path:
+    return Path(os.environ.get("RSLM_HOME") or ".rslm").expanduser().resolve()
+
+
+def paths() -> Paths:
+    return Paths(rslm_home())
+
+
+def tracking_uri(p: Paths | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(p or paths()).mlflow_db}"
+
+
+def resolve_path(value: str | Path) -> Path:
+    """A path as given if it exists (absolute or relative to the working directory), else relative
+    to the repo root, so the shipped configs are found from anywhere."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (REPO_ROOT / path).resolve()
+
+
+def quiet_offline_defaults() -> None:
+    """Environment defaults for an offline, telemetry-free run (set only where the user has not)."""
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "GX_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(paths().prefect_home),
+    }.items():
+        os.environ.setdefault(key, value)
+    # Prefect's temporary server keeps its SQLite database here; it must exist before start-up.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,130 @@
+"""MLflow: one experiment per domain, one run per pipeline execution, the adapter as a pyfunc model
+registered under `<prefix>-<domain>` with aliases. Only derived config values are logged as params;
+nothing here reads or writes credentials."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tasks.adapters.settings import REPO_ROOT
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+MODEL_ARTIFACT = "adapter"
+
+
+def _mlflow():
+    import mlflow
+
+    return mlflow
+
+
+def use_store(tracking_uri: str) -> None:
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def ensure_experiment(name: str, artifact_root: Path) -> str:
+    """The experiment's id, creating it with artifacts under `artifact_root` (not ./mlruns)."""
+    mlflow = _mlflow()
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = artifact_root.resolve().as_uri() + f"/{name}"
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def tracked_run(experiment: str, artifact_root: Path, *, run_name: str | None = None,
+                run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Start (or resume, given `run_id`) a run; yields its id. A failure inside marks it FAILED."""
+    mlflow = _mlflow()
+    experiment_id = ensure_experiment(experiment, artifact_root)
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                          run_name=run_name, tags=tags) as run:
+        yield run.info.run_id
+
+
+def log_params(params: dict[str, str]) -> None:
+    _mlflow().log_params({k: v[:6000] for k, v in params.items()})
+
+
+def metrics_sink(prefix: str = "train/"):
+    """A callback for the trainer: per-step metrics into the active run."""
+    mlflow = _mlflow()
+    renames = {"loss": "loss", "eval_loss": "eval_loss"}
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({f"{prefix}{renames.get(k, k)}": v for k, v in metrics.items()}, step=step)
+
+    return sink
+
+
+def log_dataset(frame, *, source: str, name: str, sha256: str, context: str) -> None:
+    """The dataset as an MLflow dataset input (MLflow computes its digest) plus our sha256 tag."""
+    mlflow = _mlflow()
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tag(f"dataset.{context}.sha256", sha256)
+
+
+def log_validation(result_dir: Path) -> None:
+    _mlflow().log_artifacts(str(result_dir), artifact_path="validation")
+
+
+def log_dict(data: dict, artifact_file: str) -> None:
+    _mlflow().log_dict(data, artifact_file)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    _mlflow().log_metrics(metrics)
+
+
+def log_image(path: Path, artifact_path: str = "plots") -> None:
+    _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_adapter_model(adapter_dir: Path, *, base_source: str, log_base: bool, system_prompt: str) -> str:
+    """Log base + adapter as a pyfunc model in the active run; returns its model URI."""
+    mlflow = _mlflow()
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from tasks.adapters.pyfunc_model import ReasoningAdapterModel
+
+    artifacts = {"adapter": str(adapter_dir)}
+    if log_base:
+        artifacts["base_model"] = str(base_source)
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]))
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=ReasoningAdapterModel(),
+        artifacts=artifacts,
+        model_config={"base_model": str(base_source), "system_prompt": system_prompt, "max_new_tokens": 96},
+        code_paths=[str(REPO_ROOT / "tasks")],  # the model loads wherever the pinned libraries are installed
+        pip_requirements=["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "accelerate==1.15.0",
+                          "safetensors==0.8.0", "sentencepiece==0.2.3", "mlflow==3.17.2", "pydantic>=2.10"],
+        signature=signature,
+    )
+    return info.model_uri
+
+
+def register(model_uri: str, name: str, *, tags: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """Register a new version; alias it `challenger`, and `champion` when none exists yet.
+    Returns (version, aliases of the new version)."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    aliases = [CHALLENGER]
+    try:
+        client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        aliases.append(CHAMPION)
+    return str(version), aliases

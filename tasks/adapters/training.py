@@ -1,0 +1,182 @@
+"""LoRA fine-tuning with PEFT through TRL's SFTTrainer.
+
+Examples are tokenized once here (prompt + completion, completion mask from the Mistral format),
+so TRL skips its own templating and trains on exactly the strings `rslm format` prints."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tasks.adapters.models import check_tokenizer, load_base_model, load_tokenizer, runtime
+from tasks.domain.config import TrainingConfig
+from tasks.domain.errors import RslmError
+from tasks.domain.formatting import TokenizedExample, format_row, tokenize_example
+from tasks.domain.records import Row
+
+MetricsSink = Callable[[dict[str, float], int], None]
+SUMMARY_FILE = "training_summary.json"
+
+
+@dataclass
+class TrainingSummary:
+    base_model: str
+    device: str
+    precision: str
+    steps: int
+    epochs: float
+    examples: int
+    dropped_too_long: int
+    trainable_params: int
+    total_params: int
+    train_loss_first: float
+    train_loss_last: float
+    train_loss_mean: float
+    eval_loss: float | None
+    tokens_seen: int
+    loss_tokens: int
+    tokens_per_second: float
+    loss_tokens_per_second: float
+    duration_s: float
+    history: list[dict] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric summary, for MLflow."""
+        keys = ["train_loss_first", "train_loss_last", "train_loss_mean", "eval_loss", "tokens_seen",
+                "loss_tokens", "tokens_per_second", "loss_tokens_per_second", "duration_s",
+                "trainable_params", "dropped_too_long", "examples"]
+        return {k: float(getattr(self, k)) for k in keys if getattr(self, k) is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def tokenize_rows(rows: Sequence[Row], tokenizer, max_length: int) -> tuple[list[TokenizedExample], int]:
+    """Tokenize every row; returns the examples and how many were too long to keep whole."""
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    examples, dropped = [], 0
+    for row in rows:
+        example = tokenize_example(format_row(row), encode, tokenizer.bos_token_id, tokenizer.eos_token_id, max_length)
+        if example is None:
+            dropped += 1
+        else:
+            examples.append(example)
+    return examples, dropped
+
+
+class _CountingCollator:
+    """Wraps TRL's collator to count the tokens actually trained (exact, not estimated)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.tokens = 0
+        self.loss_tokens = 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        self.loss_tokens += int((batch["labels"] != -100).sum())
+        return batch
+
+
+def _metrics_callback(sink: MetricsSink | None):
+    from transformers import TrainerCallback
+
+    class ForwardMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if sink and logs:
+                numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+                sink(numeric, state.global_step)
+
+    return ForwardMetrics()
+
+
+def _datasets(examples: list[TokenizedExample]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"input_ids": e.input_ids, "completion_mask": e.completion_mask} for e in examples])
+
+
+def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
+                  cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None):
+    """An SFTTrainer over a LoRA-wrapped base model, ready to `train()`; returned with its stats."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from trl import SFTConfig, SFTTrainer
+
+    device, precision = runtime(cfg.device, cfg.precision)
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(base_source)
+    check_tokenizer(tokenizer, [row.turns("assistant")[-1] for row in train_rows[:20]])
+    train_examples, dropped = tokenize_rows(train_rows, tokenizer, cfg.max_length)
+    eval_examples, _ = tokenize_rows(eval_rows, tokenizer, cfg.max_length)
+    if not train_examples:
+        raise RslmError(f"no training example fits max_length={cfg.max_length} tokens")
+    model = load_base_model(base_source, precision, device)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    args = SFTConfig(
+        output_dir=str(out_dir / "checkpoints"),
+        max_steps=cfg.max_steps, num_train_epochs=cfg.num_epochs,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed, data_seed=cfg.seed,
+        # Precision chosen per device, never TRL's bf16 default (which fails on CPU).
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        max_length=cfg.max_length, completion_only_loss=True, packing=False,
+        eval_strategy="no", report_to="none", dataset_num_proc=None, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_datasets(train_examples),
+                         eval_dataset=_datasets(eval_examples) if eval_examples else None,
+                         processing_class=tokenizer, callbacks=[_metrics_callback(sink)])
+    counter = _CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    return trainer, tokenizer, {"device": device, "precision": precision, "dropped": dropped,
+                                "examples": len(train_examples), "counter": counter}
+
+
+def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
+               cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None) -> TrainingSummary:
+    """Train, evaluate once on the eval split, and save the adapter, tokenizer and summary:
+    `adapter_config.json`, `adapter_model.safetensors`, `tokenizer/`, `training_summary.json`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer, tokenizer, info = build_trainer(base_source, train_rows, eval_rows, cfg, out_dir, sink)
+    counter: _CountingCollator = info["counter"]
+    started = time.perf_counter()
+    result = trainer.train()
+    duration = time.perf_counter() - started
+    eval_loss = None
+    if trainer.eval_dataset is not None:
+        trainer.data_collator = counter.inner  # evaluation tokens are not training tokens
+        eval_loss = float(trainer.evaluate()["eval_loss"])
+        if sink:
+            sink({"eval_loss": eval_loss}, trainer.state.global_step)
+    trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    summary = TrainingSummary(
+        base_model=str(base_source), device=info["device"], precision=info["precision"],
+        steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0.0),
+        examples=info["examples"], dropped_too_long=info["dropped"],
+        trainable_params=trainable, total_params=sum(p.numel() for p in trainer.model.parameters()),
+        train_loss_first=losses[0] if losses else float("nan"),
+        train_loss_last=losses[-1] if losses else float("nan"),
+        train_loss_mean=float(result.training_loss), eval_loss=eval_loss,
+        tokens_seen=counter.tokens, loss_tokens=counter.loss_tokens,
+        tokens_per_second=counter.tokens / duration if duration else 0.0,
+        loss_tokens_per_second=counter.loss_tokens / duration if duration else 0.0,
+        duration_s=duration, history=[h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h],
+    )
+    (out_dir / SUMMARY_FILE).write_text(summary.to_json())
+    return summary

@@ -1,0 +1,134 @@
+"""Typed configuration. YAML in `configs/` maps onto these frozen models; unknown keys are errors.
+Precedence: model defaults < YAML < CLI/env overrides (`apply_overrides`)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSettings(Frozen):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # "all-linear" takes all seven Mistral projections; a list names them.
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class TrainingConfig(Frozen):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    max_steps: int = Field(default=-1, description="-1: train for num_epochs")
+    num_epochs: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=2.0e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=512, ge=16)
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(default=1, ge=1)
+    save_steps: int = Field(default=50, ge=1)
+    save_total_limit: int = Field(default=2, ge=1)
+    seed: int = 42
+    lora: LoraSettings = LoraSettings()
+
+
+class TinyModelConfig(Frozen):
+    """A Mistral-architecture model built from config with a fixed seed (no download)."""
+
+    vocab_size: int = Field(default=1024, ge=300)
+    hidden_size: int = Field(default=64, ge=8)
+    intermediate_size: int = Field(default=176, ge=8)
+    num_hidden_layers: int = Field(default=2, ge=1)
+    num_attention_heads: int = Field(default=4, ge=1)
+    num_key_value_heads: int = Field(default=2, ge=1)
+    max_position_embeddings: int = Field(default=1024, ge=16)
+    # Mistral's 0.02 leaves a random tiny model's logits near uniform, which a frozen lm_head
+    # cannot sharpen through LoRA; a wider init gives the adapter something to steer.
+    initializer_range: float = Field(default=0.02, gt=0, le=1)
+    seed: int = 1234
+
+
+class ModelProfile(Frozen):
+    name: str
+    kind: Literal["tiny", "pretrained"]
+    # pretrained: a hub id or a local directory, loaded with from_pretrained (safetensors only).
+    source: str | None = None
+    tiny: TinyModelConfig | None = None
+    # Log the base weights inside the MLflow model (small tiny models) or only a reference (7B).
+    log_base_model: bool = False
+    training: TrainingConfig = TrainingConfig()
+
+
+class DatasetConfig(Frozen):
+    generator: str = "offline"
+    eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    max_samples: int = Field(default=0, ge=0, description="0 keeps every sample")
+
+
+class ValidationConfig(Frozen):
+    min_prompt_chars: int = Field(default=8, ge=1)
+    max_prompt_chars: int = Field(default=2000, ge=1)
+    max_conversation_chars: int = Field(default=8000, ge=1)
+
+
+class TrackingConfig(Frozen):
+    experiment_prefix: str = "reasoning-slm"
+    registered_model_prefix: str = "reasoning-slm"
+
+
+class PipelineConfig(Frozen):
+    framework: str = "configs/frameworks/devops.yaml"
+    profile: str = "tiny"
+    seed: int = 13
+    dataset: DatasetConfig = DatasetConfig()
+    validation: ValidationConfig = ValidationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    # Per-run adjustments on top of the profile's training section (e.g. max_steps for a smoke run).
+    training_overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overrides` into `data`; dotted keys reach into nested sections.
+
+    >>> apply_overrides({"a": {"b": 1, "c": 2}}, {"a.b": 5, "d": 1})
+    {'a': {'b': 5, 'c': 2}, 'd': 1}
+    """
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            merged[head] = apply_overrides(merged.get(head) or {}, {rest: value})
+        elif isinstance(value, dict) and isinstance(merged.get(head), dict):
+            merged[head] = apply_overrides(merged[head], value)
+        else:
+            merged[head] = value
+    return merged
+
+
+def effective_training(profile: ModelProfile, pipeline: PipelineConfig) -> TrainingConfig:
+    """The profile's training section with the pipeline's overrides applied (validated again)."""
+    data = apply_overrides(profile.training.model_dump(), pipeline.training_overrides)
+    return TrainingConfig.model_validate(data)
+
+
+def flatten_params(prefix: str, value: Any) -> dict[str, str]:
+    """Config -> flat `section.key: value` strings for MLflow params (derived, never retyped).
+
+    >>> flatten_params("training", {"lora": {"r": 16}, "seed": 1})
+    {'training.lora.r': '16', 'training.seed': '1'}
+    """
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(flatten_params(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: str(value)}

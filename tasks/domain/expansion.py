@@ -1,0 +1,205 @@
+"""Pattern expansion: blueprint patterns x slot values -> conversations, then exact and
+near-duplicate removal, a balanced cap, and a train/eval split stratified by final principle.
+Deterministic for a seed: the same blueprint and seed always give the same rows in the same order."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from tasks.domain.blueprint import Blueprint, BlueprintEntry
+from tasks.domain.errors import ConfigError
+from tasks.domain.framework import Pattern, SlotValue
+from tasks.domain.records import Message, Row, RowMetadata
+
+Progress = Callable[[Iterable], Iterable]
+
+
+def _no_progress(items: Iterable) -> Iterable:
+    return items
+
+
+def render(template: str, values: dict[str, SlotValue]) -> str:
+    """Fill a template; dict slot values are reachable as attributes (`{split.vpc}`).
+
+    >>> render("Split {s.vpc} into {s.subnet} in {env}", {"s": {"vpc": "/16", "subnet": "/24"}, "env": "prod"})
+    'Split /16 into /24 in prod'
+    """
+    bound = {k: SimpleNamespace(**v) if isinstance(v, dict) else v for k, v in values.items()}
+    return template.format(**bound)
+
+
+def slot_assignments(pattern: Pattern) -> Iterator[dict[str, SlotValue]]:
+    """Every combination of slot values, in declaration order."""
+    names = list(pattern.slots)
+    for combo in itertools.product(*(pattern.slots[n] for n in names)):
+        yield dict(zip(names, combo))
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _conversation(system: str, entry_pattern: Pattern, question: str, values: dict) -> list[Message]:
+    messages = [
+        Message(role="system", content=system),
+        Message(role="user", content=render(question, values)),
+        Message(role="assistant", content=render(entry_pattern.answer, values)),
+    ]
+    if entry_pattern.follow_up:
+        messages += [
+            Message(role="user", content=render(entry_pattern.follow_up.question, values)),
+            Message(role="assistant", content=render(entry_pattern.follow_up.answer, values)),
+        ]
+    return messages
+
+
+def expand_entry(entry: BlueprintEntry, blueprint: Blueprint, blueprint_hash: str) -> Iterator[Row]:
+    for pattern in entry.patterns:
+        for values in slot_assignments(pattern):
+            group = f"{pattern.id}:{_short_hash(repr(sorted(values.items(), key=lambda kv: kv[0])))}"
+            for question in pattern.questions:
+                try:
+                    messages = _conversation(blueprint.system_prompt, pattern, question, values)
+                except (KeyError, AttributeError, IndexError, ValueError) as error:
+                    raise ConfigError(f"pattern {pattern.id!r}: cannot fill template: {error}") from None
+                digest = _short_hash("\x1f".join(f"{m.role}:{m.content}" for m in messages))
+                yield Row(
+                    id=f"{blueprint.domain}-{digest}",
+                    messages=messages,
+                    metadata=RowMetadata(
+                        domain=blueprint.domain,
+                        principle_path=entry.principle_path,
+                        pattern_id=pattern.id,
+                        group=group,
+                        blueprint_hash=blueprint_hash,
+                        generator=blueprint.generator.name,
+                    ),
+                )
+
+
+def expand_blueprint(blueprint: Blueprint, progress: Progress = _no_progress) -> list[Row]:
+    """All rows the blueprint's patterns produce, before dedup. `progress` wraps the entry loop
+    (the adapter passes tqdm; the pure code prints nothing)."""
+    blueprint_hash = blueprint.digest()
+    rows: list[Row] = []
+    for entry in progress(blueprint.entries):
+        rows.extend(expand_entry(entry, blueprint, blueprint_hash))
+    return rows
+
+
+_FILLER = frozenset({"a", "an", "the", "please", "briefly", "exactly", "just", "really"})
+
+
+def near_duplicate_key(row: Row) -> str:
+    """Prompts that differ only in case, punctuation, spacing or filler words share a key.
+
+    >>> from tasks.domain.records import Message as M
+    >>> r = lambda q: Row(id="x", messages=[M(role="user", content=q), M(role="assistant", content="a")],
+    ...     metadata=RowMetadata(domain="d", principle_path=["p"], pattern_id="p", group="g", blueprint_hash="h"))
+    >>> near_duplicate_key(r("Why split the VPC?")) == near_duplicate_key(r("why  split a VPC"))
+    True
+    """
+    text = " ".join(row.turns("user")).casefold()
+    words = [w for w in re.split(r"[^\w./]+", text) if w and w not in _FILLER]
+    return " ".join(words)
+
+
+@dataclass
+class DedupStats:
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+
+
+def deduplicate(rows: Iterable[Row]) -> tuple[list[Row], DedupStats]:
+    """Drop exact duplicates (same messages) and near duplicates (same normalised prompt); the
+    first occurrence wins. Linear time: a hash set per kind, no pairwise comparison."""
+    stats = DedupStats()
+    seen_exact: set[str] = set()
+    seen_near: set[str] = set()
+    kept: list[Row] = []
+    for row in rows:
+        exact = "\x1f".join(f"{m.role}:{m.content.strip()}" for m in row.messages)
+        if exact in seen_exact:
+            stats.exact_duplicates += 1
+            continue
+        near = near_duplicate_key(row)
+        if near in seen_near:
+            stats.near_duplicates += 1
+            continue
+        seen_exact.add(exact)
+        seen_near.add(near)
+        kept.append(row)
+    return kept, stats
+
+
+def _by_principle(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row.metadata.final_principle].append(row)
+    return groups
+
+
+def balanced_cap(rows: list[Row], max_samples: int) -> list[Row]:
+    """Keep at most `max_samples` rows, taking round-robin across final principles so a cap never
+    starves a principle. `max_samples <= 0` keeps everything."""
+    if max_samples <= 0 or len(rows) <= max_samples:
+        return rows
+    queues = [list(reversed(group)) for group in _by_principle(rows).values()]
+    kept: list[Row] = []
+    while len(kept) < max_samples:
+        for queue in queues:
+            if queue and len(kept) < max_samples:
+                kept.append(queue.pop())
+    return kept
+
+
+def stratified_split(rows: list[Row], eval_fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Split by question group (all paraphrases of one question land on the same side, so eval
+    never sees a rewording of a training question), stratified by final principle: each principle
+    with at least two groups gets at least one eval group."""
+    rng = random.Random(seed)
+    train: list[Row] = []
+    evaluation: list[Row] = []
+    for principle in sorted(_by_principle(rows)):
+        members = [r for r in rows if r.metadata.final_principle == principle]
+        groups = sorted({r.metadata.group for r in members})
+        rng.shuffle(groups)
+        n_eval = 0 if len(groups) < 2 else min(len(groups) - 1, max(1, round(len(groups) * eval_fraction)))
+        eval_groups = set(groups[:n_eval])
+        for row in members:
+            (evaluation if row.metadata.group in eval_groups else train).append(row)
+    return _with_split(train, "train"), _with_split(evaluation, "eval")
+
+
+def _with_split(rows: list[Row], split: str) -> list[Row]:
+    return [r.model_copy(update={"metadata": r.metadata.model_copy(update={"split": split})}) for r in rows]
+
+
+@dataclass
+class DatasetBuild:
+    train: list[Row]
+    eval: list[Row]
+    generated: int
+    dedup: DedupStats
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def build_dataset(blueprint: Blueprint, *, seed: int, eval_fraction: float, max_samples: int,
+                  progress: Progress = _no_progress) -> DatasetBuild:
+    """Expand, shuffle (seeded), deduplicate, cap and split: the whole dataset recipe."""
+    rows = expand_blueprint(blueprint, progress)
+    generated = len(rows)
+    random.Random(seed).shuffle(rows)
+    rows, dedup = deduplicate(rows)
+    rows = balanced_cap(rows, max_samples)
+    train, evaluation = stratified_split(rows, eval_fraction, seed)
+    train_counts = Counter(r.metadata.final_principle for r in train)
+    eval_counts = Counter(r.metadata.final_principle for r in evaluation)
+    counts = {p: {"train": train_counts[p], "eval": eval_counts[p]} for p in sorted(train_counts | eval_counts)}
+    return DatasetBuild(train=train, eval=evaluation, generated=generated, dedup=dedup, counts=counts)

@@ -1,0 +1,89 @@
+"""Dataset rows in OpenAI `messages` format, and strict parsing of JSONL that names bad lines."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.domain.errors import DatasetFormatError
+
+Role = Literal["system", "user", "assistant"]
+
+
+class _Strict(BaseModel):
+    # strict: a number where text belongs is a type error, not silently coerced
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Message(_Strict):
+    role: Role
+    content: str
+
+
+class RowMetadata(_Strict):
+    domain: str
+    principle_path: list[str] = Field(min_length=1)
+    pattern_id: str
+    group: str  # pattern + slot values: paraphrases of one question share a group (split together)
+    blueprint_hash: str
+    generator: str = "offline"
+    split: Literal["train", "eval"] | None = None
+
+    @property
+    def final_principle(self) -> str:
+        return self.principle_path[0]
+
+
+class Row(_Strict):
+    id: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    metadata: RowMetadata
+
+    def turns(self, role: Role) -> list[str]:
+        return [m.content for m in self.messages if m.role == role]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "row"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_jsonl(lines: Iterable[str], source: str) -> list[tuple[int, Row]]:
+    """Parse JSONL into (line number, Row). Collects every bad line before failing, so a user fixes
+    them all at once. Blank lines are skipped.
+
+    >>> parse_jsonl(['{"id": 1}'], "x.jsonl")
+    Traceback (most recent call last):
+    ...
+    tasks.domain.errors.DatasetFormatError: x.jsonl: 1 malformed line(s): line 1: id: Input should be a valid string; messages: Field required; metadata: Field required
+    """
+    rows: list[tuple[int, Row]] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            payload = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append(f"line {number}: invalid JSON ({error.msg} at column {error.colno})")
+            continue
+        if not isinstance(payload, dict):
+            problems.append(f"line {number}: expected a JSON object, got {type(payload).__name__}")
+            continue
+        try:
+            rows.append((number, Row.model_validate(payload)))
+        except ValidationError as error:
+            problems.append(f"line {number}: {_describe(error)}")
+    if problems:
+        raise DatasetFormatError(source, problems)
+    if not rows:
+        raise DatasetFormatError(source, ["no rows: the file is empty"])
+    return rows

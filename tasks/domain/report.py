@@ -1,0 +1,74 @@
+"""What a pipeline run reports: the `last-run.json` record and the markdown summary."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RunRecord(BaseModel):
+    """One pipeline run, as written to `$RSLM_HOME/last-run.json`. Fields stay None for stages
+    that did not run; `status` and `error` say why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: str = "running"
+    error: str | None = None
+    started_at: str
+    finished_at: str | None = None
+    domain: str | None = None
+    profile: str | None = None
+    framework_path: str | None = None
+    dataset_path: str | None = None
+    eval_dataset_path: str | None = None
+    dataset_sha256: str | None = None
+    blueprint_hash: str | None = None
+    validation_success: bool | None = None
+    validation_failures: list[dict[str, Any]] = []
+    data_docs: str | None = None
+    base_model_dir: str | None = None
+    adapter_dir: str | None = None
+    training: dict[str, Any] = {}
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = None
+    mlflow_run_id: str | None = None
+    registered_model: str | None = None
+    model_version: str | None = None
+    model_uri: str | None = None
+    aliases: list[str] = []
+    prefect_flow_run_id: str | None = None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def summary_markdown(record: RunRecord) -> str:
+    """The run summary users read in Prefect's Artifacts tab."""
+    t = record.training
+    lines = [
+        f"# nightly-retrain: {record.status}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| domain | {_fmt(record.domain)} |",
+        f"| profile | {_fmt(record.profile)} |",
+        f"| dataset | `{_fmt(record.dataset_path)}` |",
+        f"| dataset sha256 | `{_fmt(record.dataset_sha256)}` |",
+        f"| validation | {'passed' if record.validation_success else 'FAILED' if record.validation_success is False else '—'} |",
+        f"| train loss (first → last) | {_fmt(t.get('train_loss_first'))} → {_fmt(t.get('train_loss_last'))} |",
+        f"| eval loss | {_fmt(t.get('eval_loss'))} |",
+        f"| tokens/s | {_fmt(t.get('tokens_per_second'))} on {_fmt(t.get('device'))} ({_fmt(t.get('precision'))}) |",
+        f"| MLflow run | `{_fmt(record.mlflow_run_id)}` in `{_fmt(record.mlflow_experiment)}` |",
+        f"| registered | {_fmt(record.registered_model)} v{_fmt(record.model_version)} {' '.join('@' + a for a in record.aliases)} |",
+    ]
+    if record.error:
+        lines += ["", f"**Error:** {record.error}"]
+    if record.validation_failures:
+        lines += ["", "## Failed expectations", "", "| expectation | rule | rows |", "|---|---|---|"]
+        for failure in record.validation_failures:
+            rows = ", ".join(failure.get("rows", [])[:5]) or failure.get("detail", "")
+            lines.append(f"| {failure['expectation']} | {failure['rule']} | {rows} |")
+    return "\n".join(lines) + "\n"
