@@ -158,12 +158,13 @@ def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
     _setup()
     if model_uri:
         import mlflow
+        import pandas as pd
 
         from tasks.adapters.settings import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri())
         model = mlflow.pyfunc.load_model(model_uri)
-        click.echo(model.predict([question], params={"max_new_tokens": max_new_tokens})[0])
+        click.echo(model.predict(pd.DataFrame({"prompt": [question]}), params={"max_new_tokens": max_new_tokens})[0])
         return
     from tasks.adapters.inference import load_generator
     from tasks.adapters.settings import paths

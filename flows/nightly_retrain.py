@@ -90,5 +90,6 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
         record = record.model_copy(update={"status": "failed", "error": str(error).splitlines()[0][:500]})
         raise
     finally:
-        write_run_record_task(record.model_copy(update={"finished_at": _now()}), str(paths().last_run))
+        record = record.model_copy(update={"finished_at": _now()})
+        write_run_record_task(record, str(paths().last_run))
     return record.model_dump(mode="json")

@@ -1,0 +1,73 @@
+"""Shared fixtures: the shipped frameworks, a small dataset, one tiny base model per session, an
+isolated RSLM_HOME per test, and one Prefect test harness per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def devops_framework():
+    from tasks.adapters.configs import load_framework
+
+    return load_framework(REPO / "configs/frameworks/devops.yaml")
+
+
+@pytest.fixture(scope="session")
+def devops_blueprint(devops_framework):
+    from tasks.domain.blueprint import OfflineBlueprintGenerator
+
+    return OfflineBlueprintGenerator().generate(devops_framework)
+
+
+@pytest.fixture(scope="session")
+def small_build(devops_blueprint):
+    from tasks.domain.expansion import build_dataset
+
+    return build_dataset(devops_blueprint, seed=7, eval_fraction=0.1, max_samples=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, small_build) -> Path:
+    """The tiny profile's model and tokenizer, built once from the small dataset."""
+    from tasks.adapters.configs import load_profile
+    from tasks.adapters.models import ensure_tiny_base
+    from tasks.adapters.stages import training_corpus
+
+    profile = load_profile("tiny")
+    return ensure_tiny_base(profile.tiny, training_corpus(small_build.train + small_build.eval),
+                            tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def rslm_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "rslm-home"
+    monkeypatch.setenv("RSLM_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect API for the whole session (start-up costs ~10 s)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_rows(path: Path, rows) -> Path:
+    path.write_text("".join(r.to_json() + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,56 @@
+"""Real LoRA training on the tiny model: the right weights move, loss falls, the adapter reloads."""
+import json
+
+import pytest
+import torch
+
+from tasks.adapters.training import build_trainer, train_lora
+from tasks.domain.config import TrainingConfig
+
+pytestmark = pytest.mark.slow
+
+CFG = TrainingConfig(max_steps=40, learning_rate=1.0e-2, batch_size=8, max_length=320, logging_steps=5,
+                     save_steps=40, seed=5, lora={"target_modules": "all-linear"})
+
+
+def test_only_lora_weights_change_and_loss_falls(tiny_base, small_build, tmp_path):
+    trainer, _, info = build_trainer(tiny_base, small_build.train, small_build.eval, CFG, tmp_path)
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert changed == trainable, "every LoRA weight moved and no frozen weight did"
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert info["device"] == "cpu" and info["precision"] == "fp32"
+    assert info["counter"].loss_tokens < info["counter"].tokens, "prompt tokens carry no loss"
+
+
+def test_saved_adapter_reloads_with_plain_peft(tiny_base, small_build, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    steps = []
+    summary = train_lora(tiny_base, small_build.train, small_build.eval, CFG, tmp_path / "adapter",
+                         sink=lambda metrics, step: steps.append(step))
+    out = tmp_path / "adapter"
+    for name in ["adapter_config.json", "adapter_model.safetensors", "tokenizer/tokenizer.json", "training_summary.json"]:
+        assert (out / name).exists(), name
+    saved = json.loads((out / "training_summary.json").read_text())
+    assert saved["steps"] == 40 and saved["loss_tokens"] > 0 and saved["tokens_per_second"] > 0
+    assert summary.train_loss_last < summary.train_loss_first and summary.eval_loss is not None
+    assert steps and max(steps) == 40, "per-step metrics reached the sink"
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 16
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    ids = torch.tensor([tokenizer.encode("[INST] Why pin images by digest? [/INST]", add_special_tokens=False)])
+    base = AutoModelForCausalLM.from_pretrained(tiny_base, use_safetensors=True).eval()
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, out).eval()
+        adapted_logits = adapted(ids).logits
+        again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out).eval()(ids).logits
+    assert not torch.allclose(base_logits, adapted_logits, atol=1e-3), "the adapter changes the base model"
+    assert torch.allclose(adapted_logits, again, atol=1e-5), "reloading gives the same logits"

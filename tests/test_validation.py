@@ -1,0 +1,77 @@
+"""Great Expectations: a good dataset passes; each broken rule is reported with the row ids;
+`rslm validate` exits non-zero on bad data and registers nothing."""
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_rows
+from flows.cli import cli
+from tasks.adapters.stages import require_valid, validate_files
+from tasks.domain.config import ValidationConfig
+from tasks.domain.errors import DataValidationError
+from tasks.domain.records import Message
+
+pytestmark = pytest.mark.integration
+
+
+def with_messages(row, messages):
+    return row.model_copy(update={"messages": messages})
+
+
+def test_good_dataset_passes_and_builds_data_docs(tmp_path, small_build, devops_framework):
+    files = [str(write_rows(tmp_path / "train.jsonl", small_build.train)), str(write_rows(tmp_path / "eval.jsonl", small_build.eval))]
+    report = validate_files(files, devops_framework, ValidationConfig(), tmp_path / "out")
+    assert report.success, report.summary()
+    assert report.rows == len(small_build.train) + len(small_build.eval)
+    assert report.data_docs_index and (tmp_path / "out/data_docs/index.html").exists()
+    require_valid(report)
+
+
+def test_each_broken_rule_names_its_rows(tmp_path, small_build, devops_framework):
+    rows = list(small_build.train)
+    system, user, answer = rows[0].messages[:3]
+    rows[1] = with_messages(rows[1], [rows[1].messages[0], Message(role="user", content="q?" * 5),
+                                      Message(role="assistant", content="word " * 80)])
+    rows[2] = with_messages(rows[2], [*rows[2].messages[:2], Message(role="assistant", content="Use key AKIAABCDEFGHIJKLMNOP for it, friend.")])
+    rows[3] = with_messages(rows[3], [rows[3].messages[0], rows[3].messages[2], rows[3].messages[1]])
+    rows[4] = with_messages(rows[4], [*rows[4].messages[:2], Message(role="assistant", content="Maybe it works; I think so, more or less fine.")])
+    rows[5] = with_messages(rows[5], [rows[5].messages[0], user, rows[5].messages[2]])  # same prompt as row 0
+    broken = rows[:6]
+    dropped = next(p for p in devops_framework.final_principle_ids()
+                   if p not in {r.metadata.final_principle for r in broken})
+    rows = broken + [r for r in rows[6:] if r.metadata.final_principle != dropped]
+    path = write_rows(tmp_path / "bad.jsonl", rows)
+    report = validate_files([str(path)], devops_framework, ValidationConfig(), tmp_path / "out")
+    assert not report.success
+    by_rule = {f["expectation"] + ":" + (f["column"] or ""): f for f in report.failures}
+    assert by_rule["expect_column_values_to_be_between:answer_words_max"]["row_ids"] == [small_build.train[1].id]
+    assert small_build.train[2].id in by_rule["expect_column_values_to_not_match_regex_list:text"]["row_ids"]
+    assert small_build.train[3].id in by_rule["expect_column_values_to_match_regex:roles"]["row_ids"]
+    assert small_build.train[4].id in by_rule["expect_column_values_to_not_match_regex_list:answer_text"]["row_ids"]
+    assert set(by_rule["expect_column_values_to_be_unique:prompt"]["row_ids"]) == {small_build.train[0].id, small_build.train[5].id}
+    assert dropped in by_rule["expect_column_distinct_values_to_contain_set:final_principle"]["detail"]
+    assert any("bad.jsonl:" in label for f in report.failures for label in f["rows"]), "rows are located by file:line"
+    with pytest.raises(DataValidationError, match="answers are terse"):
+        require_valid(report)
+
+
+def test_cli_validate_rejects_malformed_jsonl_by_line(tmp_path, rslm_home, small_build):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(small_build.train[0].to_json() + "\n{oops\n" + '{"id": 5}\n')
+    result = CliRunner().invoke(cli, ["validate", str(path)], standalone_mode=True)
+    assert result.exit_code != 0
+    assert "line 2: invalid JSON" in str(result.exception) and "line 3" in str(result.exception)
+    assert not (rslm_home / "mlflow.db").exists(), "nothing tracked or registered"
+
+
+def test_cli_validate_exit_code_and_row_ids_in_a_subprocess(tmp_path, rslm_home, small_build):
+    import subprocess
+    import sys
+
+    rows = list(small_build.train[:50]) + list(small_build.eval)
+    rows[0] = with_messages(rows[0], [*rows[0].messages[:2], Message(role="assistant", content="-----BEGIN RSA PRIVATE KEY----- abc def ghi")])
+    path = write_rows(tmp_path / "secret.jsonl", rows)
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and rows[0].id in error_lines[0] and "secret" in error_lines[0]
+    assert "Traceback" not in result.stderr
