@@ -12,6 +12,7 @@ from pathlib import Path
 from tasks.domain.blueprint import Blueprint
 from tasks.domain.expansion import DatasetBuild
 from tasks.domain.hashing import sha256_bytes
+from tasks.domain.errors import RslmError
 from tasks.domain.records import Row, parse_jsonl
 
 TRAIN_FILE = "reasoning_dataset.jsonl"
@@ -96,7 +97,6 @@ def read_rows(path: str | Path) -> list[tuple[int, Row]]:
     """(line, Row) pairs; malformed lines raise DatasetFormatError naming each line."""
     path = Path(path)
     if not path.is_file():
-        from tasks.domain.errors import DatasetFormatError
-        raise DatasetFormatError(str(path), ["file not found"])
+        raise RslmError(f"{path}: file not found")
     with path.open(encoding="utf-8", errors="replace") as handle:
         return parse_jsonl(handle, str(path))

@@ -90,14 +90,15 @@ def log_adapter_model(adapter_dir: Path, *, base_source: str, log_base: bool, sy
     """Log base + adapter as a pyfunc model in the active run; returns its model URI."""
     mlflow = _mlflow()
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     from tasks.adapters.pyfunc_model import ReasoningAdapterModel
 
     artifacts = {"adapter": str(adapter_dir)}
     if log_base:
         artifacts["base_model"] = str(base_source)
-    signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]))
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
+                               params=ParamSchema([ParamSpec("max_new_tokens", "long", 96)]))
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
         python_model=ReasoningAdapterModel(),
