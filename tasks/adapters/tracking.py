@@ -54,10 +54,9 @@ def log_params(params: dict[str, str]) -> None:
 def metrics_sink(prefix: str = "train/"):
     """A callback for the trainer: per-step metrics into the active run."""
     mlflow = _mlflow()
-    renames = {"loss": "loss", "eval_loss": "eval_loss"}
 
     def sink(metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics({f"{prefix}{renames.get(k, k)}": v for k, v in metrics.items()}, step=step)
+        mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
 
     return sink
 
