@@ -151,7 +151,7 @@ def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> N
 @click.argument("question")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory.")
 @click.option("--model", "model_uri", help="Registry URI, e.g. models:/reasoning-slm-devops@champion.")
-@click.option("--max-new-tokens", default=96, show_default=True)
+@click.option("--max-new-tokens", type=int, help="Answer length cap in tokens (default: the model's own).")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
 def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
     """Answer QUESTION with base + adapter (from --adapter, --model, or the last pipeline run)."""
@@ -164,7 +164,8 @@ def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
 
         mlflow.set_tracking_uri(tracking_uri())
         model = mlflow.pyfunc.load_model(model_uri)
-        click.echo(model.predict(pd.DataFrame({"prompt": [question]}), params={"max_new_tokens": max_new_tokens})[0])
+        params = {"max_new_tokens": max_new_tokens} if max_new_tokens else None
+        click.echo(model.predict(pd.DataFrame({"prompt": [question]}), params=params)[0])
         return
     from tasks.adapters.inference import load_generator
     from tasks.adapters.settings import paths
@@ -180,7 +181,8 @@ def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
 
     system = load_framework(record["framework_path"]).system_prompt if record.get("framework_path") else ""
     generator = load_generator(summary["base_model"], adapter, system)
-    click.echo(generator.reply([question], max_new_tokens=max_new_tokens, temperature=temperature)[0])
+    length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    click.echo(generator.reply([question], temperature=temperature, **length)[0])
 
 
 def main() -> None:

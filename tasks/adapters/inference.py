@@ -9,6 +9,8 @@ from tasks.adapters.models import load_base_model, load_tokenizer, runtime
 from tasks.domain.formatting import encode_with_specials, format_prompt
 from tasks.domain.records import Message
 
+DEFAULT_MAX_NEW_TOKENS = 96  # terse answers: 60 words fit comfortably
+
 
 @dataclass
 class Generator:
@@ -23,7 +25,7 @@ class Generator:
         return encode_with_specials(format_prompt(messages), lambda t: tok.encode(t, add_special_tokens=False),
                                     tok.bos_token_id, tok.eos_token_id)
 
-    def reply(self, questions: Sequence[str], max_new_tokens: int = 96, temperature: float = 0.0,
+    def reply(self, questions: Sequence[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
               seed: int = 0) -> list[str]:
         """Greedy (temperature 0) or sampled answers, batched with left padding."""
         import torch

@@ -10,13 +10,13 @@ class ReasoningAdapterModel(mlflow.pyfunc.PythonModel):
     base is the model config's `base_model` (hub id or path) and only the adapter is stored."""
 
     def load_context(self, context):
-        from tasks.adapters.inference import load_generator
+        from tasks.adapters.inference import DEFAULT_MAX_NEW_TOKENS, load_generator
 
         config = context.model_config or {}
         base = context.artifacts.get("base_model") or config["base_model"]
         self.generator = load_generator(base, context.artifacts["adapter"], config.get("system_prompt", ""),
                                         device=config.get("device", "auto"))
-        self.max_new_tokens = int(config.get("max_new_tokens", 96))
+        self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
 
     def predict(self, context, model_input, params=None):
         if hasattr(model_input, "columns"):

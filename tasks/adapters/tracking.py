@@ -91,18 +91,20 @@ def log_adapter_model(adapter_dir: Path, *, base_source: str, log_base: bool, sy
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    from tasks.adapters.inference import DEFAULT_MAX_NEW_TOKENS
     from tasks.adapters.pyfunc_model import ReasoningAdapterModel
 
     artifacts = {"adapter": str(adapter_dir)}
     if log_base:
         artifacts["base_model"] = str(base_source)
     signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
-                               params=ParamSchema([ParamSpec("max_new_tokens", "long", 96)]))
+                               params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]))
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
         python_model=ReasoningAdapterModel(),
         artifacts=artifacts,
-        model_config={"base_model": str(base_source), "system_prompt": system_prompt, "max_new_tokens": 96},
+        model_config={"base_model": str(base_source), "system_prompt": system_prompt,
+                      "max_new_tokens": DEFAULT_MAX_NEW_TOKENS},
         code_paths=[str(REPO_ROOT / "tasks")],  # the model loads wherever the pinned libraries are installed
         pip_requirements=["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "accelerate==1.15.0",
                           "safetensors==0.8.0", "sentencepiece==0.2.3", "mlflow==3.17.2", "pydantic>=2.10"],
