@@ -61,14 +61,17 @@ def cli() -> None:
 @device_option
 @click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
 def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model) -> None:
-    """Run the nightly_retrain flow once: build, validate, train, register."""
+    """Run the nightly_retrain flow once: build, validate, train, register, evaluate, promote."""
     _setup()
     from flows.nightly_retrain import nightly_retrain
 
     record = nightly_retrain(config_path=config_path, base_model=base_model,
                              overrides=_overrides(framework, profile, max_steps, max_samples, device))
-    click.echo(json.dumps({k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
-                                                  "registered_model", "model_version", "aliases")}, indent=2))
+    click.echo(json.dumps({**{k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
+                                                     "registered_model", "model_version", "aliases")},
+                           "eval": {k: record["evaluation"]["metrics"].get(k) for k in ("loss", "style_adherence",
+                                                                                         "consistency", "drift_kl")},
+                           "promotion": record["promotion"].get("verdict")}, indent=2))
     from tasks.adapters.settings import paths
 
     click.echo(f"run record: {paths().last_run}")
@@ -156,16 +159,15 @@ def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> N
 def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
     """Answer QUESTION with base + adapter (from --adapter, --model, or the last pipeline run)."""
     _setup()
+    length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if model_uri:
-        import mlflow
-        import pandas as pd
+        from tasks.adapters import tracking
+        from tasks.adapters.inference import load_registered_generator
+        from tasks.adapters.settings import paths, tracking_uri
 
-        from tasks.adapters.settings import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri())
-        model = mlflow.pyfunc.load_model(model_uri)
-        params = {"max_new_tokens": max_new_tokens} if max_new_tokens else None
-        click.echo(model.predict(pd.DataFrame({"prompt": [question]}), params=params)[0])
+        tracking.use_store(tracking_uri())
+        generator = load_registered_generator(model_uri, paths().registry_cache)
+        click.echo(generator.reply([question], temperature=temperature, **length)[0])
         return
     from tasks.adapters.inference import load_generator
     from tasks.adapters.settings import paths
@@ -181,8 +183,87 @@ def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
 
     system = load_framework(record["framework_path"]).system_prompt if record.get("framework_path") else ""
     generator = load_generator(summary["base_model"], adapter, system)
-    length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     click.echo(generator.reply([question], temperature=temperature, **length)[0])
+
+
+def _model_name(name: str | None, config_path: str) -> str:
+    """NAME as given, else the registered model of the configured framework's domain."""
+    if name:
+        return name
+    from tasks.adapters.configs import load_framework, load_pipeline_config
+    from tasks.adapters.stages import registered_model_name
+
+    config = load_pipeline_config(config_path)
+    return registered_model_name(config, load_framework(config.framework).domain)
+
+
+@cli.command()
+@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION.")
+@click.option("--dataset", "eval_path", type=click.Path(exists=True),
+              help="Eval JSONL or dataset directory (default: the eval split the version was trained with).")
+@config_option
+def evaluate(model_uri, eval_path, config_path) -> None:
+    """Evaluate a registered version against the champion (loss, style, consistency, drift, stability);
+    logs everything to the version's MLflow run. Promotes nothing."""
+    _setup()
+    from flows.nightly_retrain import evaluate_model
+    from tasks.adapters.configs import load_pipeline_config
+
+    evaluation = evaluate_model(load_pipeline_config(config_path), model_uri, eval_path)
+    click.echo(evaluation.markdown())
+    click.echo(f"report: {evaluation.report_dir}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--version", required=True, help="The version to make champion.")
+@click.option("--reason", default="", help="Why, for the record (version description and tags).")
+@config_option
+def promote(name, version, reason, config_path) -> None:
+    """Make VERSION of NAME the champion by hand (recorded; refused if its training or evaluation failed)."""
+    _setup()
+    from tasks.adapters.eval_stages import manual_promote
+    from tasks.adapters.settings import tracking_uri
+
+    promotion = manual_promote(_model_name(name, config_path), version, tracking_uri(), reason)
+    click.echo(f"{promotion.name}: v{promotion.version} is champion; previous-champion: "
+               f"v{promotion.aliases.get('previous-champion') or '-'}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@config_option
+def rollback(name, config_path) -> None:
+    """Point NAME's champion back at previous-champion."""
+    _setup()
+    from tasks.adapters.eval_stages import rollback as roll_back
+    from tasks.adapters.settings import tracking_uri
+
+    name = _model_name(name, config_path)
+    aliases = roll_back(name, tracking_uri())
+    click.echo(f"{name}: champion is v{aliases['champion']}; previous-champion: v{aliases['previous-champion'] or '-'}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(name, config_path, as_json) -> None:
+    """List NAME's versions: aliases, key eval metrics, evaluation status and promotion decision."""
+    _setup()
+    from tasks.adapters.eval_stages import model_table
+    from tasks.adapters.settings import tracking_uri
+
+    rows = model_table(_model_name(name, config_path), tracking_uri())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    columns = list(rows[0])
+    cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    widths = {c: max(len(c), *(len(cell(r[c])) for r in rows)) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        click.echo("  ".join(cell(row[c]).ljust(widths[c]) for c in columns))
 
 
 def main() -> None:

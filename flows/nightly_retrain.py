@@ -1,9 +1,9 @@
 """The nightly retrain, as a table of contents:
 
-    build-dataset -> validate-dataset -> train-adapter -> register-adapter
+    build-dataset -> validate-dataset -> train-adapter -> register-adapter -> evaluate-model -> promote-model
 
 Each stage is a sub-flow; a failed stage stops the run before anything later is trained,
-registered or promoted. `last-run.json` and a summary artifact are written whatever happens."""
+registered or promoted (a registered version whose evaluation fails is tagged and never promoted). `last-run.json` and a summary artifact are written whatever happens."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -16,12 +16,15 @@ from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config
 from tasks.adapters.dataset_store import DatasetRef
 from tasks.adapters.gx_runner import ValidationReport
 from tasks.adapters.settings import paths, resolve_path, tracking_uri
+from tasks.adapters.eval_stages import Evaluation, Promotion
 from tasks.adapters.stages import Registration, TrainedAdapter, require_valid
 from tasks.dataset_tasks import (expand_dataset_task, generate_blueprint_task, load_framework_task,
                                  validate_dataset_task)
 from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.report import RunRecord
+from tasks.eval_tasks import (evaluate_model_task, promote_model_task, publish_evaluation_task,
+                              publish_promotion_task)
 from tasks.model_tasks import prepare_base_model_task, register_adapter_task, train_adapter_task
 from tasks.report_tasks import publish_validation_task, write_run_record_task
 
@@ -58,10 +61,24 @@ def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: Train
     return register_adapter_task(config, dataset, trained, tracking_uri())
 
 
+@flow(name="evaluate-model")
+def evaluate_model(config: PipelineConfig, model_uri: str, eval_path: str | None = None) -> Evaluation:
+    evaluation = evaluate_model_task(model_uri, config, tracking_uri(), eval_path)
+    publish_evaluation_task(evaluation)
+    return evaluation
+
+
+@flow(name="promote-model")
+def promote_model(config: PipelineConfig, evaluation: Evaluation) -> Promotion:
+    promotion = promote_model_task(config, evaluation, tracking_uri())
+    publish_promotion_task(promotion)
+    return promotion
+
+
 @flow(name="nightly-retrain")
 def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any] | None = None,
                     base_model: str | None = None) -> dict:
-    """Build, validate, train and register. `overrides` use dotted keys over the pipeline YAML
+    """Build, validate, train, register, evaluate against the champion and promote if the gate passes. `overrides` use dotted keys over the pipeline YAML
     (e.g. {"training_overrides": {"max_steps": 10}}); `base_model` replaces a pretrained profile's source."""
     config = load_pipeline_config(config_path, overrides)
     record = RunRecord(started_at=_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
@@ -84,8 +101,16 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
                                            "mlflow_experiment": trained.experiment})
         registration = register_adapter(config, dataset, trained)
         record = record.model_copy(update={"registered_model": registration.name, "model_version": registration.version,
-                                           "aliases": registration.aliases, "model_uri": registration.model_uri,
-                                           "status": "succeeded"})
+                                           "aliases": registration.aliases, "model_uri": registration.model_uri})
+        evaluation = evaluate_model(config, f"models:/{registration.name}/{registration.version}")
+        record = record.model_copy(update={"evaluation": {
+            "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
+            "champion_metrics": evaluation.champion_metrics, "eval_path": evaluation.eval_path,
+            "report_dir": evaluation.report_dir}})
+        promotion = promote_model(config, evaluation)
+        aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == registration.version)})
+        record = record.model_copy(update={"promotion": {"verdict": promotion.verdict, **promotion.decision},
+                                           "aliases": aliases, "status": "succeeded"})
     except BaseException as error:
         record = record.model_copy(update={"status": "failed", "error": str(error).splitlines()[0][:500]})
         raise

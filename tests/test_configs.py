@@ -3,7 +3,7 @@ import pytest
 
 from conftest import REPO
 from tasks.adapters.configs import load_framework, load_model, load_pipeline_config, load_profile
-from tasks.domain.config import ModelProfile, PipelineConfig, apply_overrides, effective_training
+from tasks.domain.config import ModelProfile, PipelineConfig, ProbeSet, apply_overrides, effective_training
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework
 
@@ -15,6 +15,8 @@ def model_for(path):
         return Framework
     if path.parts[1] == "profiles":
         return ModelProfile
+    if path.parts[1] == "probes":
+        return ProbeSet
     return PipelineConfig
 
 

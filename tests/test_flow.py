@@ -29,7 +29,8 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
     assert Path(record["data_docs"]).exists() and Path(record["base_model_dir"]).exists()
     assert record["mlflow_tracking_uri"] == f"sqlite:///{rslm_home / 'mlflow.db'}"
     assert (record["registered_model"], record["model_version"]) == ("reasoning-slm-devops", "1")
-    assert sorted(record["aliases"]) == ["challenger", "champion"]
+    assert sorted(record["aliases"]) == ["challenger", "champion"], "the first good version becomes champion"
+    assert record["promotion"]["verdict"] == "promoted" and record["evaluation"]["metrics"]["loss"] > 0
     assert record["training"]["train_loss_last"] < record["training"]["train_loss_first"]
 
     # The adapter loads with plain PEFT, outside the project's code.
@@ -54,11 +55,89 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
     replies = model.predict(pd.DataFrame({"prompt": ["Why pin the nginx image by digest?"]}), params={"max_new_tokens": 8})
     assert len(replies) == 1 and isinstance(replies[0], str)
 
-    # A second run: a new challenger; the champion stays where it was.
-    second = nightly_retrain(overrides={**QUICK, "training_overrides": {**QUICK["training_overrides"], "seed": 9}})
-    assert second["model_version"] == "2" and second["aliases"] == ["challenger"]
-    assert str(client.get_model_version_by_alias("reasoning-slm-devops", "champion").version) == "1"
-    assert str(client.get_model_version_by_alias("reasoning-slm-devops", "challenger").version) == "2"
+
+
+def _steps(n: int) -> dict:
+    return {**QUICK, "training_overrides": {**QUICK["training_overrides"], "max_steps": n, "save_steps": n}}
+
+
+def _artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0].data if found else ""
+
+
+def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harness, rslm_home):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from flows.cli import cli
+    from flows.nightly_retrain import nightly_retrain
+    from tasks.domain.errors import ConfigError
+
+    name = "reasoning-slm-devops"
+    first = nightly_retrain(overrides=_steps(8))
+    assert first["promotion"]["verdict"] == "promoted" and first["promotion"]["champion_version"] is None
+    assert first["aliases"] == ["challenger", "champion"]
+
+    better = nightly_retrain(overrides=_steps(40))
+    assert better["model_version"] == "2" and better["promotion"]["verdict"] == "promoted", better["promotion"]
+    metrics, champion = better["evaluation"]["metrics"], better["evaluation"]["champion_metrics"]
+    assert better["evaluation"]["champion_version"] == "1" and metrics["loss"] < champion["loss"]
+    client = MlflowClient(tracking_uri=better["mlflow_tracking_uri"])
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(name, "previous-champion").version) == "1"
+
+    # Everything about the evaluation is on the challenger's run.
+    run = client.get_run(better["mlflow_run_id"])
+    assert run.data.metrics["eval/loss"] == pytest.approx(metrics["loss"])
+    assert run.data.metrics["eval_champion/loss"] == pytest.approx(champion["loss"])
+    assert {"eval/drift_kl", "eval/consistency", "eval/style_adherence", "eval/perplexity"} <= set(run.data.metrics)
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/loss_curve.png", "plots/champion_vs_challenger.png"} <= plots
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/answers.json", "evaluation/comparison.md", "evaluation/drift_probes.json"} <= evaluation
+
+    # A deliberately worse challenger (barely trained) on the same eval set: rejected, champion kept.
+    worse = nightly_retrain(overrides=_steps(1))
+    assert worse["status"] == "succeeded" and worse["promotion"]["verdict"] == "rejected"
+    assert worse["evaluation"]["eval_path"] == better["evaluation"]["eval_path"]
+    assert any(c["name"] == "eval loss improves" and not c["passed"] for c in worse["promotion"]["checks"])
+    assert worse["aliases"] == ["challenger"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    version = client.get_model_version(name, "3")
+    assert version.tags["promotion.decision"] == "rejected" and "FAIL eval loss improves" in version.description
+    assert "# v3: rejected (against champion v2)" in _artifact("promotion-decision")
+    assert "data:image/png;base64," in _artifact("model-evaluation")
+
+    # A version whose evaluation failed is never promoted, not even by hand.
+    with pytest.raises(ConfigError, match="missing-probes.yaml"):
+        nightly_retrain(overrides={**_steps(40), "evaluation.probes": "missing-probes.yaml"})
+    assert client.get_model_version(name, "4").tags["evaluation.status"] == "failed"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["promote", name, "--version", "4"])
+    assert refused.exit_code != 0 and "cannot be promoted" in str(refused.exception)
+
+    # Rollback restores the previous champion; a manual promotion is recorded as such.
+    rolled = runner.invoke(cli, ["rollback", name])
+    assert rolled.exit_code == 0, rolled.output
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert client.get_model_version(name, "2").tags["promotion.rolled_back"] == "true"
+    manual = runner.invoke(cli, ["promote", name, "--version", "3", "--reason", "test override"])
+    assert manual.exit_code == 0, manual.output
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+    assert str(client.get_model_version_by_alias(name, "previous-champion").version) == "1"
+    assert client.get_model_version(name, "3").tags["promotion.decision"] == "promoted-manually"
+    listing = runner.invoke(cli, ["models", name, "--json"])
+    rows = {r["version"]: r for r in json.loads(listing.output)}
+    assert rows["3"]["aliases"] == "champion" and rows["1"]["aliases"] == "previous-champion"
+    assert rows["4"]["evaluation"] == "failed" and rows["2"]["eval_loss"] < rows["3"]["eval_loss"]
 
 
 def test_failed_validation_trains_and_registers_nothing(prefect_harness, rslm_home, tmp_path):

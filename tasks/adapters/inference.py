@@ -1,6 +1,7 @@
 """Load base + adapter and answer prompts, formatted by the same Mistral function as training."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,24 +20,43 @@ class Generator:
     device: str
     system_prompt: str
 
-    def prompt_ids(self, question: str) -> list[int]:
-        messages = [Message(role="system", content=self.system_prompt), Message(role="user", content=question)]
+    def conversation(self, question: str) -> list[Message]:
+        return [Message(role="system", content=self.system_prompt), Message(role="user", content=question)]
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         tok = self.tokenizer
         return encode_with_specials(format_prompt(messages), lambda t: tok.encode(t, add_special_tokens=False),
                                     tok.bos_token_id, tok.eos_token_id)
 
     def reply(self, questions: Sequence[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
-              seed: int = 0) -> list[str]:
-        """Greedy (temperature 0) or sampled answers, batched with left padding."""
+              seed: int = 0, batch_size: int = 16) -> list[str]:
+        """Answers to single questions under the model's system prompt."""
+        return self.reply_to([self.conversation(q) for q in questions], max_new_tokens, temperature, seed, batch_size)
+
+    def reply_to(self, conversations: Sequence[Sequence[Message]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[str]:
+        """Greedy (temperature 0) or sampled answers to conversations ending with a user turn,
+        in batches of similar length with left padding. Deterministic for a seed."""
+        import torch
+
+        encoded = [self.prompt_ids(c) for c in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
+        answers: dict[int, str] = {}
+        torch.manual_seed(seed)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            replies = self._generate([encoded[i] for i in batch], max_new_tokens, temperature)
+            answers.update(zip(batch, replies))
+        return [answers[i] for i in range(len(encoded))]
+
+    def _generate(self, encoded: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
         import torch
 
         tok = self.tokenizer
-        encoded = [self.prompt_ids(q) for q in questions]
         width = max(len(ids) for ids in encoded)
         pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
-        torch.manual_seed(seed)
         with torch.no_grad():
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
@@ -55,6 +75,19 @@ def load_generator(base_source: str | Path, adapter_dir: str | Path | None, syst
     tokenizer = load_tokenizer(tokenizer_source)
     model = load_base_model(base_source, chosen_precision, chosen_device)
     if adapter_dir:
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; nothing to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return Generator(model=model, tokenizer=tokenizer, device=chosen_device, system_prompt=system_prompt)
+
+
+def load_registered_generator(model_uri: str, cache_root: Path, device: str = "auto") -> Generator:
+    """Base + adapter of a registered version (`models:/NAME@ALIAS` or `models:/NAME/VERSION`):
+    the bundled base when the model carries one, else the base it references."""
+    from tasks.adapters import registry
+
+    model_dir = registry.download(registry.resolve(model_uri), cache_root)
+    config, artifacts = registry.model_files(model_dir)
+    base = artifacts.get("base_model") or config["base_model"]
+    return load_generator(base, artifacts["adapter"], config.get("system_prompt", ""), device=device)

@@ -27,3 +27,35 @@ def loss_curve(history: list[dict], out_path: Path, title: str) -> Path:
     fig.savefig(out_path)
     plt.close(fig)
     return out_path
+
+
+def comparison_chart(challenger: dict[str, float], champion: dict[str, float] | None, metrics: dict[str, str],
+                     out_path: Path, title: str, labels: tuple[str, str] = ("champion", "challenger")) -> Path:
+    """One small panel per metric (their scales differ), champion and challenger side by side;
+    each panel says which direction is better."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m for m in metrics if math.isfinite(challenger.get(m, math.nan))]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(1.9 * max(1, len(names)), 3.2), dpi=90, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        old = (champion or {}).get(name, math.nan)
+        values = [old if math.isfinite(old) else 0.0, challenger[name]]
+        bars = ax.bar([0, 1], values, color=["tab:gray", "tab:blue"])
+        if not math.isfinite(old):
+            bars[0].set_alpha(0.15)
+        ax.set_xticks([0, 1], labels, rotation=30, fontsize=7)
+        ax.set_title(f"{name}\n({metrics[name]} is better)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        for x, value in enumerate(values):
+            ax.annotate(f"{value:.3g}", (x, value), ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

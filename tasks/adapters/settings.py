@@ -39,6 +39,15 @@ class Paths:
         return self.home / "mlartifacts"
 
     @property
+    def registry_cache(self) -> Path:
+        """Registered model versions downloaded for local evaluation and chat (immutable)."""
+        return self.home / "registry-cache"
+
+    @property
+    def evaluations(self) -> Path:
+        return self.home / "evaluations"
+
+    @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
 
@@ -74,6 +83,7 @@ def quiet_offline_defaults() -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per file floods the Prefect logs
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "GX_ANALYTICS_ENABLED": "false",

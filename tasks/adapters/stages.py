@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from expectations.reasoning_dataset import SuiteSpec, flatten_rows
-from tasks.adapters import tracking
+from tasks.adapters import registry, tracking
 from tasks.adapters.configs import load_framework, load_profile
 from tasks.adapters.dataset_store import DatasetRef, read_rows, write_dataset
 from tasks.adapters.gx_runner import ValidationReport, validate_frame
@@ -158,6 +158,7 @@ def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: Train
         model_uri = tracking.log_adapter_model(Path(trained.adapter_dir), base_source=trained.base_model,
                                                log_base=profile.log_base_model, system_prompt=framework.system_prompt)
     name = registered_model_name(config, dataset.domain)
-    version, aliases = tracking.register(model_uri, name, tags={"dataset_sha256": dataset.sha256,
-                                                                 "run_id": trained.run_id, "profile": profile.name})
+    version, aliases = registry.register(model_uri, name, tags={
+        "dataset_sha256": dataset.sha256, "dataset.eval_path": dataset.eval_path, "run_id": trained.run_id,
+        "profile": profile.name, "framework": str(resolve_path(config.framework))})
     return Registration(name=name, version=version, aliases=aliases, model_uri=model_uri)

@@ -1,5 +1,5 @@
 """MLflow: one experiment per domain, one run per pipeline execution, the adapter as a pyfunc model
-registered under `<prefix>-<domain>` with aliases. Only derived config values are logged as params;
+registered under `<prefix>-<domain>` (see registry.py). Only derived config values are logged as params;
 nothing here reads or writes credentials."""
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 
 from tasks.adapters.settings import REPO_ROOT
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
 MODEL_ARTIFACT = "adapter"
 
 
@@ -44,6 +42,14 @@ def tracked_run(experiment: str, artifact_root: Path, *, run_name: str | None = 
     experiment_id = ensure_experiment(experiment, artifact_root)
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                           run_name=run_name, tags=tags) as run:
+        yield run.info.run_id
+
+
+@contextmanager
+def resumed_run(run_id: str) -> Iterator[str]:
+    """Reopen a finished run to add evaluation results. Called only once the results exist, so a
+    failed evaluation never marks the training run FAILED."""
+    with _mlflow().start_run(run_id=run_id) as run:
         yield run.info.run_id
 
 
@@ -113,20 +119,25 @@ def log_adapter_model(adapter_dir: Path, *, base_source: str, log_base: bool, sy
     return info.model_uri
 
 
-def register(model_uri: str, name: str, *, tags: dict[str, str] | None = None) -> tuple[str, list[str]]:
-    """Register a new version; alias it `challenger`, and `champion` when none exists yet.
-    Returns (version, aliases of the new version)."""
-    mlflow = _mlflow()
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+def log_table(frame, artifact_file: str) -> None:
+    """A per-example table (MLflow shows it in the run's Evaluation/Artifacts views)."""
+    _mlflow().log_table(frame, artifact_file=artifact_file)
 
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    client = MlflowClient()
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    aliases = [CHALLENGER]
+
+def log_text(text: str, artifact_file: str) -> None:
+    _mlflow().log_text(text, artifact_file)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    _mlflow().set_tags(tags)
+
+
+def download_run_artifact(run_id: str, artifact_path: str, dst: Path) -> Path | None:
+    """A run's artifact as a local file, or None when the run has no such artifact."""
+    from mlflow.exceptions import MlflowException
+
+    dst.mkdir(parents=True, exist_ok=True)
     try:
-        client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        aliases.append(CHAMPION)
-    return str(version), aliases
+        return Path(_mlflow().artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+    except (MlflowException, OSError):
+        return None

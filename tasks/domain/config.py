@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.domain.promotion import PromotionGate
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -83,6 +85,37 @@ class TrackingConfig(Frozen):
     registered_model_prefix: str = "reasoning-slm"
 
 
+class StabilityConfig(Frozen):
+    """Extra sampled-decoding passes, one per seed: how much the style and consistency metrics
+    move when answers are sampled rather than greedy. No seeds: skipped."""
+
+    seeds: list[int] = Field(default_factory=list)
+    temperature: float = Field(default=0.7, gt=0, le=2)
+
+
+class EvaluationConfig(Frozen):
+    probes: str = "configs/probes/general.yaml"
+    max_generations: int = Field(default=64, ge=1)
+    consistency_groups: int = Field(default=12, ge=0)
+    max_new_tokens: int = Field(default=96, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    seed: int = 13
+    stability: StabilityConfig = StabilityConfig()
+
+
+class Probe(Frozen):
+    prompt: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+
+class ProbeSet(Frozen):
+    """General prompts outside every domain: the adapter should leave the base model's behaviour
+    on them alone. Drift is the mean KL between adapted and base next-token distributions."""
+
+    description: str
+    probes: list[Probe] = Field(min_length=1)
+
+
 class PipelineConfig(Frozen):
     framework: str = "configs/frameworks/devops.yaml"
     profile: str = "tiny"
@@ -90,6 +123,8 @@ class PipelineConfig(Frozen):
     dataset: DatasetConfig = DatasetConfig()
     validation: ValidationConfig = ValidationConfig()
     tracking: TrackingConfig = TrackingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    promotion: PromotionGate = PromotionGate()
     # Per-run adjustments on top of the profile's training section (e.g. max_steps for a smoke run).
     training_overrides: dict[str, Any] = Field(default_factory=dict)
 

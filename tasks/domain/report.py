@@ -36,6 +36,8 @@ class RunRecord(BaseModel):
     model_version: str | None = None
     model_uri: str | None = None
     aliases: list[str] = []
+    evaluation: dict[str, Any] = {}
+    promotion: dict[str, Any] = {}
     prefect_flow_run_id: str | None = None
 
 
@@ -48,6 +50,7 @@ def _fmt(value: Any) -> str:
 def summary_markdown(record: RunRecord) -> str:
     """The run summary users read in Prefect's Artifacts tab."""
     t = record.training
+    e = record.evaluation.get("metrics", {})
     lines = [
         f"# nightly-retrain: {record.status}",
         "",
@@ -63,7 +66,12 @@ def summary_markdown(record: RunRecord) -> str:
         f"| tokens/s | {_fmt(t.get('tokens_per_second'))} on {_fmt(t.get('device'))} ({_fmt(t.get('precision'))}) |",
         f"| MLflow run | `{_fmt(record.mlflow_run_id)}` in `{_fmt(record.mlflow_experiment)}` |",
         f"| registered | {_fmt(record.registered_model)} v{_fmt(record.model_version)} {' '.join('@' + a for a in record.aliases)} |",
+        f"| held-out loss / style / drift | {_fmt(e.get('loss'))} / {_fmt(e.get('style_adherence'))} / {_fmt(e.get('drift_kl'))} |",
+        f"| promotion | {_fmt(record.promotion.get('verdict'))} (against champion v{_fmt(record.promotion.get('champion_version'))}) |",
     ]
+    reasons = [f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in record.promotion.get("checks", [])]
+    if reasons:
+        lines += ["", "## Promotion checks", "", *reasons]
     if record.error:
         lines += ["", f"**Error:** {record.error}"]
     if record.validation_failures:

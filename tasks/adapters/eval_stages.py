@@ -1,0 +1,236 @@
+"""Evaluation and promotion stages as plain functions (Prefect tasks wrap them; `rslm evaluate`,
+`promote`, `rollback` and `models` call them directly).
+
+evaluate_version: the version and the current champion on the same eval split -> metrics,
+per-example table, plots, all logged to the version's MLflow run.
+promote_challenger: the gate's decision, written to the registry (tags + description) and the run;
+only a passing decision moves `champion` (the old one becomes `previous-champion`)."""
+from __future__ import annotations
+
+import getpass
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.adapters import registry, tracking
+from tasks.adapters.configs import load_framework, load_model
+from tasks.adapters.dataset_store import file_sha256
+from tasks.adapters.settings import Paths
+from tasks.adapters.stages import read_dataset_files
+from tasks.domain.config import EvaluationConfig, PipelineConfig, ProbeSet
+from tasks.domain.errors import RslmError
+from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult
+from tasks.domain.hashing import content_hash
+from tasks.domain.promotion import (KEY_METRICS, Check, Decision, comparison_markdown, decide, eligibility)
+from tasks.domain.records import Row
+
+EVALUATION_STATUS = "evaluation.status"
+
+
+@dataclass
+class Evaluation:
+    """A version measured against the champion on one eval split (what the gate decides on)."""
+
+    name: str
+    version: str
+    run_id: str
+    eval_path: str
+    eval_sha256: str
+    metrics: dict[str, float]
+    champion_version: str | None = None
+    champion_metrics: dict[str, float] | None = None
+    champion_error: str | None = None
+    report_dir: str = ""
+    plots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        return comparison_markdown(self.metrics, self.champion_metrics)
+
+
+def _eval_rows(info: registry.VersionInfo, eval_path: str | None) -> tuple[str, list[Row]]:
+    path = eval_path or info.tags.get("dataset.eval_path")
+    if not path:
+        raise RslmError(f"{info.uri}: no eval set recorded on the version; pass --dataset DIR")
+    path = str(Path(path) / "reasoning_dataset.eval.jsonl") if Path(path).is_dir() else path
+    rows = [row for _, _, row in read_dataset_files([path])]
+    if not rows:
+        raise RslmError(f"{path}: the eval set is empty")
+    return path, rows
+
+
+def _cache_key(eval_sha: str, cfg: EvaluationConfig, probes: ProbeSet) -> str:
+    return content_hash({"eval": eval_sha, "evaluation": cfg.model_dump(), "probes": probes.model_dump(),
+                         "metrics_version": METRICS_VERSION})[:16]
+
+
+def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: ProbeSet, cfg: EvaluationConfig,
+             paths: Paths, out_dir: Path) -> EvaluationResult:
+    """One version's metrics; versions are immutable, so a result for the same eval set,
+    evaluation config and probes is reused (the champion is re-measured every night otherwise)."""
+    from tasks.adapters.evaluation import evaluate_generator
+    from tasks.adapters.inference import load_registered_generator
+
+    cached = out_dir / "result.json"
+    if cached.exists():
+        data = json.loads(cached.read_text())
+        answers = [AnswerRecord(**a) for a in json.loads((out_dir / "answers.json").read_text())]
+        return EvaluationResult(metrics=data["metrics"], answers=answers, paraphrases=data["paraphrases"],
+                                probe_kl=data["probe_kl"])
+    generator = load_registered_generator(info.uri, paths.registry_cache)
+    result = evaluate_generator(generator, rows, framework, probes.probes, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "answers.json").write_text(json.dumps([asdict(a) for a in result.answers], indent=1))
+    cached.write_text(json.dumps({"metrics": result.metrics, "paraphrases": result.paraphrases,
+                                  "probe_kl": result.probe_kl}, indent=1))
+    return result
+
+
+def _log_to_run(evaluation: Evaluation, result: EvaluationResult, paths: Paths) -> None:
+    """Metrics (`eval/...`, the champion's as `eval_champion/...`), tables and plots on the run."""
+    from tasks.adapters.plots import comparison_chart
+
+    report = Path(evaluation.report_dir)
+    chart = comparison_chart(evaluation.metrics, evaluation.champion_metrics, KEY_METRICS,
+                             report / "champion_vs_challenger.png",
+                             f"v{evaluation.version} vs champion "
+                             f"{'v' + evaluation.champion_version if evaluation.champion_version else '(none)'}",
+                             labels=("champion", f"v{evaluation.version}"))
+    loss_curve = tracking.download_run_artifact(evaluation.run_id, "plots/loss_curve.png", report)
+    evaluation.plots = [str(p) for p in (loss_curve, chart) if p]
+    with tracking.resumed_run(evaluation.run_id):
+        tracking.log_metrics({f"eval/{k}": v for k, v in evaluation.metrics.items()})
+        if evaluation.champion_metrics:
+            tracking.log_metrics({f"eval_champion/{k}": v for k, v in evaluation.champion_metrics.items()})
+        if result.answers:
+            tracking.log_table(pd.DataFrame([asdict(a) for a in result.answers]), "evaluation/answers.json")
+        tracking.log_dict({"paraphrases": result.paraphrases}, "evaluation/paraphrases.json")
+        tracking.log_dict({"probes": result.probe_kl}, "evaluation/drift_probes.json")
+        tracking.log_text(evaluation.markdown(), "evaluation/comparison.md")
+        tracking.log_image(chart)
+        tracking.set_tags({"evaluation.eval_sha256": evaluation.eval_sha256,
+                           "evaluation.champion_version": evaluation.champion_version or "none"})
+
+
+def evaluate_version(model_uri: str, config: PipelineConfig, paths: Paths, tracking_uri: str,
+                     eval_path: str | None = None) -> Evaluation:
+    """Evaluate a registered version (and the champion, on the same eval split) and log it all to
+    the version's run. A failure tags the version `evaluation.status=failed`, which bars promotion."""
+    tracking.use_store(tracking_uri)
+    info = registry.resolve(model_uri)
+    try:
+        path, rows = _eval_rows(info, eval_path)
+        framework = load_framework(info.tags.get("framework") or config.framework)
+        probes = load_model(ProbeSet, config.evaluation.probes)
+        eval_sha = file_sha256(path)
+        key = _cache_key(eval_sha, config.evaluation, probes)
+        report_dir = paths.evaluations / info.name / f"v{info.version}" / key
+        result = _measure(info, rows, framework, probes, config.evaluation, paths, report_dir)
+        evaluation = Evaluation(name=info.name, version=info.version, run_id=info.run_id, eval_path=path,
+                                eval_sha256=eval_sha, metrics=result.metrics, report_dir=str(report_dir))
+        champion = registry.version_for_alias(info.name, registry.CHAMPION)
+        if champion and champion != info.version:
+            evaluation.champion_version = champion
+            try:
+                champion_info = registry.resolve(f"models:/{info.name}/{champion}")
+                evaluation.champion_metrics = _measure(champion_info, rows, framework, probes, config.evaluation, paths,
+                                                       paths.evaluations / info.name / f"v{champion}" / key).metrics
+            except Exception as error:  # noqa: BLE001 - the gate reports it; the challenger's numbers stand
+                evaluation.champion_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+        _log_to_run(evaluation, result, paths)
+    except BaseException as error:
+        registry.set_version_tags(info.name, info.version, {
+            EVALUATION_STATUS: "failed", "evaluation.error": (str(error).splitlines() or [type(error).__name__])[0][:500]})
+        raise
+    registry.set_version_tags(info.name, info.version, {EVALUATION_STATUS: "succeeded",
+                                                        "evaluation.eval_sha256": eval_sha})
+    return evaluation
+
+
+@dataclass
+class Promotion:
+    name: str
+    version: str
+    verdict: str
+    decision: dict
+    aliases: dict[str, str | None]
+    markdown: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _preconditions(info: registry.VersionInfo, evaluation: Evaluation) -> list[Check]:
+    checks = eligibility(info.run_status, info.tags.get(EVALUATION_STATUS))
+    current = registry.version_for_alias(info.name, registry.CHAMPION)
+    if current == info.version:
+        checks.append(Check(name="not already champion", passed=False, detail=f"v{info.version} is the champion"))
+    elif current != evaluation.champion_version:
+        checks.append(Check(name="champion unchanged since evaluation", passed=False,
+                            detail=f"evaluated against v{evaluation.champion_version}, champion is now v{current}"))
+    if evaluation.champion_version and evaluation.champion_metrics is None:
+        checks.append(Check(name="champion measured on the same eval set", passed=False,
+                            detail=evaluation.champion_error or "no metrics"))
+    return checks
+
+
+def promote_challenger(config: PipelineConfig, evaluation: Evaluation, tracking_uri: str) -> Promotion:
+    """Decide by the configured gate; record the decision; move aliases only when it passes."""
+    tracking.use_store(tracking_uri)
+    info = registry.resolve(f"models:/{evaluation.name}/{evaluation.version}", with_run=True)
+    decision = decide(evaluation.metrics, evaluation.champion_metrics, config.promotion,
+                      challenger_version=evaluation.version, champion_version=evaluation.champion_version,
+                      preconditions=_preconditions(info, evaluation))
+    return _record(info, decision, evaluation.metrics, evaluation.champion_metrics)
+
+
+def _record(info: registry.VersionInfo, decision: Decision, metrics: dict, champion_metrics: dict | None) -> Promotion:
+    registry.record_decision(info.name, decision)
+    aliases = registry.promote(info.name, info.version) if decision.promote else registry.aliases_now(info.name)
+    markdown = comparison_markdown(metrics, champion_metrics, decision)
+    with tracking.resumed_run(info.run_id):
+        tracking.set_tags({"promotion.decision": decision.verdict})
+        tracking.log_dict(decision.model_dump(mode="json"), "promotion/decision.json")
+        tracking.log_text(markdown, "promotion/decision.md")
+    return Promotion(name=info.name, version=info.version, verdict=decision.verdict, decision=decision.model_dump(mode="json"),
+                     aliases=aliases, markdown=markdown)
+
+
+def manual_promote(name: str, version: str, tracking_uri: str, reason: str = "") -> Promotion:
+    """`rslm promote`: a person overrides the gate, but never for a version whose training or
+    evaluation failed. Recorded like a gate decision, with who and why."""
+    tracking.use_store(tracking_uri)
+    info = registry.resolve(f"models:/{name}/{version}", with_run=True)
+    checks = eligibility(info.run_status, info.tags.get(EVALUATION_STATUS))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        hint = f" (evaluate it first: rslm evaluate --model {info.uri})" if failed[-1].name.startswith("evaluation") else ""
+        raise RslmError(f"{info.uri} cannot be promoted: " + "; ".join(c.detail for c in failed) + hint)
+    champion = registry.version_for_alias(name, registry.CHAMPION)
+    note = f"by {getpass.getuser()}" + (f": {reason}" if reason else "")
+    decision = Decision(promote=True, kind="manual", challenger_version=info.version, champion_version=champion,
+                        checks=checks, note=note)
+    return _record(info, decision, {k.removeprefix("eval/"): v for k, v in info.metrics.items() if k.startswith("eval/")},
+                   None)
+
+
+def rollback(name: str, tracking_uri: str) -> dict[str, str | None]:
+    tracking.use_store(tracking_uri)
+    return registry.rollback(name)
+
+
+def model_table(name: str, tracking_uri: str) -> list[dict]:
+    """`rslm models`: one row per version with its aliases, key metrics and decision."""
+    tracking.use_store(tracking_uri)
+    rows = []
+    for v in registry.versions(name):
+        rows.append({"version": v.version, "aliases": ",".join(sorted(v.aliases)) or "-",
+                     "eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
+                     "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl"),
+                     "evaluation": v.tags.get(EVALUATION_STATUS, "-"), "decision": v.tags.get("promotion.decision", "-"),
+                     "run": v.run_status})
+    return rows

@@ -1,0 +1,134 @@
+"""Run one model over the evaluation plan: answer-token losses, generated answers, and KL against
+its own base (the adapter switched off) on the drift probes. Returns plain values; the metrics
+themselves are computed in `tasks/domain/evaluation.py`."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tasks.adapters.inference import Generator
+from tasks.domain.config import EvaluationConfig, Probe
+from tasks.domain.evaluation import (AnswerRecord, EvaluationResult, SampledPass, context, generation_sample,
+                                     paraphrase_groups, score_answers, summarise)
+from tasks.domain.formatting import TokenizedExample, format_example, format_row, tokenize_example
+from tasks.domain.framework import Framework
+from tasks.domain.metrics import consistency
+from tasks.domain.records import Message, Row
+from tasks.domain.tensor_metrics import kl_per_example, token_losses
+
+
+def _progress(items, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="batch", leave=False)
+
+
+def _tokenize(gen: Generator, examples) -> list[TokenizedExample]:
+    tok = gen.tokenizer
+    encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    return [tokenize_example(e, encode, tok.bos_token_id, tok.eos_token_id) for e in examples]
+
+
+@dataclass
+class _Batch:
+    input_ids: object
+    attention_mask: object
+    loss_mask: object
+
+
+def _batches(gen: Generator, examples: list[TokenizedExample], batch_size: int, description: str):
+    """Right-padded tensors, batch by batch, in the given order."""
+    import torch
+
+    pad = gen.tokenizer.pad_token_id
+    for start in _progress(range(0, len(examples), batch_size), description):
+        chunk = examples[start:start + batch_size]
+        width = max(len(e.input_ids) for e in chunk)
+        tensor = lambda rows: torch.tensor(rows, device=gen.device)  # noqa: E731
+        yield _Batch(input_ids=tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk]),
+                     attention_mask=tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk]),
+                     loss_mask=tensor([e.completion_mask + [0] * (width - len(e.input_ids)) for e in chunk]))
+
+
+def answer_losses(gen: Generator, rows: Sequence[Row], batch_size: int) -> tuple[list[float], list[int]]:
+    """Summed cross-entropy on each row's answer tokens (same tokens as training), and their count."""
+    import torch
+
+    sums: list[float] = []
+    counts: list[int] = []
+    with torch.no_grad():
+        for batch in _batches(gen, _tokenize(gen, [format_row(r) for r in rows]), batch_size, "eval loss"):
+            logits = gen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            batch_sums, batch_counts = token_losses(logits, batch.input_ids, batch.loss_mask)
+            sums += batch_sums
+            counts += batch_counts
+    return sums, counts
+
+
+def probe_kl(gen: Generator, probes: Sequence[Probe], batch_size: int) -> tuple[list[float], list[int]]:
+    """Summed KL(adapted || base) over each probe's predicted positions, and their count. The base
+    is the same model with the adapter disabled, so no second copy of the weights is loaded."""
+    import torch
+
+    examples = _tokenize(gen, [format_example([Message(role="user", content=p.prompt),
+                                               Message(role="assistant", content=p.answer)]) for p in probes])
+    sums: list[float] = []
+    counts: list[int] = []
+    with torch.no_grad():
+        for batch in _batches(gen, examples, batch_size, "drift probes"):
+            adapted = gen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            if hasattr(gen.model, "disable_adapter"):
+                with gen.model.disable_adapter():
+                    base = gen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            else:  # no adapter: the model is its own base
+                base = adapted
+            # position t predicts token t+1: count the positions whose next token is real
+            batch_sums, batch_counts = kl_per_example(adapted[:, :-1], base[:, :-1], batch.attention_mask[:, 1:])
+            sums += batch_sums
+            counts += batch_counts
+    return sums, counts
+
+
+def _answers(gen: Generator, rows: Sequence[Row], cfg: EvaluationConfig, temperature: float, seed: int) -> list[str]:
+    return gen.reply_to([context(r) for r in rows], max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                        seed=seed, batch_size=cfg.batch_size)
+
+
+def _paraphrase_answers(gen: Generator, groups: list[list[Row]], cfg: EvaluationConfig, temperature: float,
+                        seed: int) -> list[list[str]]:
+    flat = _answers(gen, [r for g in groups for r in g], cfg, temperature, seed)
+    out, start = [], 0
+    for group in groups:
+        out.append(flat[start:start + len(group)])
+        start += len(group)
+    return out
+
+
+def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Framework, probes: Sequence[Probe],
+                       cfg: EvaluationConfig) -> EvaluationResult:
+    """Every metric for one model on one eval split; deterministic for `cfg.seed`."""
+    from tasks.domain.metrics import agreement
+    from tasks.domain.evaluation import style_metrics
+
+    losses = answer_losses(gen, eval_rows, cfg.batch_size)
+    loss_by_id = {r.id: (s / n if n else None) for r, s, n in zip(eval_rows, *losses, strict=True)}
+    sample = generation_sample(eval_rows, cfg.max_generations, cfg.seed)
+    answers: list[AnswerRecord] = score_answers(sample, _answers(gen, sample, cfg, 0.0, cfg.seed), framework)
+    for record in answers:
+        record.loss = loss_by_id.get(record.row_id)
+    groups = paraphrase_groups(eval_rows, cfg.consistency_groups, cfg.seed)
+    paraphrased = _paraphrase_answers(gen, groups, cfg, 0.0, cfg.seed)
+    passes = []
+    for seed in cfg.stability.seeds:
+        sampled = score_answers(sample, _answers(gen, sample, cfg, cfg.stability.temperature, seed), framework)
+        sampled_groups = _paraphrase_answers(gen, groups, cfg, cfg.stability.temperature, seed)
+        passes.append(SampledPass(seed=seed, style_adherence=style_metrics(sampled)["style_adherence"],
+                                  consistency=consistency(sampled_groups)))
+    kl = probe_kl(gen, probes, cfg.batch_size)
+    metrics = summarise(losses, answers, paraphrased, kl, passes)
+    return EvaluationResult(
+        metrics=metrics, answers=answers,
+        paraphrases=[{"group": g[0].metadata.group, "questions": [r.turns("user")[-1] for r in g],
+                      "answers": a, "agreement": agreement(a)} for g, a in zip(groups, paraphrased, strict=True)],
+        probe_kl=[{"prompt": p.prompt, "kl_per_token": s / n if n else None}
+                  for p, s, n in zip(probes, *kl, strict=True)])

@@ -1,0 +1,175 @@
+"""What evaluation asks of a model, and how its answers become metrics. Pure: the model-facing
+part (losses, generation, KL) lives in `tasks/adapters/evaluation.py` and hands plain values back.
+
+- loss/perplexity: mean cross-entropy per answer token over the whole held-out split;
+- style: answers to a balanced sample of held-out prompts against the framework's style;
+- consistency: answers to every paraphrase of a few held-out questions, compared pairwise;
+- drift: mean per-token KL(adapted || base) on fixed out-of-domain probes;
+- stability: style and consistency again under sampled decoding, one pass per seed.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tasks.domain.framework import Framework
+from tasks.domain.metrics import consistency, mean, perplexity, spread, style_score, style_summary
+from tasks.domain.promotion import CONSISTENCY, DRIFT, LOSS, PERPLEXITY, STYLE, STYLE_STD
+from tasks.domain.records import Message, Row
+
+# Bump when a metric's definition changes: cached evaluations of older definitions are then
+# recomputed rather than compared with new numbers.
+METRICS_VERSION = 2
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> (name, alias, version).
+
+    >>> parse_model_uri("models:/reasoning-slm-devops@champion")
+    ('reasoning-slm-devops', 'champion', None)
+    >>> parse_model_uri("models:/reasoning-slm-devops/3")
+    ('reasoning-slm-devops', None, '3')
+    """
+    match = _MODEL_URI.match(uri.strip())
+    if not match:
+        raise ValueError(f"{uri!r} is not a registry URI: use models:/NAME@ALIAS or models:/NAME/VERSION")
+    return match["name"], match["alias"], match["version"]
+
+
+def _balanced(rows: Sequence[Row], n: int, rng: random.Random) -> list[Row]:
+    """Up to n rows, round-robin across final principles, order fixed by the rng."""
+    by_principle: dict[str, list[Row]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r.id):
+        by_principle[row.metadata.final_principle].append(row)
+    queues = []
+    for key in sorted(by_principle):
+        members = by_principle[key]
+        rng.shuffle(members)
+        queues.append(members)
+    picked: list[Row] = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
+def generation_sample(rows: Sequence[Row], n: int, seed: int) -> list[Row]:
+    """Held-out rows whose answers are generated and scored for style: one per question group
+    (paraphrases are the consistency check's job), balanced across final principles."""
+    one_per_group = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        one_per_group.setdefault(row.metadata.group, row)
+    return _balanced(list(one_per_group.values()), n, random.Random(seed))
+
+
+def paraphrase_groups(rows: Sequence[Row], n: int, seed: int) -> list[list[Row]]:
+    """Up to n held-out question groups with at least two phrasings, each with all its rows."""
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r.id):
+        if len(row.messages) <= 3:  # single-turn only: a follow-up's answer depends on its context
+            groups[row.metadata.group].append(row)
+    names = sorted(g for g, members in groups.items() if len(members) >= 2)
+    random.Random(seed).shuffle(names)
+    return [groups[g] for g in sorted(names[:n])]
+
+
+def context(row: Row) -> list[Message]:
+    """The conversation up to the answer the model must give (the last assistant turn removed)."""
+    return list(row.messages[:-1])
+
+
+def key_terms_by_path(framework: Framework) -> dict[tuple[str, ...], list[str]]:
+    return {path: list(block.key_terms) for path, block in framework.blocks()}
+
+
+@dataclass
+class AnswerRecord:
+    """One generated answer with its style verdict: a row of the per-example table."""
+
+    row_id: str
+    principle: str
+    prompt: str
+    expected: str
+    answer: str
+    words: int
+    within_cap: bool
+    key_term_coverage: float
+    hedges: list[str]
+    style: float
+    loss: float | None = None
+
+
+def score_answers(rows: Sequence[Row], answers: Sequence[str], framework: Framework) -> list[AnswerRecord]:
+    terms = key_terms_by_path(framework)
+    style = framework.style
+    records = []
+    for row, answer in zip(rows, answers, strict=True):
+        score = style_score(answer, max_words=style.max_answer_words, min_words=style.min_answer_words,
+                            key_terms=terms.get(tuple(row.metadata.principle_path), []),
+                            banned_phrases=style.banned_phrases)
+        records.append(AnswerRecord(
+            row_id=row.id, principle="/".join(row.metadata.principle_path), prompt=row.turns("user")[-1],
+            expected=row.turns("assistant")[-1], answer=answer, words=score.words, within_cap=score.within_cap,
+            key_term_coverage=score.coverage, hedges=list(score.hedges), style=score.score))
+    return records
+
+
+def style_metrics(records: Sequence[AnswerRecord]) -> dict[str, float]:
+    from tasks.domain.metrics import StyleScore
+
+    return style_summary([StyleScore(words=r.words, within_cap=r.within_cap, coverage=r.key_term_coverage,
+                                     hedges=tuple(r.hedges)) for r in records])
+
+
+def loss_metrics(loss_sums: Sequence[float], token_counts: Sequence[int]) -> dict[str, float]:
+    """Token-weighted mean over the whole split (not a mean of per-example means)."""
+    tokens = sum(token_counts)
+    loss = sum(loss_sums) / tokens if tokens else float("nan")
+    return {LOSS: loss, PERPLEXITY: perplexity(loss), "eval_tokens": float(tokens)}
+
+
+def drift_metric(kl_sums: Sequence[float], positions: Sequence[int]) -> dict[str, float]:
+    """Mean per-probe KL, each probe's KL averaged over its positions (every probe counts once)."""
+    return {DRIFT: mean(s / n for s, n in zip(kl_sums, positions, strict=True) if n)}
+
+
+@dataclass
+class SampledPass:
+    seed: int
+    style_adherence: float
+    consistency: float
+
+
+def stability_metrics(passes: Sequence[SampledPass]) -> dict[str, float]:
+    if not passes:
+        return {}
+    style_mean, style_std = spread([p.style_adherence for p in passes])
+    cons_mean, cons_std = spread([p.consistency for p in passes])
+    return {"stability/style_adherence_mean": style_mean, STYLE_STD: style_std,
+            "stability/consistency_mean": cons_mean, "stability/consistency_std": cons_std,
+            "stability/seeds": float(len(passes))}
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one model's evaluation produced; `metrics` is what MLflow and the gate see."""
+
+    metrics: dict[str, float]
+    answers: list[AnswerRecord] = field(default_factory=list)
+    paraphrases: list[dict] = field(default_factory=list)
+    probe_kl: list[dict] = field(default_factory=list)
+
+
+def summarise(losses: tuple[Sequence[float], Sequence[int]], answers: list[AnswerRecord],
+              paraphrase_answers: Sequence[Sequence[str]], kl: tuple[Sequence[float], Sequence[int]],
+              passes: Sequence[SampledPass]) -> dict[str, float]:
+    metrics = {**loss_metrics(*losses), **style_metrics(answers),
+               CONSISTENCY: consistency(paraphrase_answers), **drift_metric(*kl), **stability_metrics(passes)}
+    metrics["generated"] = float(len(answers))
+    return metrics
+

@@ -1,0 +1,208 @@
+"""The promotion gate and the champion's history, as pure functions.
+
+A challenger becomes champion only when every check passes against the champion's metrics
+measured on the *same* eval set. The registry keeps a champion history so `rollback` can step
+back more than once: aliases are derived from it (last = champion, one before = previous-champion).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.domain.errors import RslmError
+
+Metrics = Mapping[str, float]
+
+# Metric names shared by evaluation, the gate and the reports.
+LOSS = "loss"
+PERPLEXITY = "perplexity"
+STYLE = "style_adherence"
+CONSISTENCY = "consistency"
+DRIFT = "drift_kl"
+STYLE_STD = "stability/style_adherence_std"
+# What the comparison table and chart show, in order, and which direction is better.
+KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
+    LOSS: "lower", PERPLEXITY: "lower", STYLE: "higher", "within_word_cap": "higher",
+    "key_term_coverage": "higher", "no_hedging": "higher", CONSISTENCY: "higher", DRIFT: "lower",
+}
+
+
+class PromotionGate(BaseModel):
+    """Bounds a challenger must meet. `None` switches a check off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_eval_loss_improvement: float = Field(default=0.01, ge=0, lt=1)
+    max_style_adherence_drop: float = Field(default=0.0, ge=0, le=1)
+    min_style_adherence: float | None = Field(default=None, ge=0, le=1)
+    min_consistency: float | None = Field(default=None, ge=0, le=1)
+    max_drift_kl: float | None = Field(default=None, gt=0)
+    max_stability_std: float | None = Field(default=None, ge=0)
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    promote: bool
+    kind: Literal["gate", "manual"] = "gate"
+    note: str = ""  # who/why, for manual promotions
+    challenger_version: str
+    champion_version: str | None = None
+    checks: list[Check] = []
+
+    @property
+    def verdict(self) -> str:
+        if self.kind == "manual":
+            return "promoted-manually"
+        return "promoted" if self.promote else "rejected"
+
+    def reasons(self) -> list[str]:
+        return [f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
+
+    def description(self) -> str:
+        """One paragraph for the model version's description in the registry."""
+        against = f"champion v{self.champion_version}" if self.champion_version else "no champion"
+        note = f" {self.note}." if self.note else ""
+        return f"{self.verdict.upper()} against {against}.{note} " + " ".join(f"[{r}]" for r in self.reasons())
+
+
+def _measured(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def _missing(name: str, metric: str) -> Check:
+    return Check(name=name, passed=False, detail=f"{metric} was not measured")
+
+
+def _loss_check(challenger: Metrics, champion: Metrics, gate: PromotionGate) -> Check:
+    name = "eval loss improves"
+    new, old = challenger.get(LOSS), champion.get(LOSS)
+    if not (_measured(new) and _measured(old)):
+        return _missing(name, "eval loss")
+    change = (new - old) / old if old else 0.0
+    need = gate.min_eval_loss_improvement
+    return Check(name=name, passed=new <= old * (1 - need),
+                 detail=f"{new:.4f} vs champion {old:.4f}: {change:+.2%} (need <= {-need:+.2%})")
+
+
+def _style_drop_check(challenger: Metrics, champion: Metrics, gate: PromotionGate) -> Check:
+    name = "style adherence not lower"
+    new, old = challenger.get(STYLE), champion.get(STYLE)
+    if not (_measured(new) and _measured(old)):
+        return _missing(name, STYLE)
+    floor = old - gate.max_style_adherence_drop
+    return Check(name=name, passed=new >= floor - 1e-12,
+                 detail=f"{new:.3f} vs champion {old:.3f} (floor {floor:.3f})")
+
+
+def _bound_check(name: str, metric: str, value: float | None, bound: float, *, upper: bool) -> Check:
+    if not _measured(value):
+        return _missing(name, metric)
+    passed = value <= bound if upper else value >= bound
+    return Check(name=name, passed=passed, detail=f"{value:.4f} {'<=' if upper else '>='} {bound:.4f} required")
+
+
+def eligibility(run_status: str, evaluation_status: str | None) -> list[Check]:
+    """Whatever the metrics say, a version whose training or evaluation failed is never promoted.
+
+    >>> [c.passed for c in eligibility("FINISHED", "succeeded")], [c.passed for c in eligibility("FAILED", None)]
+    ([True, True], [False, False])
+    """
+    return [Check(name="training succeeded", passed=run_status == "FINISHED", detail=f"training run {run_status or 'unknown'}"),
+            Check(name="evaluation succeeded", passed=evaluation_status == "succeeded",
+                  detail=f"evaluation {evaluation_status or 'never ran'}")]
+
+
+def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *,
+           challenger_version: str, champion_version: str | None = None,
+           preconditions: list[Check] | None = None) -> Decision:
+    """Promote only when every precondition and configured check passes. Without a champion,
+    only the absolute bounds apply (the first good model becomes champion)."""
+    checks: list[Check] = list(preconditions or [])
+    if champion is not None:
+        checks += [_loss_check(challenger, champion, gate), _style_drop_check(challenger, champion, gate)]
+    if gate.min_style_adherence is not None:
+        checks.append(_bound_check("style adherence floor", STYLE, challenger.get(STYLE), gate.min_style_adherence, upper=False))
+    if gate.min_consistency is not None:
+        checks.append(_bound_check("consistency floor", CONSISTENCY, challenger.get(CONSISTENCY), gate.min_consistency, upper=False))
+    if gate.max_drift_kl is not None:
+        checks.append(_bound_check("drift bound", DRIFT, challenger.get(DRIFT), gate.max_drift_kl, upper=True))
+    if gate.max_stability_std is not None:
+        checks.append(_bound_check("stable across seeds", STYLE_STD, challenger.get(STYLE_STD), gate.max_stability_std, upper=True))
+    return Decision(promote=all(c.passed for c in checks), checks=checks,
+                    challenger_version=challenger_version, champion_version=champion_version)
+
+
+# --- champion history -----------------------------------------------------------------------
+
+def parse_history(tag_value: str | None, current_champion: str | None) -> list[str]:
+    """The history from the registered model's tag; a registry without the tag (or one changed
+    by hand in the UI) is reconciled with the live `champion` alias."""
+    history = [v for v in (tag_value or "").split(",") if v]
+    if current_champion and (not history or history[-1] != current_champion):
+        history = [v for v in history if v != current_champion] + [current_champion]
+    return history
+
+
+def format_history(history: list[str]) -> str:
+    return ",".join(history)
+
+
+def after_promotion(history: list[str], version: str) -> list[str]:
+    """`version` becomes champion; re-promoting an old champion moves it to the top.
+
+    >>> after_promotion(["1", "2"], "3")
+    ['1', '2', '3']
+    """
+    return [v for v in history if v != version] + [version]
+
+
+def after_rollback(history: list[str]) -> list[str]:
+    """Drop the current champion; the one before it takes over.
+
+    >>> after_rollback(["1", "2", "3"])
+    ['1', '2']
+    """
+    if len(history) < 2:
+        raise RslmError("nothing to roll back to: no previous champion recorded")
+    return history[:-1]
+
+
+def aliases_for(history: list[str]) -> dict[str, str | None]:
+    """What `champion` and `previous-champion` point at for this history (None: no such alias)."""
+    return {"champion": history[-1] if history else None,
+            "previous-champion": history[-2] if len(history) >= 2 else None}
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def _fmt(value: float | None) -> str:
+    return "—" if not _measured(value) else f"{value:.4g}"
+
+
+def comparison_markdown(challenger: Metrics, champion: Metrics | None, decision: Decision | None = None) -> str:
+    """The metrics side by side, and the decision with its reasons, for Prefect and MLflow."""
+    champion = champion or {}
+    lines = []
+    if decision is not None:
+        against = f"champion v{decision.champion_version}" if decision.champion_version else "no champion"
+        lines += [f"# v{decision.challenger_version}: {decision.verdict} (against {against})", ""]
+        lines += [f"- {reason}" for reason in decision.reasons()] or ["- no checks configured"]
+        lines.append("")
+    lines += ["| metric | better | champion | challenger | change |", "|---|---|---|---|---|"]
+    for name, direction in KEY_METRICS.items():
+        new, old = challenger.get(name), champion.get(name)
+        change = _fmt(new - old) if _measured(new) and _measured(old) else "—"
+        lines.append(f"| {name} | {direction} | {_fmt(old)} | {_fmt(new)} | {change} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""Prefect tasks for evaluation and promotion, plus the artifacts users read in the Prefect UI."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from tasks.adapters import eval_stages
+from tasks.adapters.settings import paths
+from tasks.domain.config import PipelineConfig
+from tasks.model_tasks import TRAINING_SLOT
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE)
+def evaluate_model_task(model_uri: str, config: PipelineConfig, tracking_uri: str,
+                        eval_path: str | None = None) -> eval_stages.Evaluation:
+    # Evaluation runs models on the same device as training: one at a time.
+    with concurrency(TRAINING_SLOT, occupy=1, strict=False):
+        return eval_stages.evaluate_version(model_uri, config, paths(), tracking_uri, eval_path)
+
+
+@task(name="promote-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def promote_model_task(config: PipelineConfig, evaluation: eval_stages.Evaluation,
+                       tracking_uri: str) -> eval_stages.Promotion:
+    return eval_stages.promote_challenger(config, evaluation, tracking_uri)
+
+
+def _inline_png(path: str) -> str:
+    """Prefect artifacts hold text only: a PNG goes in as a data URI so the UI shows the picture."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"![{Path(path).stem}](data:image/png;base64,{data})"
+
+
+@task(name="publish-evaluation", cache_policy=NO_CACHE)
+def publish_evaluation_task(evaluation: eval_stages.Evaluation) -> None:
+    lines = [f"# Evaluation of {evaluation.name} v{evaluation.version}", "",
+             f"Eval set `{evaluation.eval_path}` (sha256 `{evaluation.eval_sha256[:12]}`), "
+             f"MLflow run `{evaluation.run_id}`.", "", evaluation.markdown()]
+    if evaluation.champion_error:
+        lines += [f"**Champion v{evaluation.champion_version} could not be evaluated:** {evaluation.champion_error}", ""]
+    lines += [_inline_png(p) for p in evaluation.plots if Path(p).exists()]
+    create_markdown_artifact(key="model-evaluation", markdown="\n".join(lines),
+                             description=f"{evaluation.name} v{evaluation.version} vs champion")
+
+
+@task(name="publish-promotion", cache_policy=NO_CACHE)
+def publish_promotion_task(promotion: eval_stages.Promotion) -> None:
+    aliases = ", ".join(f"@{k} = v{v}" for k, v in promotion.aliases.items() if v) or "none"
+    create_markdown_artifact(key="promotion-decision", markdown=f"{promotion.markdown}\nAliases now: {aliases}\n",
+                             description=f"{promotion.name} v{promotion.version}: {promotion.verdict}")

@@ -1,0 +1,76 @@
+"""Evaluation: the plan (which prompts, which paraphrases) and a real run on the tiny model."""
+from collections import Counter
+
+import pytest
+
+from tasks.domain.evaluation import generation_sample, paraphrase_groups, parse_model_uri, score_answers
+
+
+def test_generation_sample_is_balanced_one_per_group_and_seeded(small_build):
+    rows = small_build.eval
+    sample = generation_sample(rows, 12, seed=3)
+    assert len(sample) == 12 and len({r.metadata.group for r in sample}) == 12
+    per_principle = Counter(r.metadata.final_principle for r in sample)
+    assert max(per_principle.values()) - min(per_principle.values()) <= 1, per_principle
+    assert [r.id for r in generation_sample(rows, 12, seed=3)] == [r.id for r in sample]
+    assert [r.id for r in generation_sample(rows, 12, seed=4)] != [r.id for r in sample]
+
+
+def test_paraphrase_groups_hold_every_phrasing_of_one_question(small_build):
+    groups = paraphrase_groups(small_build.eval, 5, seed=1)
+    assert 0 < len(groups) <= 5
+    for group in groups:
+        assert len(group) >= 2 and len({r.metadata.group for r in group}) == 1
+        assert len({r.turns("user")[-1] for r in group}) == len(group), "distinct phrasings"
+        assert len({r.turns("assistant")[-1] for r in group}) == 1, "one expected answer"
+
+
+def test_model_uris_parse_or_fail_clearly():
+    assert parse_model_uri("models:/m@champion") == ("m", "champion", None)
+    assert parse_model_uri("models:/m/12") == ("m", None, "12")
+    for bad in ["runs:/abc/adapter", "models:/m", "models:/m@", "m@champion"]:
+        with pytest.raises(ValueError, match="not a registry URI"):
+            parse_model_uri(bad)
+
+
+def test_answers_are_scored_against_their_own_principle(small_build, devops_framework):
+    row = small_build.eval[0]
+    expected = row.turns("assistant")[-1]
+    good, bad = score_answers([row, row], [expected, "maybe " * 100], devops_framework)
+    assert good.within_cap and not good.hedges and good.style > bad.style
+    assert bad.hedges == ["maybe"] and not bad.within_cap
+    assert good.principle == "/".join(row.metadata.principle_path)
+
+
+@pytest.mark.slow
+def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tiny_base, small_build,
+                                                                             devops_framework, tmp_path):
+    from tasks.adapters.evaluation import evaluate_generator
+    from tasks.adapters.inference import load_generator
+    from tasks.adapters.training import train_lora
+    from tasks.domain.config import EvaluationConfig, Probe, TrainingConfig
+
+    probes = [Probe(prompt="What is the capital of France?", answer="Paris."),
+              Probe(prompt="Name a colour.", answer="Blue.")]
+    cfg = EvaluationConfig(max_generations=6, consistency_groups=2, max_new_tokens=12, batch_size=4,
+                           stability={"seeds": [1, 2], "temperature": 0.9})
+    eval_rows = small_build.eval
+    base = load_generator(tiny_base, None, devops_framework.system_prompt)
+    untouched = evaluate_generator(base, eval_rows, devops_framework, probes, cfg)
+    assert untouched.metrics["drift_kl"] == 0.0, "a model without an adapter has not drifted from itself"
+
+    adapter = tmp_path / "adapter"
+    train_lora(tiny_base, small_build.train, small_build.eval, TrainingConfig(
+        max_steps=30, learning_rate=1.0e-2, batch_size=8, max_length=320, save_steps=30, seed=5,
+        lora={"target_modules": "all-linear"}), adapter)
+    tuned = load_generator(tiny_base, adapter, devops_framework.system_prompt)
+    first = evaluate_generator(tuned, eval_rows, devops_framework, probes, cfg)
+    again = evaluate_generator(tuned, eval_rows, devops_framework, probes, cfg)
+    assert first.metrics == again.metrics, "deterministic for a seed"
+    metrics = first.metrics
+    assert metrics["drift_kl"] > 0.0 and metrics["loss"] < untouched.metrics["loss"], "training moved the model"
+    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
+    assert metrics["generated"] == 6 and len(first.answers) == 6 and all(a.loss is not None for a in first.answers)
+    assert 0.0 <= metrics["style_adherence"] <= 1.0 and 0.0 <= metrics["consistency"] <= 1.0
+    assert metrics["stability/seeds"] == 2 and metrics["stability/style_adherence_std"] >= 0.0
+    assert len(first.paraphrases) == 2 and len(first.probe_kl) == 2
