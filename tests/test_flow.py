@@ -138,6 +138,9 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     rows = {r["version"]: r for r in json.loads(listing.output)}
     assert rows["3"]["aliases"] == "champion" and rows["1"]["aliases"] == "previous-champion"
     assert rows["4"]["evaluation"] == "failed" and rows["2"]["eval_loss"] < rows["3"]["eval_loss"]
+    chat = runner.invoke(cli, ["chat", "Why pin images by digest?", "--model", f"models:/{name}@champion",
+                               "--max-new-tokens", "4"])
+    assert chat.exit_code == 0, chat.output
 
 
 def test_failed_validation_trains_and_registers_nothing(prefect_harness, rslm_home, tmp_path):

@@ -62,11 +62,11 @@ def summary_markdown(record: RunRecord) -> str:
         f"| dataset sha256 | `{_fmt(record.dataset_sha256)}` |",
         f"| validation | {'passed' if record.validation_success else 'FAILED' if record.validation_success is False else '—'} |",
         f"| train loss (first → last) | {_fmt(t.get('train_loss_first'))} → {_fmt(t.get('train_loss_last'))} |",
-        f"| eval loss | {_fmt(t.get('eval_loss'))} |",
+        f"| eval loss (trainer, mean of batch means) | {_fmt(t.get('eval_loss'))} |",
         f"| tokens/s | {_fmt(t.get('tokens_per_second'))} on {_fmt(t.get('device'))} ({_fmt(t.get('precision'))}) |",
         f"| MLflow run | `{_fmt(record.mlflow_run_id)}` in `{_fmt(record.mlflow_experiment)}` |",
         f"| registered | {_fmt(record.registered_model)} v{_fmt(record.model_version)} {' '.join('@' + a for a in record.aliases)} |",
-        f"| held-out loss / style / drift | {_fmt(e.get('loss'))} / {_fmt(e.get('style_adherence'))} / {_fmt(e.get('drift_kl'))} |",
+        f"| held-out loss (per token) / style / drift KL | {_fmt(e.get('loss'))} / {_fmt(e.get('style_adherence'))} / {_fmt(e.get('drift_kl'))} |",
         f"| promotion | {_fmt(record.promotion.get('verdict'))} (against champion v{_fmt(record.promotion.get('champion_version'))}) |",
     ]
     reasons = [f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in record.promotion.get("checks", [])]
