@@ -60,18 +60,21 @@ def cli() -> None:
 @max_samples_option
 @device_option
 @click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
-def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model) -> None:
+@click.option("--force", is_flag=True, help="Rebuild and retrain even when nothing changed.")
+def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force) -> None:
     """Run the nightly_retrain flow once: build, validate, train, register, evaluate, promote."""
     _setup()
     from flows.nightly_retrain import nightly_retrain
 
-    record = nightly_retrain(config_path=config_path, base_model=base_model,
+    record = nightly_retrain(config_path=config_path, base_model=base_model, force=force,
                              overrides=_overrides(framework, profile, max_steps, max_samples, device))
     click.echo(json.dumps({**{k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
                                                      "registered_model", "model_version", "aliases")},
-                           "eval": {k: record["evaluation"]["metrics"].get(k) for k in ("loss", "style_adherence",
-                                                                                         "consistency", "drift_kl")},
+                           "eval": {k: record["evaluation"].get("metrics", {}).get(k)
+                                    for k in ("loss", "style_adherence", "consistency", "drift_kl")},
                            "promotion": record["promotion"].get("verdict")}, indent=2))
+    if record["status"] == "unchanged":
+        click.echo(f"nothing changed since v{record['model_version']}: nothing trained (use --force to retrain)")
     from tasks.adapters.settings import paths
 
     click.echo(f"run record: {paths().last_run}")

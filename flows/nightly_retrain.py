@@ -1,12 +1,17 @@
 """The nightly retrain, as a table of contents:
 
-    build-dataset -> validate-dataset -> train-adapter -> register-adapter -> evaluate-model -> promote-model
+    build-dataset -> validate-dataset -> [unchanged? stop] -> train-adapter -> register-adapter
+        -> evaluate-model -> promote-model
 
 Each stage is a sub-flow; a failed stage stops the run before anything later is trained,
-registered or promoted (a registered version whose evaluation fails is tagged and never promoted). `last-run.json` and a summary artifact are written whatever happens."""
+registered or promoted (a registered version whose evaluation fails is tagged and never promoted).
+Unchanged input (same dataset bytes and training config as a registered, evaluated version)
+trains nothing unless `force`. `last-run.json` and a summary artifact are written whatever happens;
+a failure also leaves a `nightly-retrain-failure` artifact and, if configured, a webhook call."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -14,9 +19,9 @@ from prefect.runtime import flow_run
 
 from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config
 from tasks.adapters.dataset_store import DatasetRef
+from tasks.adapters.eval_stages import Evaluation, Promotion
 from tasks.adapters.gx_runner import ValidationReport
 from tasks.adapters.settings import paths, resolve_path, tracking_uri
-from tasks.adapters.eval_stages import Evaluation, Promotion
 from tasks.adapters.stages import Registration, TrainedAdapter, require_valid
 from tasks.dataset_tasks import (expand_dataset_task, generate_blueprint_task, load_framework_task,
                                  validate_dataset_task)
@@ -25,8 +30,9 @@ from tasks.domain.errors import DataValidationError
 from tasks.domain.report import RunRecord
 from tasks.eval_tasks import (evaluate_model_task, promote_model_task, publish_evaluation_task,
                               publish_promotion_task)
-from tasks.model_tasks import prepare_base_model_task, register_adapter_task, train_adapter_task
-from tasks.report_tasks import publish_validation_task, write_run_record_task
+from tasks.model_tasks import (find_trained_version_task, prepare_base_model_task, register_adapter_task,
+                               train_adapter_task)
+from tasks.report_tasks import publish_validation_task, record_failure, write_run_record_task
 
 
 def _now() -> str:
@@ -34,16 +40,22 @@ def _now() -> str:
 
 
 @flow(name="build-dataset")
-def build_dataset(config: PipelineConfig) -> DatasetRef:
+def build_dataset(config: PipelineConfig, force: bool = False) -> DatasetRef:
     framework = load_framework_task(config.framework)
-    blueprint = generate_blueprint_task(framework, config.dataset.generator)
-    return expand_dataset_task(framework, blueprint, config, str(paths().datasets))
+    blueprint = generate_blueprint_task.with_options(refresh_cache=force)(framework, config.dataset.generator)
+    dataset = expand_dataset_task.with_options(refresh_cache=force)(framework, blueprint, config, str(paths().datasets))
+    if not (Path(dataset.train_path).exists() and Path(dataset.eval_path).exists()):  # cached, then deleted
+        dataset = expand_dataset_task.with_options(refresh_cache=True)(framework, blueprint, config, str(paths().datasets))
+    return dataset
 
 
 @flow(name="validate-dataset")
-def validate_dataset(config: PipelineConfig, dataset: DatasetRef) -> ValidationReport:
+def validate_dataset(config: PipelineConfig, dataset: DatasetRef, force: bool = False) -> ValidationReport:
     framework = load_framework_task(config.framework)
-    report = validate_dataset_task(dataset, framework, config, f"{dataset.directory}/validation")
+    out_dir = f"{dataset.directory}/validation"
+    report = validate_dataset_task.with_options(refresh_cache=force)(dataset, framework, config, out_dir)
+    if report.result_path and not Path(report.result_path).exists():  # cached, then deleted
+        report = validate_dataset_task.with_options(refresh_cache=True)(dataset, framework, config, out_dir)
     publish_validation_task(report)
     require_valid(report)
     return report
@@ -57,8 +69,9 @@ def train_adapter(config: PipelineConfig, dataset: DatasetRef, report: Validatio
 
 
 @flow(name="register-adapter")
-def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: TrainedAdapter) -> Registration:
-    return register_adapter_task(config, dataset, trained, tracking_uri())
+def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: TrainedAdapter,
+                     training_key: str = "") -> Registration:
+    return register_adapter_task(config, dataset, trained, tracking_uri(), training_key)
 
 
 @flow(name="evaluate-model")
@@ -75,46 +88,59 @@ def promote_model(config: PipelineConfig, evaluation: Evaluation) -> Promotion:
     return promotion
 
 
-@flow(name="nightly-retrain")
+def _train_register_promote(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport,
+                            base_model: str | None, key: str, record: RunRecord) -> None:
+    trained = train_adapter(config, dataset, report, base_model)
+    record.update({"base_model_dir": trained.base_model, "adapter_dir": trained.adapter_dir,
+                                       "training": trained.summary, "mlflow_run_id": trained.run_id,
+                                       "mlflow_experiment": trained.experiment})
+    registration = register_adapter(config, dataset, trained, key)
+    record.update({"registered_model": registration.name, "model_version": registration.version,
+                                       "aliases": registration.aliases, "model_uri": registration.model_uri})
+    evaluation = evaluate_model(config, f"models:/{registration.name}/{registration.version}")
+    record.update({"evaluation": {
+        "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
+        "champion_metrics": evaluation.champion_metrics, "eval_path": evaluation.eval_path,
+        "report_dir": evaluation.report_dir}})
+    promotion = promote_model(config, evaluation)
+    aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == registration.version)})
+    record.update({"promotion": {"verdict": promotion.verdict, **promotion.decision},
+                                     "aliases": aliases, "status": "succeeded"})
+
+
+@flow(name="nightly-retrain", on_failure=[record_failure])
 def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any] | None = None,
-                    base_model: str | None = None) -> dict:
-    """Build, validate, train, register, evaluate against the champion and promote if the gate passes. `overrides` use dotted keys over the pipeline YAML
-    (e.g. {"training_overrides": {"max_steps": 10}}); `base_model` replaces a pretrained profile's source."""
+                    base_model: str | None = None, force: bool = False) -> dict:
+    """Build, validate, train, register, evaluate against the champion and promote if the gate passes.
+    `overrides` use dotted keys over the pipeline YAML (e.g. {"training_overrides": {"max_steps": 10}});
+    `base_model` replaces a pretrained profile's source; `force` retrains even when nothing changed."""
     config = load_pipeline_config(config_path, overrides)
     record = RunRecord(started_at=_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
                        mlflow_tracking_uri=tracking_uri(), prefect_flow_run_id=str(flow_run.get_id() or ""))
     try:
-        dataset = build_dataset(config)
-        record = record.model_copy(update={"domain": dataset.domain, "dataset_path": dataset.train_path,
+        dataset = build_dataset(config, force)
+        record.update({"domain": dataset.domain, "dataset_path": dataset.train_path,
                                            "eval_dataset_path": dataset.eval_path, "dataset_sha256": dataset.sha256,
                                            "blueprint_hash": dataset.blueprint_hash})
         try:
-            report = validate_dataset(config, dataset)
+            report = validate_dataset(config, dataset, force)
         except DataValidationError as error:
-            record = record.model_copy(update={"validation_success": False, "validation_failures": error.failures,
+            record.update({"validation_success": False, "validation_failures": error.failures,
                                                "data_docs": error.data_docs})
             raise
-        record = record.model_copy(update={"validation_success": True, "data_docs": report.data_docs_index})
-        trained = train_adapter(config, dataset, report, base_model)
-        record = record.model_copy(update={"base_model_dir": trained.base_model, "adapter_dir": trained.adapter_dir,
-                                           "training": trained.summary, "mlflow_run_id": trained.run_id,
-                                           "mlflow_experiment": trained.experiment})
-        registration = register_adapter(config, dataset, trained)
-        record = record.model_copy(update={"registered_model": registration.name, "model_version": registration.version,
-                                           "aliases": registration.aliases, "model_uri": registration.model_uri})
-        evaluation = evaluate_model(config, f"models:/{registration.name}/{registration.version}")
-        record = record.model_copy(update={"evaluation": {
-            "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
-            "champion_metrics": evaluation.champion_metrics, "eval_path": evaluation.eval_path,
-            "report_dir": evaluation.report_dir}})
-        promotion = promote_model(config, evaluation)
-        aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == registration.version)})
-        record = record.model_copy(update={"promotion": {"verdict": promotion.verdict, **promotion.decision},
-                                           "aliases": aliases, "status": "succeeded"})
+        record.update({"validation_success": True, "data_docs": report.data_docs_index})
+        key, previous = find_trained_version_task(config, dataset, base_model, tracking_uri())
+        record.update({"training_key": key})
+        if previous and not force:
+            record.update({"status": "unchanged", "unchanged_version": previous,
+                                               "registered_model": previous["name"], "model_version": previous["version"],
+                                               "mlflow_run_id": previous["run_id"], "aliases": previous["aliases"]})
+        else:
+            _train_register_promote(config, dataset, report, base_model, key, record)
     except BaseException as error:
-        record = record.model_copy(update={"status": "failed", "error": str(error).splitlines()[0][:500]})
+        record.update({"status": "failed", "error": str(error).splitlines()[0][:500]})
         raise
     finally:
-        record = record.model_copy(update={"finished_at": _now()})
+        record.update({"finished_at": _now()})
         write_run_record_task(record, str(paths().last_run))
     return record.model_dump(mode="json")

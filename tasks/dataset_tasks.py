@@ -1,4 +1,8 @@
-"""Prefect tasks for the dataset stages: thin wrappers over `tasks.adapters.stages`."""
+"""Prefect tasks for the dataset stages: thin wrappers over `tasks.adapters.stages`.
+
+Blueprint, expansion and validation are cached by content (Prefect result persistence under
+PREFECT_HOME/storage): an unchanged framework, generator and dataset config reuse the previous
+blueprint and dataset; an unchanged dataset reuses its validation. `force` refreshes them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,13 +12,40 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.adapters import stages
 from tasks.adapters.configs import load_framework
-from tasks.adapters.dataset_store import DatasetRef
+from tasks.adapters.dataset_store import DatasetRef, file_sha256
 from tasks.adapters.gx_runner import ValidationReport
 from tasks.domain.blueprint import Blueprint
 from tasks.domain.config import PipelineConfig
 from tasks.domain.framework import Framework
+from tasks.domain.hashing import content_hash
 
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5}
+CACHED = {"persist_result": True, "cache_expiration": None}
+
+
+def blueprint_key(context, parameters) -> str:
+    """Framework content + generator: what a blueprint is a function of."""
+    return "blueprint-" + content_hash({"framework": parameters["framework"].model_dump(mode="json"),
+                                        "generator": parameters["generator"]})
+
+
+def dataset_key(context, parameters) -> str:
+    """Blueprint digest + dataset config + seed (+ framework, which names the domain and style)."""
+    config: PipelineConfig = parameters["config"]
+    return "dataset-" + content_hash({"blueprint": parameters["blueprint"].digest(),
+                                      "framework": parameters["framework"].model_dump(mode="json"),
+                                      "dataset": config.dataset.model_dump(), "seed": config.seed,
+                                      "root": parameters["root"]})
+
+
+def validation_key(context, parameters) -> str:
+    """Both files' bytes + the suite's inputs: the same data under the same rules."""
+    dataset: DatasetRef = parameters["dataset"]
+    config: PipelineConfig = parameters["config"]
+    return "validation-" + content_hash({
+        "train": file_sha256(dataset.train_path), "eval": file_sha256(dataset.eval_path),
+        "suite": repr(stages.suite_spec(parameters["framework"], config.validation)),
+        "out": parameters["out_dir"]})
 
 
 @task(name="load-framework", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -22,16 +53,16 @@ def load_framework_task(path: str) -> Framework:
     return load_framework(path)
 
 
-@task(name="generate-blueprint", cache_policy=NO_CACHE)
+@task(name="generate-blueprint", cache_key_fn=blueprint_key, **CACHED)
 def generate_blueprint_task(framework: Framework, generator: str) -> Blueprint:
     return stages.generate_blueprint(framework, generator)
 
 
-@task(name="expand-dataset", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="expand-dataset", cache_key_fn=dataset_key, **CACHED, **IO_RETRIES)
 def expand_dataset_task(framework: Framework, blueprint: Blueprint, config: PipelineConfig, root: str) -> DatasetRef:
     return stages.expand_dataset(framework, blueprint, config, Path(root))
 
 
-@task(name="validate-dataset", cache_policy=NO_CACHE)
+@task(name="validate-dataset", cache_key_fn=validation_key, **CACHED)
 def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: PipelineConfig, out_dir: str) -> ValidationReport:
     return stages.validate_files([dataset.train_path, dataset.eval_path], framework, config.validation, Path(out_dir))

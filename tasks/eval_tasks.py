@@ -7,19 +7,18 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
 from tasks.adapters import eval_stages
 from tasks.adapters.settings import paths
 from tasks.domain.config import PipelineConfig
-from tasks.model_tasks import TRAINING_SLOT
+from tasks.model_tasks import training_slot
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_model_task(model_uri: str, config: PipelineConfig, tracking_uri: str,
                         eval_path: str | None = None) -> eval_stages.Evaluation:
     # Evaluation runs models on the same device as training: one at a time.
-    with concurrency(TRAINING_SLOT, occupy=1, strict=False):
+    with training_slot():
         return eval_stages.evaluate_version(model_uri, config, paths(), tracking_uri, eval_path)
 
 

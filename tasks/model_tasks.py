@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from contextlib import contextmanager
+
 from prefect.concurrency.sync import concurrency
 
 from tasks.adapters import stages
@@ -14,7 +16,19 @@ from tasks.domain.config import PipelineConfig
 TRAINING_SLOT = "training"  # global concurrency limit name: one training on the device at a time
 
 
-@task(name="prepare-base-model", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@contextmanager
+def training_slot():
+    """Hold the device: strict, so a missing limit is created (limit 1) rather than skipped, and
+    overlapping nightly and manual runs queue here instead of fighting over memory. `make up`
+    creates it too, with `training_slots` from infra/stack.yaml."""
+    from tasks.adapters.prefect_admin import ensure_concurrency_limit
+
+    ensure_concurrency_limit(None, TRAINING_SLOT, 1, overwrite=False)
+    with concurrency(TRAINING_SLOT, occupy=1, strict=True, timeout_seconds=None):
+        yield
+
+
+@task(name="prepare-base-model", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_jitter_factor=0.5)
 def prepare_base_model_task(config: PipelineConfig, dataset: DatasetRef, base_override: str | None = None) -> str:
     return stages.prepare_base_model(config, dataset, paths(), base_override)
 
@@ -22,12 +36,19 @@ def prepare_base_model_task(config: PipelineConfig, dataset: DatasetRef, base_ov
 @task(name="train-adapter", cache_policy=NO_CACHE)
 def train_adapter_task(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport, base_model: str,
                        tracking_uri: str) -> stages.TrainedAdapter:
-    # Non-strict: without a configured limit (a plain `make run`) this only logs; `make up` creates it.
-    with concurrency(TRAINING_SLOT, occupy=1, strict=False):
+    with training_slot():
         return stages.train_and_track(config, dataset, report, base_model, paths(), tracking_uri)
 
 
-@task(name="register-adapter", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="register-adapter", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5)
 def register_adapter_task(config: PipelineConfig, dataset: DatasetRef, trained: stages.TrainedAdapter,
-                          tracking_uri: str) -> stages.Registration:
-    return stages.register_adapter(config, dataset, trained, paths(), tracking_uri)
+                          tracking_uri: str, key: str = "") -> stages.Registration:
+    return stages.register_adapter(config, dataset, trained, paths(), tracking_uri, key)
+
+
+@task(name="find-trained-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5)
+def find_trained_version_task(config: PipelineConfig, dataset: DatasetRef, base_override: str | None,
+                              tracking_uri: str) -> tuple[str, dict | None]:
+    """The training key, and the registered version already trained with it (None: train)."""
+    key = stages.training_key(config, dataset, base_override)
+    return key, stages.find_trained_version(config, dataset, key, tracking_uri)

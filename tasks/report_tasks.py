@@ -34,3 +34,37 @@ def write_run_record_task(record: RunRecord, path: str) -> None:
     os.replace(tmp, target)
     create_markdown_artifact(key="nightly-retrain-summary", markdown=summary_markdown(record),
                              description="What the nightly retrain did")
+
+
+def failure_markdown(flow_name: str, flow_run, message: str) -> str:
+    params = {k: v for k, v in (flow_run.parameters or {}).items()}
+    return "\n".join([
+        f"# {flow_name} FAILED", "",
+        f"- flow run: `{flow_run.name}` (`{flow_run.id}`)",
+        f"- error: {message}",
+        f"- parameters: `{json.dumps(params, default=str)[:1000]}`", "",
+        "Nothing from this run was promoted: stages after the failure did not run, and a version",
+        "whose evaluation failed is tagged `evaluation.status=failed` and never promoted.",
+    ]) + "\n"
+
+
+def record_failure(flow, flow_run, state) -> None:
+    """on_failure hook: a markdown artifact in Prefect and, if configured, a webhook POST."""
+    from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config
+    from tasks.adapters.notify import post_json, webhook_url
+    from tasks.domain.config import NotificationsConfig
+
+    message = (state.message or "failed").splitlines()[0][:500]
+    create_markdown_artifact(key=f"{flow.name}-failure", markdown=failure_markdown(flow.name, flow_run, message),
+                             description=f"Why {flow_run.name} failed")
+    try:
+        params = flow_run.parameters or {}
+        notifications = load_pipeline_config(params.get("config_path") or PIPELINE_CONFIG,
+                                             params.get("overrides")).notifications
+    except Exception:  # noqa: BLE001 - a broken config may be the failure itself: fall back to env only
+        notifications = NotificationsConfig()
+    url = webhook_url(notifications)
+    if url:
+        post_json(url, {"text": f"{flow.name} failed: {message}", "flow": flow.name, "flow_run": flow_run.name,
+                        "flow_run_id": str(flow_run.id), "status": "failed", "error": message},
+                  notifications.timeout_s)

@@ -111,6 +111,14 @@ def versions(name: str) -> list[VersionInfo]:
     return infos
 
 
+def find_by_tag(name: str, key: str, value: str) -> list[VersionInfo]:
+    """Versions of `name` whose tag `key` equals `value` (none when the model does not exist)."""
+    if not value or "'" in value:
+        return []
+    found = _client().search_model_versions(f"name = '{name}' and tags.`{key}` = '{value}'")
+    return [_info(mv) for mv in found]
+
+
 def history(name: str) -> list[str]:
     tags = _client().get_registered_model(name).tags or {}
     return parse_history(tags.get(HISTORY_TAG), version_for_alias(name, CHAMPION))

@@ -140,6 +140,26 @@ def train_and_track(config: PipelineConfig, dataset: DatasetRef, report: Validat
                           base_model=base_model, summary=summary_dict)
 
 
+def training_key(config: PipelineConfig, dataset: DatasetRef, base_override: str | None = None) -> str:
+    """What a trained adapter is a function of: the training data and every training/model
+    setting. Equal keys mean retraining would reproduce the same adapter."""
+    profile = load_profile(config.profile)
+    return content_hash({"dataset_sha256": dataset.sha256, "training": effective_training(profile, config).model_dump(),
+                         "model": profile.model_dump(exclude={"training"}), "base_override": base_override})
+
+
+def find_trained_version(config: PipelineConfig, dataset: DatasetRef, key: str, tracking_uri: str) -> dict | None:
+    """A registered version already trained with `key` whose evaluation succeeded, if any."""
+    tracking.use_store(tracking_uri)
+    found = registry.find_by_tag(registered_model_name(config, dataset.domain), TRAINING_KEY_TAG, key)
+    usable = [v for v in found if v.tags.get("evaluation.status") == "succeeded"]
+    if not usable:
+        return None
+    newest = registry.resolve(max(usable, key=lambda v: int(v.version)).uri)  # search results lack aliases
+    return {"name": newest.name, "version": newest.version, "run_id": newest.run_id,
+            "aliases": sorted(newest.aliases), "training_key": key}
+
+
 @dataclass
 class Registration:
     name: str
@@ -148,8 +168,11 @@ class Registration:
     model_uri: str
 
 
+TRAINING_KEY_TAG = "training_key"
+
+
 def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: TrainedAdapter, paths: Paths,
-                     tracking_uri: str) -> Registration:
+                     tracking_uri: str, key: str = "") -> Registration:
     """Log the adapter as a pyfunc model in the training run and register it."""
     profile = load_profile(config.profile)
     framework = load_framework(config.framework)
@@ -160,5 +183,5 @@ def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: Train
     name = registered_model_name(config, dataset.domain)
     version, aliases = registry.register(model_uri, name, tags={
         "dataset_sha256": dataset.sha256, "dataset.eval_path": dataset.eval_path, "run_id": trained.run_id,
-        "profile": profile.name, "framework": str(resolve_path(config.framework))})
+        "profile": profile.name, "framework": str(resolve_path(config.framework)), TRAINING_KEY_TAG: key})
     return Registration(name=name, version=version, aliases=aliases, model_uri=model_uri)

@@ -116,6 +116,16 @@ class ProbeSet(Frozen):
     probes: list[Probe] = Field(min_length=1)
 
 
+class NotificationsConfig(Frozen):
+    """Where a failed nightly run is announced, besides its Prefect artifact. The URL may carry a
+    token: prefer the RSLM_WEBHOOK_URL environment variable or a Prefect Secret block to a URL
+    written here, and it is never logged beyond its host."""
+
+    webhook_url: str | None = None
+    webhook_secret_block: str | None = None  # name of a Prefect Secret block holding the URL
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+
+
 class PipelineConfig(Frozen):
     framework: str = "configs/frameworks/devops.yaml"
     profile: str = "tiny"
@@ -125,6 +135,7 @@ class PipelineConfig(Frozen):
     tracking: TrackingConfig = TrackingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionGate = PromotionGate()
+    notifications: NotificationsConfig = NotificationsConfig()
     # Per-run adjustments on top of the profile's training section (e.g. max_steps for a smoke run).
     training_overrides: dict[str, Any] = Field(default_factory=dict)
 

@@ -10,7 +10,7 @@ class RunRecord(BaseModel):
     """One pipeline run, as written to `$RSLM_HOME/last-run.json`. Fields stay None for stages
     that did not run; `status` and `error` say why."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     status: str = "running"
     error: str | None = None
@@ -36,9 +36,16 @@ class RunRecord(BaseModel):
     model_version: str | None = None
     model_uri: str | None = None
     aliases: list[str] = []
+    training_key: str | None = None
+    unchanged_version: dict[str, Any] | None = None  # set when nothing changed and nothing was trained
     evaluation: dict[str, Any] = {}
     promotion: dict[str, Any] = {}
     prefect_flow_run_id: str | None = None
+
+    def update(self, fields: dict[str, Any]) -> None:
+        """Fill in what a stage produced, in place (so a later failure keeps what came before)."""
+        for key, value in fields.items():
+            setattr(self, key, value)
 
 
 def _fmt(value: Any) -> str:
@@ -72,6 +79,11 @@ def summary_markdown(record: RunRecord) -> str:
     reasons = [f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in record.promotion.get("checks", [])]
     if reasons:
         lines += ["", "## Promotion checks", "", *reasons]
+    if record.unchanged_version:
+        u = record.unchanged_version
+        lines += ["", f"**Nothing changed:** this dataset (sha256 `{_fmt(record.dataset_sha256)[:12]}`) and training "
+                      f"config (key `{_fmt(record.training_key)[:12]}`) were already trained as {u['name']} v{u['version']} "
+                      f"(run `{u['run_id']}`). Nothing was trained, registered or promoted; run with force=true to retrain."]
     if record.error:
         lines += ["", f"**Error:** {record.error}"]
     if record.validation_failures:
