@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export RSLM_HOME ?= $(CURDIR)/.rslm
 
-.PHONY: venv run test test-fast clean ui-mlflow ui-prefect
+.PHONY: venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
 
 venv: $(STAMP)
 
@@ -27,6 +27,28 @@ test: venv
 ## Only the fast, pure tests (no training, no Prefect server).
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not integration"
+
+## Local stack on 127.0.0.1 (infra/stack.yaml): Prefect server :4200, MLflow server :5001, a worker.
+## RSLM_POSTGRES_URL=postgresql://user@127.0.0.1:5432 puts both servers on PostgreSQL.
+up: venv
+	$(VENV)/bin/rslm stack up
+
+down: venv
+	$(VENV)/bin/rslm stack down
+
+status: venv
+	$(VENV)/bin/rslm stack status
+
+## Register infra/prefect.yaml's deployments (nightly 02:00 + on demand) with the running stack.
+deploy: venv
+	$(VENV)/bin/rslm stack deploy
+
+## Keep the worker alive across logins/reboots: launchd (macOS) or a systemd user unit (Linux).
+agent-install: venv
+	$(VENV)/bin/rslm stack agent install
+
+agent-uninstall: venv
+	$(VENV)/bin/rslm stack agent uninstall
 
 ## Browse results of `make run` (MLflow on 127.0.0.1:5001: macOS AirPlay often holds 5000).
 ui-mlflow: venv

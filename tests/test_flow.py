@@ -1,7 +1,10 @@
 """nightly_retrain end to end on the tiny profile under Prefect's test harness: a registered
 adapter that independent clients can resolve and load; a failed validation trains and registers
 nothing."""
+import http.server
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +41,7 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
     assert isinstance(PeftModel.from_pretrained(base, record["adapter_dir"]), PeftModel)
 
     # An independent MLflow client sees the run, its params, metrics, dataset and the alias.
-    client = MlflowClient(tracking_uri=record["mlflow_tracking_uri"])
+    client = MlflowClient(tracking_uri=record["mlflow_tracking_uri"], registry_uri=record["mlflow_tracking_uri"])
     run = client.get_run(record["mlflow_run_id"])
     assert run.data.params["training.lora.r"] == "16" and run.data.params["training.lora.alpha"] == "32"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3
@@ -85,11 +88,17 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     assert first["promotion"]["verdict"] == "promoted" and first["promotion"]["champion_version"] is None
     assert first["aliases"] == ["challenger", "champion"]
 
+    # Nothing changed: nothing trained, registered or promoted, and the summary says so.
+    again = nightly_retrain(overrides=_steps(8))
+    assert again["status"] == "unchanged" and again["unchanged_version"]["version"] == "1"
+    assert again["adapter_dir"] is None and again["training_key"] == first["training_key"]
+    assert "Nothing changed" in _artifact("nightly-retrain-summary")
+
     better = nightly_retrain(overrides=_steps(40))
     assert better["model_version"] == "2" and better["promotion"]["verdict"] == "promoted", better["promotion"]
     metrics, champion = better["evaluation"]["metrics"], better["evaluation"]["champion_metrics"]
     assert better["evaluation"]["champion_version"] == "1" and metrics["loss"] < champion["loss"]
-    client = MlflowClient(tracking_uri=better["mlflow_tracking_uri"])
+    client = MlflowClient(tracking_uri=better["mlflow_tracking_uri"], registry_uri=better["mlflow_tracking_uri"])
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(name, "previous-champion").version) == "1"
 
@@ -117,7 +126,7 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
 
     # A version whose evaluation failed is never promoted, not even by hand.
     with pytest.raises(ConfigError, match="missing-probes.yaml"):
-        nightly_retrain(overrides={**_steps(40), "evaluation.probes": "missing-probes.yaml"})
+        nightly_retrain(overrides={**_steps(40), "evaluation.probes": "missing-probes.yaml"}, force=True)
     assert client.get_model_version(name, "4").tags["evaluation.status"] == "failed"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
     runner = CliRunner()
@@ -143,7 +152,20 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     assert chat.exit_code == 0, chat.output
 
 
-def test_failed_validation_trains_and_registers_nothing(prefect_harness, rslm_home, tmp_path):
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        length = int(self.headers["Content-Length"])
+        _Hook.received.append((self.path, json.loads(self.rfile.read(length))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_failed_validation_trains_and_registers_nothing(prefect_harness, rslm_home, tmp_path, monkeypatch):
     from flows.nightly_retrain import nightly_retrain
     from tasks.domain.errors import DataValidationError
 
@@ -151,11 +173,51 @@ def test_failed_validation_trains_and_registers_nothing(prefect_harness, rslm_ho
     framework["style"]["max_answer_words"] = 20  # the shipped answers are longer: terseness fails
     strict = tmp_path / "strict.yaml"
     strict.write_text(yaml.safe_dump(framework))
-    with pytest.raises(DataValidationError, match="answers are terse"):
-        nightly_retrain(overrides={**QUICK, "framework": str(strict)})
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("RSLM_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hooks/T0KEN")
+    try:
+        with pytest.raises(DataValidationError, match="answers are terse"):
+            nightly_retrain(overrides={**QUICK, "framework": str(strict)})
+    finally:
+        server.shutdown()
+    # The failure is recorded in Prefect and announced on the webhook.
+    ((path, payload),) = _Hook.received
+    assert path == "/hooks/T0KEN" and payload["status"] == "failed" and "answers are terse" in payload["error"]
+    failure = _artifact("nightly-retrain-failure")
+    assert "nightly-retrain FAILED" in failure and "answers are terse" in failure and "T0KEN" not in failure
     record = json.loads((rslm_home / "last-run.json").read_text())
     assert record["status"] == "failed" and record["validation_success"] is False
     assert record["adapter_dir"] is None and record["model_version"] is None
     assert record["validation_failures"][0]["row_ids"]
     assert not (rslm_home / "adapters").exists() and not (rslm_home / "mlflow.db").exists()
     assert Path(record["dataset_path"]).exists(), "the rejected dataset is kept for inspection"
+
+
+def test_training_slot_makes_overlapping_runs_take_turns(prefect_harness):
+    """Two runs reaching training at once: the strict `training` limit (created if missing) makes
+    the second wait for the first."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from tasks.model_tasks import TRAINING_SLOT, training_slot
+
+    held: list[tuple[float, float]] = []
+
+    @flow
+    def hold_the_device():
+        with training_slot():
+            start = time.monotonic()
+            time.sleep(1.5)
+            held.append((start, time.monotonic()))
+
+    runs = [threading.Thread(target=hold_the_device) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=120)
+    (first, second) = sorted(held)
+    assert second[0] >= first[1], f"trainings overlapped: {held}"
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(TRAINING_SLOT)
+    assert (limit.limit, limit.active, limit.active_slots) == (1, True, 0)

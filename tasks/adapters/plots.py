@@ -41,8 +41,12 @@ def comparison_chart(challenger: dict[str, float], champion: dict[str, float] | 
     import matplotlib.pyplot as plt
 
     names = [m for m in metrics if math.isfinite(challenger.get(m, math.nan))]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(1.9 * max(1, len(names)), 3.2), dpi=90, squeeze=False)
-    for ax, name in zip(axes[0], names):
+    cols = min(4, max(1, len(names)))
+    rows = math.ceil(max(1, len(names)) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), dpi=90, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         old = (champion or {}).get(name, math.nan)
         values = [old if math.isfinite(old) else 0.0, challenger[name]]
         bars = ax.bar([0, 1], values, color=["tab:gray", "tab:blue"])

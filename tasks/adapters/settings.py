@@ -77,8 +77,10 @@ def resolve_path(value: str | Path) -> Path:
     return (REPO_ROOT / path).resolve()
 
 
-def quiet_offline_defaults() -> None:
-    """Environment defaults for an offline, telemetry-free run (set only where the user has not)."""
+def quiet_offline_defaults(use_stack: bool = True) -> None:
+    """Environment defaults for an offline, telemetry-free run (set only where the user has not).
+    With a local stack running (`make up`), commands talk to its Prefect and MLflow servers
+    rather than starting a temporary Prefect server on the same database."""
     for key, value in {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
@@ -90,5 +92,10 @@ def quiet_offline_defaults() -> None:
         "PREFECT_HOME": str(paths().prefect_home),
     }.items():
         os.environ.setdefault(key, value)
+    if use_stack:
+        from tasks.adapters.stack import live_endpoints
+
+        for key, value in live_endpoints(paths()).items():
+            os.environ.setdefault(key, value)
     # Prefect's temporary server keeps its SQLite database here; it must exist before start-up.
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 from tasks.adapters.configs import load_model
 from tasks.adapters.settings import REPO_ROOT, Paths
 from tasks.domain.errors import RslmError
-from tasks.domain.stack import Service, StackConfig, env_overrides, plan, redact
+from tasks.domain.stack import (AGENT_LABEL, Service, StackConfig, agent_values, env_overrides, plan, redact,
+                                render_agent)
 
 STACK_CONFIG = "infra/stack.yaml"
 
@@ -98,13 +99,15 @@ def ensure_postgres_databases(config: StackConfig) -> None:
     except psycopg2.OperationalError as error:
         raise RslmError(f"PostgreSQL at {redact(config.postgres_url)} is not reachable: "
                         f"{str(error).strip().splitlines()[0]}") from None
-    connection.autocommit = True
-    with connection, connection.cursor() as cursor:
-        for database in (config.prefect_database, config.mlflow_database):
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-            if cursor.fetchone() is None:
-                cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    connection.close()
+    connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with connection.cursor() as cursor:
+            for database in (config.prefect_database, config.mlflow_database):
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+                if cursor.fetchone() is None:
+                    cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    finally:
+        connection.close()
 
 
 def up(config: StackConfig, paths: Paths, timeout: float = 120.0) -> dict:
@@ -208,3 +211,71 @@ def live_endpoints(paths: Paths) -> dict[str, str]:
     if mlflow_server and _ours(mlflow_server["pid"], mlflow_server["argv"]):
         endpoints["MLFLOW_TRACKING_URI"] = f"http://{config['host']}:{config['mlflow_port']}"
     return endpoints
+
+
+def deploy(config: StackConfig, api_url: str | None = None, prefect_file: str = "infra/prefect.yaml") -> str:
+    """Work pool + concurrency limit, then every deployment in `prefect_file`; returns the CLI output."""
+    api_url = api_url or config.prefect_api_url
+    from tasks.adapters.prefect_admin import ensure_concurrency_limit, ensure_work_pool
+
+    ensure_work_pool(api_url, config.work_pool)
+    ensure_concurrency_limit(api_url, "training", config.training_slots)
+    env = {**os.environ, "PREFECT_API_URL": api_url, "RSLM_REPO": str(REPO_ROOT), "RSLM_WORK_POOL": config.work_pool,
+           "RSLM_TIMEZONE": config.timezone, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    result = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+                             "--prefect-file", prefect_file], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-8:]
+        raise RslmError(f"prefect deploy failed (exit {result.returncode}): " + " | ".join(tail))
+    return result.stdout
+
+
+AGENT_TEMPLATES = {"launchd": REPO_ROOT / "infra/launchd/com.reasoning-slm.worker.plist",
+                   "systemd": REPO_ROOT / "infra/systemd/rslm-worker.service"}
+
+
+def agent_kind() -> str:
+    return "launchd" if sys.platform == "darwin" else "systemd"
+
+
+def agent_target(kind: str) -> Path:
+    if kind == "launchd":
+        return Path.home() / "Library/LaunchAgents" / f"{AGENT_LABEL}.plist"
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "systemd/user/rslm-worker.service"
+
+
+def render_agent_file(config: StackConfig, paths: Paths, kind: str) -> str:
+    values = agent_values(config, paths.home, Path(sys.executable).parent, REPO_ROOT)
+    return render_agent(AGENT_TEMPLATES[kind].read_text(), values)
+
+
+def install_agent(config: StackConfig, paths: Paths) -> Path:
+    """Write the agent file for this platform and load it (launchctl / systemctl --user)."""
+    kind = agent_kind()
+    target = agent_target(kind)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (paths.home / "stack" / "logs").mkdir(parents=True, exist_ok=True)
+    target.write_text(render_agent_file(config, paths, kind))
+    for command in _agent_commands(kind, target, install=True):
+        subprocess.run(command, check=False)
+    return target
+
+
+def uninstall_agent() -> Path:
+    kind = agent_kind()
+    target = agent_target(kind)
+    for command in _agent_commands(kind, target, install=False):
+        subprocess.run(command, check=False)
+    target.unlink(missing_ok=True)
+    if kind == "systemd":
+        subprocess.run(["systemctl", "--user", "daemon-reload"], check=False)
+    return target
+
+
+def _agent_commands(kind: str, target: Path, install: bool) -> list[list[str]]:
+    if kind == "launchd":
+        domain = f"gui/{os.getuid()}"
+        return ([["launchctl", "bootstrap", domain, str(target)]] if install
+                else [["launchctl", "bootout", f"{domain}/{AGENT_LABEL}"]])
+    return ([["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", target.stem]]
+            if install else [["systemctl", "--user", "disable", "--now", target.stem]])

@@ -7,6 +7,7 @@ and health checks. Pure: `tasks/adapters/stack.py` starts and stops what this de
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +26,8 @@ class StackConfig(BaseModel):
     mlflow_port: Port = 5001
     work_pool: Name = "rslm-local"
     worker_name: str = "rslm-agent"
+    # False when the launchd/systemd agent runs the worker (make agent-install): one worker only.
+    start_worker: bool = True
     training_slots: int = Field(default=1, ge=1)
     timezone: str = "UTC"
     # PostgreSQL server URL without a database (postgresql://user[:password]@host:port). Set it to
@@ -64,6 +67,7 @@ ENV_OVERRIDES = {
     "RSLM_POSTGRES_URL": "postgres_url",
     "RSLM_TIMEZONE": "timezone",
     "RSLM_WORK_POOL": "work_pool",
+    "RSLM_START_WORKER": "start_worker",
 }
 
 
@@ -112,7 +116,8 @@ class Service(BaseModel):
 
 def tracking_store(config: StackConfig, home: Path) -> str:
     if config.postgres_url:
-        return database_url(config.postgres_url, config.mlflow_database)
+        # explicit driver: SQLAlchemy 2.1 defaults `postgresql://` to psycopg 3, which is not installed
+        return database_url(config.postgres_url, config.mlflow_database, "psycopg2")
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
@@ -151,4 +156,26 @@ def plan(config: StackConfig, home: Path, bin_dir: Path, repo: Path) -> list[Ser
               "--name", config.worker_name],
         env={**common, "PREFECT_API_URL": config.prefect_api_url, "MLFLOW_TRACKING_URI": config.mlflow_url,
              "RSLM_REPO": str(repo)})
-    return [prefect_server, mlflow_server, worker]
+    return [prefect_server, mlflow_server, worker] if config.start_worker else [prefect_server, mlflow_server]
+
+
+AGENT_LABEL = "com.reasoning-slm.worker"
+_PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
+
+
+def agent_values(config: StackConfig, home: Path, bin_dir: Path, repo: Path) -> dict[str, str]:
+    return {"LABEL": AGENT_LABEL, "VENV_BIN": str(bin_dir), "REPO": str(repo), "RSLM_HOME": str(home),
+            "WORK_POOL": config.work_pool, "WORKER_NAME": config.worker_name,
+            "PREFECT_API_URL": config.prefect_api_url, "MLFLOW_TRACKING_URI": config.mlflow_url}
+
+
+def render_agent(template: str, values: dict[str, str]) -> str:
+    """Fill `{{NAME}}` placeholders; a placeholder without a value is an error, not a blank.
+
+    >>> render_agent("ExecStart={{BIN}}/prefect", {"BIN": "/v/bin"})
+    'ExecStart=/v/bin/prefect'
+    """
+    missing = sorted({m for m in _PLACEHOLDER.findall(template) if m not in values})
+    if missing:
+        raise ValueError(f"no value for placeholder(s) {missing}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
