@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## Main job: the nightly_retrain flow once, on the embedded defaults (tiny profile, DevOps framework).
+## Nothing changed since the last run: nothing is trained. `make run RUN_ARGS=--force` retrains anyway.
+RUN_ARGS ?=
 run: venv
-	$(VENV)/bin/rslm pipeline
+	$(VENV)/bin/rslm pipeline $(RUN_ARGS)
 
 ## Everything CI can run: unit tests, GX, training, MLflow and the flow end to end under Prefect's test harness.
 test: venv
