@@ -85,16 +85,34 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
 @framework_option
 @max_samples_option
 @click.option("--seed", type=int, help="Seed for shuffling and the split.")
-def generate(config_path, framework, max_samples, seed) -> None:
+@click.option("--generator", type=click.Choice(["offline", "openai-compatible", "transformers"]),
+              help="Blueprint generator (overrides dataset.generator).")
+@click.option("--preview", is_flag=True, help="Show the blueprint, sample rows and the expected size; write nothing.")
+@click.option("--samples", default=5, show_default=True, help="Rows shown by --preview.")
+def generate(config_path, framework, max_samples, seed, generator, preview, samples) -> None:
     """Build the dataset (blueprint -> expansion -> dedup -> split) as the build-dataset flow."""
     _setup()
-    from flows.nightly_retrain import build_dataset
     from tasks.adapters.configs import load_pipeline_config
 
     overrides = _overrides(framework, None, None, max_samples, None)
     if seed is not None:
         overrides["seed"] = seed
-    dataset = build_dataset(load_pipeline_config(config_path, overrides))
+    if generator:
+        overrides["dataset.generator"] = generator
+    config = load_pipeline_config(config_path, overrides)
+    if preview:
+        from tasks.adapters.configs import load_framework
+        from tasks.adapters.settings import paths
+        from tasks.adapters.stages import generate_blueprint
+        from tasks.domain.expansion import preview as preview_dataset
+
+        framework_model = load_framework(config.framework)
+        blueprint = generate_blueprint(framework_model, config, paths())
+        click.echo(preview_dataset(framework_model, blueprint, config.seed, config.dataset, samples))
+        return
+    from flows.nightly_retrain import build_dataset
+
+    dataset = build_dataset(config)
     click.echo(json.dumps(dataset.to_dict(), indent=2))
 
 
@@ -187,6 +205,43 @@ def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
     system = load_framework(record["framework_path"]).system_prompt if record.get("framework_path") else ""
     generator = load_generator(summary["base_model"], adapter, system)
     click.echo(generator.reply([question], temperature=temperature, **length)[0])
+
+
+@cli.command()
+@click.option("--model", "model_uri", help="Registry URI, e.g. models:/reasoning-slm-devops@champion.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory (base from its summary).")
+@click.option("--base", type=click.Path(exists=True, file_okay=False), help="Base model directory (alone: no adapter).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless a token is set).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--token-env", default="RSLM_SERVE_TOKEN", show_default=True,
+              help="Environment variable holding the bearer token clients must send (unset: no auth).")
+@click.option("--system", "system_prompt", default=None, help="System prompt when a request has none.")
+def serve(model_uri, adapter, base, host, port, token_env, system_prompt) -> None:
+    """An OpenAI-compatible server (/v1/models, /v1/chat/completions) for base + adapter."""
+    _setup()
+    from tasks.adapters import serve as server
+    from tasks.adapters.inference import load_generator, load_registered_generator
+    from tasks.adapters.settings import paths, tracking_uri
+    from tasks.domain.errors import ConfigError
+
+    token = os.environ.get(token_env) or None
+    if host not in {"127.0.0.1", "localhost", "::1"} and not token:
+        raise ConfigError(f"refusing to serve on {host} without a token: set {token_env}")
+    if model_uri:
+        from tasks.adapters import tracking
+
+        tracking.use_store(tracking_uri())
+        generator, model_id = load_registered_generator(model_uri, paths().registry_cache), model_uri
+    elif adapter or base:
+        summary = Path(adapter) / "training_summary.json" if adapter else None
+        base_dir = base or json.loads(summary.read_text())["base_model"]
+        generator, model_id = load_generator(base_dir, adapter, ""), Path(adapter or base).name
+    else:
+        raise ConfigError("pass --model models:/NAME@ALIAS, --adapter DIR or --base DIR")
+    if system_prompt is not None:
+        generator.system_prompt = system_prompt
+    click.echo(f"serving {model_id} on http://{host}:{port}/v1" + (" (bearer token required)" if token else ""))
+    server.run(generator, model_id, host, port, token)
 
 
 def _model_name(name: str | None, config_path: str) -> str:

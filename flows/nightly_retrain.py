@@ -42,7 +42,7 @@ def _now() -> str:
 @flow(name="build-dataset")
 def build_dataset(config: PipelineConfig, force: bool = False) -> DatasetRef:
     framework = load_framework_task(config.framework)
-    blueprint = generate_blueprint_task.with_options(refresh_cache=force)(framework, config.dataset.generator)
+    blueprint = generate_blueprint_task.with_options(refresh_cache=force)(framework, config)
     dataset = expand_dataset_task.with_options(refresh_cache=force)(framework, blueprint, config, str(paths().datasets))
     if not (Path(dataset.train_path).exists() and Path(dataset.eval_path).exists()):  # cached, then deleted
         dataset = expand_dataset_task.with_options(refresh_cache=True)(framework, blueprint, config, str(paths().datasets))

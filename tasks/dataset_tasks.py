@@ -14,19 +14,24 @@ from tasks.adapters import stages
 from tasks.adapters.configs import load_framework
 from tasks.adapters.dataset_store import DatasetRef, file_sha256
 from tasks.adapters.gx_runner import ValidationReport
+from tasks.adapters.settings import paths
 from tasks.domain.blueprint import Blueprint
 from tasks.domain.config import PipelineConfig
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
+from tasks.domain.llm_blueprint import PROMPT_VERSION as LLM_PROMPT_VERSION
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5}
 CACHED = {"persist_result": True, "cache_expiration": None}
 
 
 def blueprint_key(context, parameters) -> str:
-    """Framework content + generator: what a blueprint is a function of."""
-    return "blueprint-" + content_hash({"framework": parameters["framework"].model_dump(mode="json"),
-                                        "generator": parameters["generator"]})
+    """Framework content + generator (+ its LLM settings): what a blueprint is a function of."""
+    config: PipelineConfig = parameters["config"]
+    generator = config.dataset.generator
+    return "blueprint-" + content_hash({
+        "framework": parameters["framework"].model_dump(mode="json"), "generator": generator,
+        "llm": None if generator == "offline" else config.llm.model_dump(), "prompt": LLM_PROMPT_VERSION})
 
 
 def dataset_key(context, parameters) -> str:
@@ -54,8 +59,8 @@ def load_framework_task(path: str) -> Framework:
 
 
 @task(name="generate-blueprint", cache_key_fn=blueprint_key, **CACHED)
-def generate_blueprint_task(framework: Framework, generator: str) -> Blueprint:
-    return stages.generate_blueprint(framework, generator)
+def generate_blueprint_task(framework: Framework, config: PipelineConfig) -> Blueprint:
+    return stages.generate_blueprint(framework, config, paths())
 
 
 @task(name="expand-dataset", cache_key_fn=dataset_key, **CACHED, **IO_RETRIES)

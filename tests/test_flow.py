@@ -47,7 +47,8 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3
     assert run.inputs.dataset_inputs and run.data.tags["dataset.training.sha256"] == record["dataset_sha256"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"validation", "plots", "training_summary.json"} <= artifacts
+    assert {"validation", "plots", "training_summary.json", "dataset"} <= artifacts
+    assert run.data.params["blueprint.generator"] == "offline" and run.data.tags["blueprint.sources"] == "framework"
     version = client.get_model_version_by_alias("reasoning-slm-devops", "challenger")
     assert str(version.version) == "1" and version.run_id == record["mlflow_run_id"]
 

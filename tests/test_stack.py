@@ -132,11 +132,17 @@ def test_dataset_cache_keys_follow_content_not_identity(devops_framework, devops
     from tasks.dataset_tasks import blueprint_key, dataset_key
 
     config = load_pipeline_config()
-    base = {"framework": devops_framework, "generator": "offline"}
+    base = {"framework": devops_framework, "config": config}
     assert blueprint_key(None, base) == blueprint_key(None, dict(base, framework=devops_framework.model_copy()))
     edited = devops_framework.model_copy(update={"system_prompt": devops_framework.system_prompt + " Be brief."})
     assert blueprint_key(None, dict(base, framework=edited)) != blueprint_key(None, base)
-    assert blueprint_key(None, dict(base, generator="llm")) != blueprint_key(None, base)
+    llm = load_pipeline_config(overrides={"dataset.generator": "openai-compatible"})
+    assert blueprint_key(None, dict(base, config=llm)) != blueprint_key(None, base)
+    other_model = load_pipeline_config(overrides={"dataset.generator": "openai-compatible", "llm.model": "qwen"})
+    assert blueprint_key(None, dict(base, config=other_model)) != blueprint_key(None, dict(base, config=llm))
+    # LLM settings do not matter to the offline generator.
+    assert blueprint_key(None, dict(base, config=load_pipeline_config(overrides={"llm.model": "qwen"}))) == \
+        blueprint_key(None, base)
 
     params = {"framework": devops_framework, "blueprint": devops_blueprint, "config": config, "root": "/d"}
     key = dataset_key(None, params)

@@ -46,10 +46,21 @@ class Generator:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             replies = self._generate([encoded[i] for i in batch], max_new_tokens, temperature)
-            answers.update(zip(batch, replies))
+            answers.update(zip(batch, (text for text, _ in replies)))
         return [answers[i] for i in range(len(encoded))]
 
-    def _generate(self, encoded: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
+    def complete(self, conversation: Sequence[Message], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 temperature: float = 0.0, seed: int = 0) -> tuple[str, int, int]:
+        """One answer with its token usage: (text, prompt tokens, generated tokens)."""
+        import torch
+
+        prompt = self.prompt_ids(conversation)
+        torch.manual_seed(seed)
+        ((text, generated),) = self._generate([prompt], max_new_tokens, temperature)
+        return text, len(prompt), generated
+
+    def _generate(self, encoded: list[list[int]], max_new_tokens: int, temperature: float) -> list[tuple[str, int]]:
+        """(text, generated token count) per prompt; the count stops at </s> or padding."""
         import torch
 
         tok = self.tokenizer
@@ -62,7 +73,12 @@ class Generator:
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                 do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
                 top_p=None, top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id)
-        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+        results = []
+        for row in output:
+            new = row[width:].tolist()
+            stop = next((i for i, t in enumerate(new) if t in (tok.eos_token_id, pad)), len(new))
+            results.append((tok.decode(new, skip_special_tokens=True).strip(), min(len(new), stop + (stop < len(new)))))
+        return results
 
 
 def load_generator(base_source: str | Path, adapter_dir: str | Path | None, system_prompt: str,

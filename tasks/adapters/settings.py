@@ -44,6 +44,11 @@ class Paths:
         return self.home / "registry-cache"
 
     @property
+    def llm_cache(self) -> Path:
+        """LLM answers for blueprint generation, by backend, model, prompt and parameters."""
+        return self.home / "llm-cache"
+
+    @property
     def evaluations(self) -> Path:
         return self.home / "evaluations"
 

@@ -15,7 +15,7 @@ from tasks.adapters.gx_runner import ValidationReport, validate_frame
 from tasks.adapters.models import base_model_source
 from tasks.adapters.settings import Paths, resolve_path
 from tasks.adapters.training import TrainingSummary, train_lora
-from tasks.domain.blueprint import Blueprint, blueprint_generator
+from tasks.domain.blueprint import Blueprint
 from tasks.domain.config import PipelineConfig, ValidationConfig, effective_training, flatten_params
 from tasks.domain.errors import DataValidationError
 from tasks.domain.expansion import build_dataset
@@ -30,8 +30,17 @@ def tqdm_progress(description: str):
     return lambda items: tqdm(items, desc=description, unit="block")
 
 
-def generate_blueprint(framework: Framework, generator: str) -> Blueprint:
-    return blueprint_generator(generator).generate(framework)
+def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Paths) -> Blueprint:
+    """The configured generator's blueprint (LLM answers come from, and go to, the disk cache)."""
+    from tasks.adapters.llm import blueprint_generator
+
+    def progress(items):
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc="blueprint (principles)", unit="principle")
+
+    generator = blueprint_generator(config.dataset.generator, config.llm, paths.llm_cache, paths.registry_cache, progress)
+    return generator.generate(framework)
 
 
 def expand_dataset(framework: Framework, blueprint: Blueprint, config: PipelineConfig, root: Path) -> DatasetRef:
@@ -129,6 +138,7 @@ def train_and_track(config: PipelineConfig, dataset: DatasetRef, report: Validat
         tracking.log_dataset(_dataset_frame(eval_rows), source=dataset.eval_path, sha256=dataset.sha256,
                              name=f"{dataset.domain}-{dataset.sha256[:12]}-eval", context="eval")
         tracking.log_validation(Path(report.result_path).parent)
+        tracking.log_blueprint_provenance(Path(dataset.blueprint_path))
         summary: TrainingSummary = train_lora(base_model, train_rows, eval_rows, training, adapter_dir,
                                               sink=tracking.metrics_sink())
         tracking.log_metrics({f"final/{k}": v for k, v in summary.metrics().items()})

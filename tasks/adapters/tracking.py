@@ -141,3 +141,18 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: Path) -> Path | 
         return Path(_mlflow().artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
     except (MlflowException, OSError):
         return None
+
+
+def log_blueprint_provenance(blueprint_path: Path) -> None:
+    """Which generator, model and prompts wrote the blueprint the dataset came from."""
+    import json
+
+    mlflow = _mlflow()
+    blueprint = json.loads(blueprint_path.read_text(encoding="utf-8"))
+    generator = blueprint["generator"]
+    sources = sorted({e["provenance"]["backend"] + ":" + e["provenance"]["model"] + ":" + e["provenance"]["prompt_sha256"][:12]
+                      for e in blueprint["entries"] if e.get("provenance")})
+    mlflow.log_params({"blueprint.generator": generator["name"], "blueprint.generator_version": generator["version"],
+                       "blueprint.model": str(generator.get("model"))})
+    mlflow.set_tag("blueprint.sources", (",".join(sources) or "framework")[:5000])
+    mlflow.log_artifact(str(blueprint_path), artifact_path="dataset")

@@ -7,7 +7,6 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework, Frozen, Pattern, Style
 from tasks.domain.hashing import content_hash
 
@@ -20,6 +19,18 @@ class GeneratorInfo(Frozen):
     model: str | None = None
 
 
+class Provenance(Frozen):
+    """Who wrote a blueprint entry (LLM generators): lands in every row's metadata and in MLflow."""
+
+    backend: str
+    model: str
+    prompt_sha256: str
+    attempts: int = 1
+
+    def label(self) -> str:
+        return f"{self.backend}:{self.model}:{self.prompt_sha256[:12]}"
+
+
 class BlueprintEntry(Frozen):
     """The patterns for one reasoning block, with its full principle path."""
 
@@ -27,6 +38,7 @@ class BlueprintEntry(Frozen):
     summary: str
     key_terms: list[str]
     patterns: list[Pattern] = Field(min_length=1)
+    provenance: Provenance | None = None  # None: taken from the framework as written (offline)
 
     @property
     def final_principle(self) -> str:
@@ -43,7 +55,7 @@ class Blueprint(Frozen):
 
     def digest(self) -> str:
         """sha256 of the blueprint's canonical JSON: the blueprint hash stored with every row."""
-        return content_hash(self.model_dump(mode="json"))
+        return content_hash(self.model_dump(mode="json", exclude_none=True))
 
 
 @runtime_checkable
@@ -77,14 +89,3 @@ class OfflineBlueprintGenerator:
             generator=GeneratorInfo(name=self.name, version=self.version),
             entries=entries,
         )
-
-
-_GENERATORS: dict[str, type] = {OfflineBlueprintGenerator.name: OfflineBlueprintGenerator}
-
-
-def blueprint_generator(name: str) -> BlueprintGenerator:
-    """The generator registered under `name` (config key `dataset.generator`)."""
-    try:
-        return _GENERATORS[name]()
-    except KeyError:
-        raise ConfigError(f"unknown blueprint generator {name!r}; known: {sorted(_GENERATORS)}") from None

@@ -74,6 +74,29 @@ class DatasetConfig(Frozen):
     max_samples: int = Field(default=0, ge=0, description="0 keeps every sample")
 
 
+class LLMConfig(Frozen):
+    """LLM blueprint generators (`dataset.generator: openai-compatible | transformers`). The API key
+    is read from the environment variable named here; it never appears in config, logs or MLflow."""
+
+    base_url: str = "http://127.0.0.1:11434/v1"  # Ollama's OpenAI-compatible endpoint
+    model: str = "llama3.1:8b"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    concurrency: int = Field(default=2, ge=1)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=4096, ge=16)
+    repair_attempts: int = Field(default=1, ge=0, le=5)
+    # transformers backend: a model directory, hub id or models:/NAME@ALIAS, plus an optional adapter.
+    source: str | None = None
+    adapter: str | None = None
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    def request_params(self) -> dict:
+        """What shapes a completion (and so belongs in its cache key)."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+
 class ValidationConfig(Frozen):
     min_prompt_chars: int = Field(default=8, ge=1)
     max_prompt_chars: int = Field(default=2000, ge=1)
@@ -132,6 +155,7 @@ class PipelineConfig(Frozen):
     seed: int = 13
     dataset: DatasetConfig = DatasetConfig()
     validation: ValidationConfig = ValidationConfig()
+    llm: LLMConfig = LLMConfig()
     tracking: TrackingConfig = TrackingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionGate = PromotionGate()

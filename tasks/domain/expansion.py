@@ -79,6 +79,7 @@ def expand_entry(entry: BlueprintEntry, blueprint: Blueprint, blueprint_hash: st
                         group=group,
                         blueprint_hash=blueprint_hash,
                         generator=blueprint.generator.name,
+                        source=entry.provenance.label() if entry.provenance else None,
                     ),
                 )
 
@@ -203,3 +204,27 @@ def build_dataset(blueprint: Blueprint, *, seed: int, eval_fraction: float, max_
     eval_counts = Counter(r.metadata.final_principle for r in evaluation)
     counts = {p: {"train": train_counts[p], "eval": eval_counts[p]} for p in sorted(train_counts | eval_counts)}
     return DatasetBuild(train=train, eval=evaluation, generated=generated, dedup=dedup, counts=counts)
+
+
+def preview(framework, blueprint: Blueprint, seed: int, dataset, samples: int = 5) -> str:
+    """What a dataset build would produce, without writing it: the blueprint per principle, the
+    row counts at every step and a few rows. `dataset` is the DatasetConfig."""
+    build = build_dataset(blueprint, seed=seed, eval_fraction=dataset.eval_fraction, max_samples=dataset.max_samples)
+    info = blueprint.generator
+    lines = [f"blueprint: {blueprint.domain} by {info.name} v{info.version}" + (f" ({info.model})" if info.model else ""),
+             f"  {len(blueprint.entries)} reasoning blocks, {sum(len(e.patterns) for e in blueprint.entries)} patterns",
+             "", "| final principle | blocks | patterns | train | eval |", "|---|---|---|---|---|"]
+    for principle in blueprint.final_principles:
+        entries = [e for e in blueprint.entries if e.final_principle == principle]
+        counts = build.counts.get(principle, {"train": 0, "eval": 0})
+        lines.append(f"| {principle} | {len(entries)} | {sum(len(e.patterns) for e in entries)} | "
+                     f"{counts['train']} | {counts['eval']} |")
+    kept = len(build.train) + len(build.eval)
+    lines += ["", f"rows: {build.generated} expanded -> {build.generated - build.dedup.exact_duplicates - build.dedup.near_duplicates} after dedup "
+                  f"({build.dedup.exact_duplicates} exact, {build.dedup.near_duplicates} near duplicates) -> {kept} kept "
+                  f"({len(build.train)} train / {len(build.eval)} eval)", ""]
+    for row in random.Random(seed).sample(build.train, min(samples, len(build.train))):
+        source = f" [{row.metadata.source}]" if row.metadata.source else ""
+        lines += [f"- {'/'.join(row.metadata.principle_path)}{source}", f"  Q: {row.turns('user')[-1]}",
+                  f"  A: {row.turns('assistant')[-1]}"]
+    return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ class RowMetadata(_Strict):
     group: str  # pattern + slot values: paraphrases of one question share a group (split together)
     blueprint_hash: str
     generator: str = "offline"
+    source: str | None = None  # LLM generators: backend:model:prompt-hash that wrote the pattern
     split: Literal["train", "eval"] | None = None
 
     @property
