@@ -24,7 +24,7 @@ from tasks.adapters.gx_runner import ValidationReport
 from tasks.adapters.settings import paths, resolve_path, tracking_uri
 from tasks.adapters.stages import Registration, TrainedAdapter, require_valid
 from tasks.dataset_tasks import (expand_dataset_task, generate_blueprint_task, load_framework_task,
-                                 validate_dataset_task)
+                                 publish_dataset_task, validate_dataset_task)
 from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.report import RunRecord
@@ -129,6 +129,8 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
                                                "data_docs": error.data_docs})
             raise
         record.update({"validation_success": True, "data_docs": report.data_docs_index})
+        if config.storage.backend == "s3":
+            record.update({"dataset_uri": publish_dataset_task(dataset, config)})
         key, previous = find_trained_version_task(config, dataset, base_model, tracking_uri())
         record.update({"training_key": key})
         if previous and not force:

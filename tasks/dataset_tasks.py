@@ -71,3 +71,12 @@ def expand_dataset_task(framework: Framework, blueprint: Blueprint, config: Pipe
 @task(name="validate-dataset", cache_key_fn=validation_key, **CACHED)
 def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: PipelineConfig, out_dir: str) -> ValidationReport:
     return stages.validate_files([dataset.train_path, dataset.eval_path], framework, config.validation, Path(out_dir))
+
+
+@task(name="publish-dataset", cache_policy=NO_CACHE)
+def publish_dataset_task(dataset: DatasetRef, config: PipelineConfig) -> str:
+    """Upload a validated dataset to S3 (a no-op when already there); returns its s3:// URI.
+    botocore retries each call with backoff; after that the run stops with the local copy intact."""
+    from tasks.adapters.s3_store import S3DatasetStore
+
+    return S3DatasetStore(config.storage).upload(dataset).uri

@@ -1,6 +1,7 @@
 """Load YAML into typed configs; every error names the file and the offending key."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,8 +48,25 @@ def load_framework(path: str | Path) -> Framework:
     return load_model(Framework, path)
 
 
+STORAGE_ENV = {"RSLM_S3_BUCKET": "storage.bucket", "RSLM_S3_PREFIX": "storage.prefix",
+               "RSLM_S3_ENDPOINT_URL": "storage.endpoint_url", "RSLM_S3_REGION": "storage.region"}
+
+
+def environment_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """RSLM_S3_* variables; setting the bucket alone switches storage to S3.
+
+    >>> environment_overrides({"RSLM_S3_BUCKET": "b", "HOME": "/root"})
+    {'storage.bucket': 'b', 'storage.backend': 's3'}
+    """
+    found: dict[str, Any] = {key: environ[var] for var, key in STORAGE_ENV.items() if environ.get(var)}
+    if "storage.bucket" in found:
+        found["storage.backend"] = "s3"
+    return found
+
+
 def load_pipeline_config(path: str | Path = PIPELINE_CONFIG, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    return load_model(PipelineConfig, path, overrides)
+    """defaults < YAML < RSLM_S3_* environment < `overrides` (CLI flags, flow parameters)."""
+    return load_model(PipelineConfig, path, {**environment_overrides(dict(os.environ)), **(overrides or {})})
 
 
 def load_profile(name_or_path: str) -> ModelProfile:

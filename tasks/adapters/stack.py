@@ -110,8 +110,8 @@ def ensure_postgres_databases(config: StackConfig) -> None:
         connection.close()
 
 
-def up(config: StackConfig, paths: Paths, timeout: float = 120.0) -> dict:
-    """Start whatever of the stack is not already running; returns the state."""
+def up(config: StackConfig, paths: Paths, timeout: float = 120.0, only: set[str] | None = None) -> dict:
+    """Start whatever of the stack is not already running (or of `only` those services)."""
     state = read_state(paths)
     running = {name: s for name, s in state.get("services", {}).items() if _ours(s["pid"], s["argv"])}
     ensure_postgres_databases(config)
@@ -121,6 +121,8 @@ def up(config: StackConfig, paths: Paths, timeout: float = 120.0) -> dict:
     bin_dir = Path(sys.executable).parent
     services = {}
     for service in plan(config, paths.home, bin_dir, REPO_ROOT):
+        if only is not None and service.name not in only:
+            continue
         if service.name in running:
             services[service.name] = running[service.name]
             continue

@@ -127,8 +127,13 @@ def train_and_track(config: PipelineConfig, dataset: DatasetRef, report: Validat
     adapter_dir = paths.adapters / dataset.domain / f"{dataset.sha256[:12]}-{content_hash(training.model_dump())[:8]}"
     tracking.use_store(tracking_uri)
     experiment = experiment_name(config, dataset.domain)
+    tags = {"profile": profile.name, "domain": dataset.domain}
+    if config.storage.backend == "s3":
+        from tasks.adapters.s3_store import location
+
+        tags["dataset.uri"] = location(config.storage, dataset.domain, dataset.sha256).uri
     with tracking.tracked_run(experiment, paths.mlflow_artifacts, run_name=f"{dataset.domain}-{profile.name}",
-                              tags={"profile": profile.name, "domain": dataset.domain}) as run_id:
+                              tags=tags) as run_id:
         tracking.log_params({**flatten_params("training", training), **flatten_params("dataset", config.dataset),
                              **flatten_params("model", profile.model_dump(exclude={"training"})),
                              "seed": str(config.seed), "framework": str(resolve_path(config.framework).name),

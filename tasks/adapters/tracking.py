@@ -25,11 +25,15 @@ def use_store(tracking_uri: str) -> None:
 
 
 def ensure_experiment(name: str, artifact_root: Path) -> str:
-    """The experiment's id, creating it with artifacts under `artifact_root` (not ./mlruns)."""
+    """The experiment's id. With a local store it is created with artifacts under `artifact_root`
+    (not ./mlruns); against a tracking server the server decides (its --artifacts-destination,
+    e.g. S3), so clients need no storage credentials."""
     mlflow = _mlflow()
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
+    if mlflow.get_tracking_uri().startswith(("http://", "https://")):
+        return mlflow.create_experiment(name)
     location = artifact_root.resolve().as_uri() + f"/{name}"
     return mlflow.create_experiment(name, artifact_location=location)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.domain.promotion import PromotionGate
 
@@ -103,6 +103,25 @@ class ValidationConfig(Frozen):
     max_conversation_chars: int = Field(default=8000, ge=1)
 
 
+class StorageConfig(Frozen):
+    """Where validated datasets are published. Credentials come only from the standard AWS chain
+    (environment, profile, instance role) or a Prefect AwsCredentials block: never from here."""
+
+    backend: Literal["local", "s3"] = "local"
+    bucket: str | None = None
+    prefix: str = "reasoning-slm"
+    region: str | None = None
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, R2, moto); None: AWS
+    credentials_block: str | None = None  # name of a prefect-aws AwsCredentials block
+    max_attempts: int = Field(default=5, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> "StorageConfig":
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("storage.backend s3 needs storage.bucket (or RSLM_S3_BUCKET)")
+        return self
+
+
 class TrackingConfig(Frozen):
     experiment_prefix: str = "reasoning-slm"
     registered_model_prefix: str = "reasoning-slm"
@@ -157,6 +176,7 @@ class PipelineConfig(Frozen):
     validation: ValidationConfig = ValidationConfig()
     llm: LLMConfig = LLMConfig()
     tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionGate = PromotionGate()
     notifications: NotificationsConfig = NotificationsConfig()

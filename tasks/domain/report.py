@@ -22,6 +22,7 @@ class RunRecord(BaseModel):
     dataset_path: str | None = None
     eval_dataset_path: str | None = None
     dataset_sha256: str | None = None
+    dataset_uri: str | None = None  # s3://... when storage.backend is s3
     blueprint_hash: str | None = None
     validation_success: bool | None = None
     validation_failures: list[dict[str, Any]] = []
@@ -67,6 +68,7 @@ def summary_markdown(record: RunRecord) -> str:
         f"| profile | {_fmt(record.profile)} |",
         f"| dataset | `{_fmt(record.dataset_path)}` |",
         f"| dataset sha256 | `{_fmt(record.dataset_sha256)}` |",
+        f"| dataset in S3 | `{_fmt(record.dataset_uri)}` |",
         f"| validation | {'passed' if record.validation_success else 'FAILED' if record.validation_success is False else '—'} |",
         f"| train loss (first → last) | {_fmt(t.get('train_loss_first'))} → {_fmt(t.get('train_loss_last'))} |",
         f"| eval loss (trainer, mean of batch means) | {_fmt(t.get('eval_loss'))} |",

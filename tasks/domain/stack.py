@@ -35,6 +35,11 @@ class StackConfig(BaseModel):
     postgres_url: str | None = None
     prefect_database: Name = "rslm_prefect"
     mlflow_database: Name = "rslm_mlflow"
+    # Where the MLflow server keeps artifacts (adapters, plots, reports): None is
+    # $RSLM_HOME/mlartifacts; s3://BUCKET/PREFIX puts them in S3. Clients upload through the server,
+    # so only the server needs S3 credentials (from the AWS chain in its environment).
+    artifacts_destination: str | None = None
+    s3_endpoint_url: str | None = None  # S3-compatible store for the artifacts (MinIO, moto, ...)
 
     @field_validator("host")
     @classmethod
@@ -68,6 +73,8 @@ ENV_OVERRIDES = {
     "RSLM_TIMEZONE": "timezone",
     "RSLM_WORK_POOL": "work_pool",
     "RSLM_START_WORKER": "start_worker",
+    "RSLM_MLFLOW_ARTIFACTS": "artifacts_destination",
+    "RSLM_S3_ENDPOINT_URL": "s3_endpoint_url",
 }
 
 
@@ -146,9 +153,11 @@ def plan(config: StackConfig, home: Path, bin_dir: Path, repo: Path) -> list[Ser
     mlflow_server = Service(
         name="mlflow-server",
         argv=[str(bin_dir / "mlflow"), "server", "--host", config.host, "--port", str(config.mlflow_port),
-              "--workers", "1", "--artifacts-destination", (home / "mlartifacts").resolve().as_uri()],
+              "--workers", "1", "--artifacts-destination",
+              config.artifacts_destination or (home / "mlartifacts").resolve().as_uri()],
         # The store URL goes by environment so a PostgreSQL password stays out of `ps`.
-        env={**common, "MLFLOW_BACKEND_STORE_URI": tracking_store(config, home)},
+        env={**common, "MLFLOW_BACKEND_STORE_URI": tracking_store(config, home),
+             **({"MLFLOW_S3_ENDPOINT_URL": config.s3_endpoint_url} if config.s3_endpoint_url else {})},
         health_url=f"{config.mlflow_url}/health", url=config.mlflow_url)
     worker = Service(
         name="prefect-worker",
