@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export RSLM_HOME ?= $(CURDIR)/.rslm
 
-.PHONY: venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
+.PHONY: bench venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ test: venv
 ## Only the fast, pure tests (no training, no Prefect server).
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not integration"
+
+## Benchmarks (not tests): training vs a plain SFTTrainer script, stage rates, overhead, memory.
+## Writes $(RSLM_HOME)/bench/results.{json,md}; about 10 minutes on 2 cores. BENCH_ARGS="--device cuda" on a GPU.
+BENCH_ARGS ?=
+bench: venv
+	$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 ## Local stack on 127.0.0.1 (infra/stack.yaml): Prefect server :4200, MLflow server :5001, a worker.
 ## RSLM_POSTGRES_URL=postgresql://user@127.0.0.1:5432 puts both servers on PostgreSQL.

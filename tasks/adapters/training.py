@@ -99,7 +99,8 @@ def _metrics_callback(sink: MetricsSink | None):
 def _datasets(examples: list[TokenizedExample]):
     from datasets import Dataset
 
-    return Dataset.from_list([{"input_ids": e.input_ids, "completion_mask": e.completion_mask} for e in examples])
+    return Dataset.from_list([{"input_ids": e.input_ids, "completion_mask": e.completion_mask,
+                               "length": len(e.input_ids)} for e in examples])
 
 
 def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
@@ -135,6 +136,7 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
         gradient_checkpointing=cfg.gradient_checkpointing,
         max_length=cfg.max_length, completion_only_loss=True, packing=False,
         eval_strategy="no", report_to="none", dataset_num_proc=None, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length",
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=_datasets(train_examples),
                          eval_dataset=_datasets(eval_examples) if eval_examples else None,

@@ -34,6 +34,8 @@ class TrainingConfig(Frozen):
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=512, ge=16)
     gradient_checkpointing: bool = False
+    # Batches of similar length: fewer pad tokens computed, fewer distinct shapes (flat MPS memory).
+    group_by_length: bool = True
     logging_steps: int = Field(default=1, ge=1)
     save_steps: int = Field(default=50, ge=1)
     save_total_limit: int = Field(default=2, ge=1)
