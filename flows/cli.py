@@ -171,6 +171,16 @@ def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> N
     click.echo(json.dumps(trained.to_dict(), indent=2))
 
 
+def _registered_generator(model_uri: str):
+    """Base + adapter of a registered version, from the configured MLflow store."""
+    from tasks.adapters import tracking
+    from tasks.adapters.inference import load_registered_generator
+    from tasks.adapters.settings import paths, tracking_uri
+
+    tracking.use_store(tracking_uri())
+    return load_registered_generator(model_uri, paths().registry_cache)
+
+
 @cli.command()
 @click.argument("question")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory.")
@@ -182,12 +192,7 @@ def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
     _setup()
     length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if model_uri:
-        from tasks.adapters import tracking
-        from tasks.adapters.inference import load_registered_generator
-        from tasks.adapters.settings import paths, tracking_uri
-
-        tracking.use_store(tracking_uri())
-        generator = load_registered_generator(model_uri, paths().registry_cache)
+        generator = _registered_generator(model_uri)
         click.echo(generator.reply([question], temperature=temperature, **length)[0])
         return
     from tasks.adapters.inference import load_generator
@@ -220,18 +225,14 @@ def serve(model_uri, adapter, base, host, port, token_env, system_prompt) -> Non
     """An OpenAI-compatible server (/v1/models, /v1/chat/completions) for base + adapter."""
     _setup()
     from tasks.adapters import serve as server
-    from tasks.adapters.inference import load_generator, load_registered_generator
-    from tasks.adapters.settings import paths, tracking_uri
+    from tasks.adapters.inference import load_generator
     from tasks.domain.errors import ConfigError
 
     token = os.environ.get(token_env) or None
     if host not in {"127.0.0.1", "localhost", "::1"} and not token:
         raise ConfigError(f"refusing to serve on {host} without a token: set {token_env}")
     if model_uri:
-        from tasks.adapters import tracking
-
-        tracking.use_store(tracking_uri())
-        generator, model_id = load_registered_generator(model_uri, paths().registry_cache), model_uri
+        generator, model_id = _registered_generator(model_uri), model_uri
     elif adapter or base:
         summary = Path(adapter) / "training_summary.json" if adapter else None
         base_dir = base or json.loads(summary.read_text())["base_model"]

@@ -3,6 +3,7 @@ isolated RSLM_HOME per test, and one Prefect test harness per session."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,10 @@ def prefect_harness(tmp_path_factory):
 def write_rows(path: Path, rows) -> Path:
     path.write_text("".join(r.to_json() + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for servers the tests start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -2,7 +2,6 @@
 and the generator end to end over real HTTP against `rslm serve` with a tiny model taught the task."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, free_port
 from tasks.domain.blueprint import Provenance
 from tasks.domain.llm_blueprint import (BlueprintGenerationError, ReplyError, extract_json, generate_principle,
                                         parse_reply, principle_messages, teacher_reply)
@@ -107,12 +106,6 @@ def test_response_cache_is_keyed_by_everything_that_shapes_the_answer(tmp_path):
 
 # --- end to end ---------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def blueprint_writer(small_framework, tmp_path_factory):
     """A tiny model taught to answer the generator's prompts with the framework's blueprint (the
@@ -144,7 +137,7 @@ def blueprint_writer(small_framework, tmp_path_factory):
 def served(blueprint_writer, tmp_path_factory):
     """`rslm serve --adapter` on a free loopback port, with a bearer token, as a real subprocess."""
     _, adapter = blueprint_writer
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RSLM_SERVE_TOKEN": "t0ken", "RSLM_HOME": str(tmp_path_factory.mktemp("serve-home"))}
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     with log.open("wb") as handle:

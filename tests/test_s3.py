@@ -4,10 +4,11 @@ credentials nowhere they must not be."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -15,12 +16,6 @@ KEY_ID = "AKIARSLMTESTKEY12345"
 SECRET = "rslm-test-secret-Zq8vX2pL9mN4"
 BUCKET = "rslm-test"
 QUICK = {"dataset.max_samples": 300, "training_overrides": {"max_steps": 6, "save_steps": 6, "logging_steps": 2}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,19 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SCREENSHOTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 QUICK = {"dataset.max_samples": 300, "training_overrides": {"max_steps": 8, "save_steps": 8, "logging_steps": 2}}
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_listening() -> bool:

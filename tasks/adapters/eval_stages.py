@@ -90,7 +90,7 @@ def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: Pro
     return result
 
 
-def _log_to_run(evaluation: Evaluation, result: EvaluationResult, paths: Paths) -> None:
+def _log_to_run(evaluation: Evaluation, result: EvaluationResult) -> None:
     """Metrics (`eval/...`, the champion's as `eval_champion/...`), tables and plots on the run."""
     from tasks.adapters.plots import comparison_chart
 
@@ -141,7 +141,7 @@ def evaluate_version(model_uri: str, config: PipelineConfig, paths: Paths, track
                                                        paths.evaluations / info.name / f"v{champion}" / key).metrics
             except Exception as error:  # noqa: BLE001 - the gate reports it; the challenger's numbers stand
                 evaluation.champion_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-        _log_to_run(evaluation, result, paths)
+        _log_to_run(evaluation, result)
     except BaseException as error:
         registry.set_version_tags(info.name, info.version, {
             EVALUATION_STATUS: "failed", "evaluation.error": (str(error).splitlines() or [type(error).__name__])[0][:500]})

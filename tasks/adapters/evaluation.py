@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tasks.adapters.inference import Generator
+from tasks.adapters.stages import tqdm_progress
 from tasks.domain.config import EvaluationConfig, Probe
 from tasks.domain.evaluation import (AnswerRecord, EvaluationResult, SampledPass, context, generation_sample,
                                      paraphrase_groups, score_answers, summarise)
@@ -15,12 +16,6 @@ from tasks.domain.framework import Framework
 from tasks.domain.metrics import consistency
 from tasks.domain.records import Message, Row
 from tasks.domain.tensor_metrics import kl_per_example, token_losses
-
-
-def _progress(items, description: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=description, unit="batch", leave=False)
 
 
 def _tokenize(gen: Generator, examples) -> list[TokenizedExample]:
@@ -41,7 +36,7 @@ def _batches(gen: Generator, examples: list[TokenizedExample], batch_size: int, 
     import torch
 
     pad = gen.tokenizer.pad_token_id
-    for start in _progress(range(0, len(examples), batch_size), description):
+    for start in tqdm_progress(description, unit="batch", leave=False)(range(0, len(examples), batch_size)):
         chunk = examples[start:start + batch_size]
         width = max(len(e.input_ids) for e in chunk)
         tensor = lambda rows: torch.tensor(rows, device=gen.device)  # noqa: E731

@@ -137,16 +137,13 @@ def apply_history(name: str, new_history: list[str]) -> dict[str, str | None]:
     return targets
 
 
-def record_decision(name: str, decision: Decision, extra_tags: dict[str, str] | None = None) -> None:
+def record_decision(name: str, decision: Decision) -> None:
     """The decision and its reasons on the challenger version: tags plus its description."""
-    client = _client()
     version = decision.challenger_version
-    tags = {"promotion.decision": decision.verdict,
-            "promotion.against": decision.champion_version or "none",
-            "promotion.reasons": json.dumps(decision.reasons())[:4900], **(extra_tags or {})}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=decision.description()[:4900])
+    set_version_tags(name, version, {"promotion.decision": decision.verdict,
+                                     "promotion.against": decision.champion_version or "none",
+                                     "promotion.reasons": json.dumps(decision.reasons())[:4900]})
+    _client().update_model_version(name, version, description=decision.description()[:4900])
 
 
 def aliases_now(name: str) -> dict[str, str | None]:

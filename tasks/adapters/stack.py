@@ -136,7 +136,7 @@ def up(config: StackConfig, paths: Paths, timeout: float = 120.0, only: set[str]
             process = subprocess.Popen(service.argv, env=env, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         services[service.name] = {"pid": process.pid, "argv": service.argv, "log": str(log), "url": service.url,
-                                  "started_at": time.time()}
+                                  "health_url": service.health_url, "started_at": time.time()}
         _write_state(paths, {"config": config.model_dump(exclude={"postgres_url"}),
                              "database": "postgresql" if config.postgres_url else "sqlite", "services": services})
         _wait_healthy(service, process, log, timeout)
@@ -192,26 +192,21 @@ def status(paths: Paths) -> list[dict]:
     rows = []
     for name, service in state.get("services", {}).items():
         alive = _ours(service["pid"], service["argv"])
-        health = service.get("url") and alive and _healthy(f"{service['url']}/{'api/health' if 'prefect' in name else 'health'}")
-        rows.append({"service": name, "pid": service["pid"], "running": alive,
-                     "healthy": bool(health) if service.get("url") else alive, "url": service.get("url") or "-",
-                     "log": service["log"]})
+        healthy = alive and (service.get("health_url") is None or _healthy(service["health_url"]))
+        rows.append({"service": name, "pid": service["pid"], "running": alive, "healthy": healthy,
+                     "url": service.get("url") or "-", "log": service["log"]})
     return rows
 
 
 def live_endpoints(paths: Paths) -> dict[str, str]:
     """PREFECT_API_URL / MLFLOW_TRACKING_URI of a running stack, so every `rslm` command (and
     `make run`) talks to it instead of starting a temporary server on the same database."""
-    state = read_state(paths)
-    services = state.get("services", {})
-    config = state.get("config", {})
+    services = read_state(paths).get("services", {})
     endpoints = {}
-    server = services.get("prefect-server")
-    if server and _ours(server["pid"], server["argv"]):
-        endpoints["PREFECT_API_URL"] = f"http://{config['host']}:{config['prefect_port']}/api"
-    mlflow_server = services.get("mlflow-server")
-    if mlflow_server and _ours(mlflow_server["pid"], mlflow_server["argv"]):
-        endpoints["MLFLOW_TRACKING_URI"] = f"http://{config['host']}:{config['mlflow_port']}"
+    for name, variable, suffix in (("prefect-server", "PREFECT_API_URL", "/api"), ("mlflow-server", "MLFLOW_TRACKING_URI", "")):
+        service = services.get(name)
+        if service and _ours(service["pid"], service["argv"]):
+            endpoints[variable] = service["url"] + suffix
     return endpoints
 
 

@@ -24,22 +24,18 @@ from tasks.domain.hashing import content_hash
 from tasks.domain.records import Row
 
 
-def tqdm_progress(description: str):
+def tqdm_progress(description: str, unit: str = "block", leave: bool = True):
     from tqdm.auto import tqdm
 
-    return lambda items: tqdm(items, desc=description, unit="block")
+    return lambda items: tqdm(items, desc=description, unit=unit, leave=leave)
 
 
 def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Paths) -> Blueprint:
     """The configured generator's blueprint (LLM answers come from, and go to, the disk cache)."""
     from tasks.adapters.llm import blueprint_generator
 
-    def progress(items):
-        from tqdm.auto import tqdm
-
-        return tqdm(items, desc="blueprint (principles)", unit="principle")
-
-    generator = blueprint_generator(config.dataset.generator, config.llm, paths.llm_cache, paths.registry_cache, progress)
+    generator = blueprint_generator(config.dataset.generator, config.llm, paths.llm_cache, paths.registry_cache,
+                                    tqdm_progress("blueprint (principles)", unit="principle"))
     return generator.generate(framework)
 
 

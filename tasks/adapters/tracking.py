@@ -154,7 +154,9 @@ def log_blueprint_provenance(blueprint_path: Path) -> None:
     mlflow = _mlflow()
     blueprint = json.loads(blueprint_path.read_text(encoding="utf-8"))
     generator = blueprint["generator"]
-    sources = sorted({e["provenance"]["backend"] + ":" + e["provenance"]["model"] + ":" + e["provenance"]["prompt_sha256"][:12]
+    from tasks.domain.blueprint import Provenance
+
+    sources = sorted({Provenance.model_validate(e["provenance"]).label()
                       for e in blueprint["entries"] if e.get("provenance")})
     mlflow.log_params({"blueprint.generator": generator["name"], "blueprint.generator_version": generator["version"],
                        "blueprint.model": str(generator.get("model"))})

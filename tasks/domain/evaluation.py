@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import consistency, mean, perplexity, spread, style_score, style_summary
-from tasks.domain.promotion import CONSISTENCY, DRIFT, LOSS, PERPLEXITY, STYLE, STYLE_STD
+from tasks.domain.promotion import CONSISTENCY, DRIFT, LOSS, PERPLEXITY, STYLE_STD
 from tasks.domain.records import Message, Row
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then

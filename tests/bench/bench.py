@@ -190,7 +190,7 @@ def bench_orchestration(workdir: Path) -> dict:
 
     quiet_offline_defaults(use_stack=False)
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.nightly_retrain import nightly_retrain
 
