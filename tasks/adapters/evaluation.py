@@ -10,10 +10,10 @@ from tasks.adapters.inference import Generator
 from tasks.adapters.stages import tqdm_progress
 from tasks.domain.config import EvaluationConfig, Probe
 from tasks.domain.evaluation import (AnswerRecord, EvaluationResult, SampledPass, context, generation_sample,
-                                     paraphrase_groups, score_answers, summarise)
+                                     paraphrase_groups, score_answers, style_metrics, summarise)
 from tasks.domain.formatting import TokenizedExample, format_example, format_row, tokenize_example
 from tasks.domain.framework import Framework
-from tasks.domain.metrics import consistency
+from tasks.domain.metrics import agreement, consistency
 from tasks.domain.records import Message, Row
 from tasks.domain.tensor_metrics import kl_per_example, token_losses
 
@@ -102,9 +102,6 @@ def _paraphrase_answers(gen: Generator, groups: list[list[Row]], cfg: Evaluation
 def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Framework, probes: Sequence[Probe],
                        cfg: EvaluationConfig) -> EvaluationResult:
     """Every metric for one model on one eval split; deterministic for `cfg.seed`."""
-    from tasks.domain.metrics import agreement
-    from tasks.domain.evaluation import style_metrics
-
     losses = answer_losses(gen, eval_rows, cfg.batch_size)
     loss_by_id = {r.id: (s / n if n else None) for r, s, n in zip(eval_rows, *losses, strict=True)}
     sample = generation_sample(eval_rows, cfg.max_generations, cfg.seed)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tasks.domain.framework import Framework
-from tasks.domain.metrics import consistency, mean, perplexity, spread, style_score, style_summary
+from tasks.domain.metrics import StyleScore, consistency, mean, perplexity, spread, style_score, style_summary
 from tasks.domain.promotion import CONSISTENCY, DRIFT, LOSS, PERPLEXITY, STYLE_STD
 from tasks.domain.records import Message, Row
 
@@ -120,8 +120,6 @@ def score_answers(rows: Sequence[Row], answers: Sequence[str], framework: Framew
 
 
 def style_metrics(records: Sequence[AnswerRecord]) -> dict[str, float]:
-    from tasks.domain.metrics import StyleScore
-
     return style_summary([StyleScore(words=r.words, within_cap=r.within_cap, coverage=r.key_term_coverage,
                                      hedges=tuple(r.hedges)) for r in records])
 
