@@ -35,9 +35,9 @@ def prepare_base_model_task(config: PipelineConfig, dataset: DatasetRef, base_ov
 
 @task(name="train-adapter", cache_policy=NO_CACHE)
 def train_adapter_task(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport, base_model: str,
-                       tracking_uri: str) -> stages.TrainedAdapter:
+                       tracking_uri: str, measure_eval_loss: bool = True) -> stages.TrainedAdapter:
     with training_slot():
-        return stages.train_and_track(config, dataset, report, base_model, paths(), tracking_uri)
+        return stages.train_and_track(config, dataset, report, base_model, paths(), tracking_uri, measure_eval_loss)
 
 
 @task(name="register-adapter", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5)

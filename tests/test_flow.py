@@ -35,6 +35,8 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
     assert sorted(record["aliases"]) == ["challenger", "champion"], "the first good version becomes champion"
     assert record["promotion"]["verdict"] == "promoted" and record["evaluation"]["metrics"]["loss"] > 0
     assert record["training"]["train_loss_last"] < record["training"]["train_loss_first"]
+    # held-out loss is measured once, by evaluate-model; the trainer makes no second pass over the split
+    assert record["training"]["eval_loss"] is None
 
     # The adapter loads with plain PEFT, outside the project's code.
     base = AutoModelForCausalLM.from_pretrained(record["base_model_dir"], use_safetensors=True)

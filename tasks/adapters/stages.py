@@ -110,9 +110,10 @@ def _dataset_frame(rows: list[Row]) -> pd.DataFrame:
 
 
 def train_and_track(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport, base_model: str,
-                    paths: Paths, tracking_uri: str) -> TrainedAdapter:
+                    paths: Paths, tracking_uri: str, measure_eval_loss: bool = True) -> TrainedAdapter:
     """One MLflow run: params from the configs, dataset inputs, the GX result, per-step loss, then
-    the trained adapter's summary and loss curve."""
+    the trained adapter's summary and loss curve. `measure_eval_loss=False` skips the trainer's
+    pass over the eval split, for callers that evaluate the model on that split anyway."""
     from tasks.adapters.plots import loss_curve
 
     profile = load_profile(config.profile)
@@ -140,7 +141,8 @@ def train_and_track(config: PipelineConfig, dataset: DatasetRef, report: Validat
                              name=f"{dataset.domain}-{dataset.sha256[:12]}-eval", context="eval")
         tracking.log_validation(Path(report.result_path).parent)
         tracking.log_blueprint_provenance(Path(dataset.blueprint_path))
-        summary: TrainingSummary = train_lora(base_model, train_rows, eval_rows, training, adapter_dir,
+        summary: TrainingSummary = train_lora(base_model, train_rows, eval_rows if measure_eval_loss else [],
+                                              training, adapter_dir,
                                               sink=tracking.metrics_sink())
         tracking.log_metrics({f"final/{k}": v for k, v in summary.metrics().items()})
         tracking.log_dict({k: v for k, v in asdict(summary).items() if k != "history"}, "training_summary.json")

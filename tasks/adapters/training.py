@@ -76,11 +76,13 @@ class _CountingCollator:
         self.inner = inner
         self.tokens = 0
         self.loss_tokens = 0
+        self.padded_tokens = 0  # what the model computes on, padding included
 
     def __call__(self, features):
         batch = self.inner(features)
         self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
         self.loss_tokens += int((batch["labels"] != -100).sum())
+        self.padded_tokens += int(batch["input_ids"].numel())
         return batch
 
 
@@ -104,8 +106,10 @@ def _datasets(examples: list[TokenizedExample]):
 
 
 def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
-                  cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None):
-    """An SFTTrainer over a LoRA-wrapped base model, ready to `train()`; returned with its stats."""
+                  cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None, model=None):
+    """An SFTTrainer over a LoRA-wrapped base model, ready to `train()`; returned with its stats.
+    `model` replaces loading the weights from `base_source` (whose tokenizer is still used): the
+    CUDA benchmark builds a random-init model with Mistral-7B's shapes directly on the GPU."""
     import torch
     from peft import LoraConfig, get_peft_model
     from trl import SFTConfig, SFTTrainer
@@ -118,7 +122,7 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
     eval_examples, _ = tokenize_rows(eval_rows, tokenizer, cfg.max_length)
     if not train_examples:
         raise RslmError(f"no training example fits max_length={cfg.max_length} tokens")
-    model = load_base_model(base_source, precision, device)
+    model = load_base_model(base_source, precision, device) if model is None else model
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)

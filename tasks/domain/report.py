@@ -71,7 +71,6 @@ def summary_markdown(record: RunRecord) -> str:
         f"| dataset in S3 | `{_fmt(record.dataset_uri)}` |",
         f"| validation | {'passed' if record.validation_success else 'FAILED' if record.validation_success is False else '—'} |",
         f"| train loss (first → last) | {_fmt(t.get('train_loss_first'))} → {_fmt(t.get('train_loss_last'))} |",
-        f"| eval loss (trainer, mean of batch means) | {_fmt(t.get('eval_loss'))} |",
         f"| tokens/s | {_fmt(t.get('tokens_per_second'))} on {_fmt(t.get('device'))} ({_fmt(t.get('precision'))}) |",
         f"| MLflow run | `{_fmt(record.mlflow_run_id)}` in `{_fmt(record.mlflow_experiment)}` |",
         f"| registered | {_fmt(record.registered_model)} v{_fmt(record.model_version)} {' '.join('@' + a for a in record.aliases)} |",

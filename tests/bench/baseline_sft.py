@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tasks.domain.formatting import INST_CLOSE
+
 
 def run_baseline(base_dir: str, texts: list[str], steps: int, batch_size: int, learning_rate: float,
-                 max_length: int, out_dir: Path, lora: dict, seed: int = 42) -> dict:
+                 max_length: int, out_dir: Path, lora: dict, seed: int = 42, device: str = "cpu",
+                 precision: str = "fp32") -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -18,27 +21,43 @@ def run_baseline(base_dir: str, texts: list[str], steps: int, batch_size: int, l
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]  # as ours loads it
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, use_safetensors=True).to(device)
     args = SFTConfig(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=batch_size,
                      learning_rate=learning_rate, logging_steps=max(1, steps // 3), save_strategy="no",
-                     report_to="none", use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+                     report_to="none", use_cpu=device == "cpu", bf16=precision == "bf16", fp16=precision == "fp16",
                      max_length=max_length, packing=False, seed=seed, dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"text": t} for t in texts]),
                          processing_class=tokenizer,
                          peft_config=LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                                 target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-    seen = {"tokens": 0}
-    inner = trainer.data_collator
-
-    def counting(features):
-        batch = inner(features)
-        seen["tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
-        seen["padded"] = seen.get("padded", 0) + int(batch["input_ids"].numel())
-        return batch
-
-    trainer.data_collator = counting
+    counter = AnswerTokenCounter(trainer.data_collator, tokenizer.convert_tokens_to_ids(INST_CLOSE))
+    trainer.data_collator = counter
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
-    return {"wall_s": wall, "tokens": seen["tokens"], "padded_tokens": seen.get("padded", 0),
-            "examples": steps * batch_size}
+    return {"wall_s": wall, "tokens": counter.tokens, "answer_tokens": counter.answer_tokens,
+            "padded_tokens": counter.padded_tokens, "examples": steps * batch_size}
+
+
+class AnswerTokenCounter:
+    """Counts, exactly, what the baseline trains on: non-pad tokens, padded tokens, and answer tokens
+    (those after the last [/INST], a single token in our tokenizer), the ones our step puts loss on."""
+
+    def __init__(self, inner, inst_close_id: int):
+        self.inner, self.inst_close_id = inner, inst_close_id
+        self.tokens = self.answer_tokens = self.padded_tokens = 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = ids.new_ones(ids.shape)
+        self.tokens += int(mask.sum())
+        self.padded_tokens += int(ids.numel())
+        for row_ids, row_mask in zip(ids, mask):
+            closes = (row_ids == self.inst_close_id).nonzero()
+            if len(closes):
+                self.answer_tokens += int(row_mask[int(closes[-1]) + 1:].sum())
+        return batch
