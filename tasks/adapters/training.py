@@ -77,10 +77,13 @@ class _CountingCollator:
         self.tokens = 0
         self.loss_tokens = 0
         self.padded_tokens = 0  # what the model computes on, padding included
+        self.per_batch: list[int] = []  # non-pad tokens of batch i, in order (a benchmark leaves out warm-up)
 
     def __call__(self, features):
         batch = self.inner(features)
-        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        self.per_batch.append(tokens)
+        self.tokens += tokens
         self.loss_tokens += int((batch["labels"] != -100).sum())
         self.padded_tokens += int(batch["input_ids"].numel())
         return batch

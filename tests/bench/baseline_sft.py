@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tasks.adapters.models import torch_dtype
 from tasks.domain.formatting import INST_CLOSE
 
 
@@ -21,8 +22,8 @@ def run_baseline(base_dir: str, texts: list[str], steps: int, batch_size: int, l
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]  # as ours loads it
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, use_safetensors=True).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype(precision),  # as ours loads it
+                                                 use_safetensors=True).to(device)
     args = SFTConfig(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=batch_size,
                      learning_rate=learning_rate, logging_steps=max(1, steps // 3), save_strategy="no",
                      report_to="none", use_cpu=device == "cpu", bf16=precision == "bf16", fp16=precision == "fp16",

@@ -80,14 +80,18 @@ def scaled_framework(factor: int):
     return type(framework).model_validate(data)
 
 
-def rows_for(n: int, seed: int = 13):
+def blueprint_for(n: int):
+    """An offline blueprint whose expansion yields at least about `n` distinct rows."""
     from tasks.domain.blueprint import OfflineBlueprintGenerator
+
+    return OfflineBlueprintGenerator().generate(scaled_framework(max(1, -(-n // 3000))))
+
+
+def rows_for(n: int, seed: int = 13):
     from tasks.domain.expansion import build_dataset
 
-    factor = max(1, -(-n // 3000))
-    blueprint = OfflineBlueprintGenerator().generate(scaled_framework(factor))
-    build = build_dataset(blueprint, seed=seed, eval_fraction=0.1, max_samples=n)
-    return blueprint, build
+    blueprint = blueprint_for(n)
+    return blueprint, build_dataset(blueprint, seed=seed, eval_fraction=0.1, max_samples=n)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -216,17 +220,18 @@ def bench_stages(sizes: list[int], workdir: Path) -> dict:
     from tasks.adapters.models import ensure_tiny_base, load_tokenizer
     from tasks.adapters.stages import suite_spec, training_corpus
     from tasks.adapters.training import tokenize_rows
-    from tasks.domain.blueprint import OfflineBlueprintGenerator
     from tasks.domain.config import ValidationConfig
     from tasks.domain.expansion import build_dataset
 
     results = {}
     framework = load_framework(REPO / "configs/frameworks/devops.yaml")
     spec = suite_spec(framework, ValidationConfig())
+    # one tokenizer for every size, so the sizes' tokenization rates compare like with like
+    tokenizer = load_tokenizer(ensure_tiny_base(load_profile("tiny").tiny, training_corpus(rows_for(3000)[1].train),
+                                                workdir / "models"))
     for n in sizes:
         memory: dict = {}
-        big = scaled_framework(max(1, -(-n // 3000)))
-        blueprint = OfflineBlueprintGenerator().generate(big)
+        blueprint = blueprint_for(n)
         with peak_rss(memory, "expansion"):
             started = time.perf_counter()
             build = build_dataset(blueprint, seed=13, eval_fraction=0.1, max_samples=n)
@@ -237,8 +242,6 @@ def bench_stages(sizes: list[int], workdir: Path) -> dict:
             started = time.perf_counter()
             report = validate_frame(frame, spec, workdir / f"gx-{n}")
             validation = time.perf_counter() - started
-        tokenizer = load_tokenizer(ensure_tiny_base(load_profile("tiny").tiny, training_corpus(rows[:3000]),
-                                                    workdir / "models"))
         with peak_rss(memory, "tokenization"):
             started = time.perf_counter()
             tokenize_rows(rows, tokenizer, 512)

@@ -51,19 +51,6 @@ class StepClock:
         self.callback = Callback()
 
 
-class BatchTokens:
-    """Non-pad tokens of each collated batch, in order: batch i is optimizer step i."""
-
-    def __init__(self, inner):
-        self.inner, self.per_batch = inner, []
-
-    def __call__(self, features):
-        batch = self.inner(features)
-        self.per_batch.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
-                              else int(batch["input_ids"].numel()))
-        return batch
-
-
 def build_random_model(shapes: dict, tokenizer, device: str, precision: str):
     """A Mistral model with `shapes`, random weights, created on `device` in its training dtype."""
     import torch
@@ -99,14 +86,12 @@ def bench_large_model(base: Path, rows, device: str, workdir: Path, shapes: dict
         torch.cuda.reset_peak_memory_stats()
     model = build_random_model(shapes, load_tokenizer(base), resolved, precision)
     matmul_params = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
-    trainer, _, _ = build_trainer(base, rows, [], cfg, workdir / "large-model", model=model)
+    trainer, _, info = build_trainer(base, rows, [], cfg, workdir / "large-model", model=model)
     clock = StepClock(torch.cuda.synchronize if cuda else (lambda: None))
     trainer.add_callback(clock.callback)
-    tokens = BatchTokens(trainer.data_collator)
-    trainer.data_collator = tokens
     trainer.train()
     timed = clock.ends[-1] - clock.ends[warmup_steps - 1]
-    timed_tokens = sum(tokens.per_batch[warmup_steps:warmup_steps + steps])
+    timed_tokens = sum(info["counter"].per_batch[warmup_steps:warmup_steps + steps])  # batch i is step i
     device_name = torch.cuda.get_device_name() if cuda else resolved
     peak = peak_tflops or peak_tflops_for(device_name)
     tokens_per_s = timed_tokens / timed
