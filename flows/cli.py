@@ -41,7 +41,7 @@ def _setup() -> None:
 config_option = click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
                              help="Pipeline YAML (configs/pipeline.yaml).")
 framework_option = click.option("--framework", help="Framework YAML; overrides the config's `framework`.")
-profile_option = click.option("--profile", help="Model profile: tiny | mistral-7b-instruct | a YAML path.")
+profile_option = click.option("--profile", help="Model profile: smollm2-135m | tiny | mistral-7b-instruct | a YAML path.")
 max_steps_option = click.option("--max-steps", type=int, help="Optimizer steps (overrides the profile).")
 max_samples_option = click.option("--max-samples", type=int, help="Cap on dataset rows (0 = all).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Training device.")
@@ -139,13 +139,21 @@ def validate(files, config_path, framework, out) -> None:
 
 @cli.command(name="format")
 @click.argument("file", type=click.Path())
-def format_(file) -> None:
+@click.option("--chat-format", type=click.Choice(["mistral", "chatml"]),
+              help="Chat format (default: the configured profile's: chatml for SmolLM2, mistral for tiny/7B).")
+@config_option
+def format_(file, chat_format, config_path) -> None:
     """Print, per row of FILE, the exact `prompt` and `completion` strings the trainer sees."""
     from tasks.adapters.dataset_store import read_rows
-    from tasks.domain.formatting import format_row
+    from tasks.domain.formatting import chat_format as format_named
 
+    if chat_format is None:
+        from tasks.adapters.configs import load_pipeline_config, load_profile
+
+        chat_format = load_profile(load_pipeline_config(config_path).profile).chat_format
+    fmt = format_named(chat_format)
     for _, row in read_rows(file):
-        example = format_row(row)
+        example = fmt.row(row)
         click.echo(json.dumps({"id": row.id, "prompt": example.prompt, "completion": example.completion},
                               ensure_ascii=False))
 
@@ -181,39 +189,48 @@ def _registered_generator(model_uri: str):
     return load_registered_generator(model_uri, paths().registry_cache)
 
 
-@cli.command()
-@click.argument("question")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory.")
-@click.option("--model", "model_uri", help="Registry URI, e.g. models:/reasoning-slm-devops@champion.")
-@click.option("--max-new-tokens", type=int, help="Answer length cap in tokens (default: the model's own).")
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
-def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
-    """Answer QUESTION with base + adapter (from --adapter, --model, or the last pipeline run)."""
-    _setup()
-    length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-    if model_uri:
-        generator = _registered_generator(model_uri)
-        click.echo(generator.reply([question], temperature=temperature, **length)[0])
-        return
-    from tasks.adapters.inference import load_generator
-    from tasks.adapters.settings import paths
+def _champion_uri(config_path: str) -> str:
+    """The configured domain's champion: what `chat` and `serve` answer with when not told otherwise."""
+    from tasks.adapters import registry, tracking
+    from tasks.adapters.settings import tracking_uri
     from tasks.domain.errors import RslmError
 
-    last = paths().last_run
-    record = json.loads(last.read_text()) if last.exists() else {}
-    adapter = adapter or record.get("adapter_dir")
-    if not adapter:
-        raise RslmError("no adapter: pass --adapter DIR or --model URI, or run `rslm pipeline` first")
-    summary = json.loads((Path(adapter) / "training_summary.json").read_text())
-    from tasks.adapters.configs import load_framework
+    name = _model_name(None, config_path)
+    tracking.use_store(tracking_uri())
+    if registry.version_for_alias(name, registry.CHAMPION) is None:
+        raise RslmError(f"{name} has no @champion yet: run `make run` (or `rslm pipeline`), or pass --model/--adapter")
+    return f"models:/{name}@{registry.CHAMPION}"
 
-    system = load_framework(record["framework_path"]).system_prompt if record.get("framework_path") else ""
-    generator = load_generator(summary["base_model"], adapter, system)
+
+def _adapter_generator(adapter: str, system_prompt: str):
+    from tasks.adapters.inference import load_generator
+
+    summary = json.loads((Path(adapter) / "training_summary.json").read_text())
+    return load_generator(summary["base_model"], adapter, system_prompt)
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--model", "model_uri", help="Registry URI (default: the configured domain's @champion).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory instead of a registered model.")
+@click.option("--max-new-tokens", type=int, help="Answer length cap in tokens (default: the model's own).")
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@config_option
+def chat(question, model_uri, adapter, max_new_tokens, temperature, config_path) -> None:
+    """Answer QUESTION with the champion (or --model URI, or --adapter DIR under the framework's system prompt)."""
+    _setup()
+    length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    if adapter:
+        from tasks.adapters.configs import load_framework, load_pipeline_config
+
+        generator = _adapter_generator(adapter, load_framework(load_pipeline_config(config_path).framework).system_prompt)
+    else:
+        generator = _registered_generator(model_uri or _champion_uri(config_path))
     click.echo(generator.reply([question], temperature=temperature, **length)[0])
 
 
 @cli.command()
-@click.option("--model", "model_uri", help="Registry URI, e.g. models:/reasoning-slm-devops@champion.")
+@click.option("--model", "model_uri", help="Registry URI (default: the configured domain's @champion).")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory (base from its summary).")
 @click.option("--base", type=click.Path(exists=True, file_okay=False), help="Base model directory (alone: no adapter).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless a token is set).")
@@ -221,8 +238,9 @@ def chat(question, adapter, model_uri, max_new_tokens, temperature) -> None:
 @click.option("--token-env", default="RSLM_SERVE_TOKEN", show_default=True,
               help="Environment variable holding the bearer token clients must send (unset: no auth).")
 @click.option("--system", "system_prompt", default=None, help="System prompt when a request has none.")
-def serve(model_uri, adapter, base, host, port, token_env, system_prompt) -> None:
-    """An OpenAI-compatible server (/v1/models, /v1/chat/completions) for base + adapter."""
+@config_option
+def serve(model_uri, adapter, base, host, port, token_env, system_prompt, config_path) -> None:
+    """An OpenAI-compatible server (/v1/models, /v1/chat/completions): the champion unless told otherwise."""
     _setup()
     from tasks.adapters import serve as server
     from tasks.adapters.inference import load_generator
@@ -231,14 +249,13 @@ def serve(model_uri, adapter, base, host, port, token_env, system_prompt) -> Non
     token = os.environ.get(token_env) or None
     if host not in {"127.0.0.1", "localhost", "::1"} and not token:
         raise ConfigError(f"refusing to serve on {host} without a token: set {token_env}")
-    if model_uri:
-        generator, model_id = _registered_generator(model_uri), model_uri
-    elif adapter or base:
-        summary = Path(adapter) / "training_summary.json" if adapter else None
-        base_dir = base or json.loads(summary.read_text())["base_model"]
-        generator, model_id = load_generator(base_dir, adapter, ""), Path(adapter or base).name
+    if adapter:
+        generator, model_id = _adapter_generator(adapter, ""), Path(adapter).name
+    elif base:
+        generator, model_id = load_generator(base, None, ""), Path(base).name
     else:
-        raise ConfigError("pass --model models:/NAME@ALIAS, --adapter DIR or --base DIR")
+        model_id = model_uri or _champion_uri(config_path)
+        generator = _registered_generator(model_id)
     if system_prompt is not None:
         generator.system_prompt = system_prompt
     click.echo(f"serving {model_id} on http://{host}:{port}/v1" + (" (bearer token required)" if token else ""))

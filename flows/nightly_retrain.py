@@ -93,7 +93,8 @@ def _train_register_promote(config: PipelineConfig, dataset: DatasetRef, report:
     # evaluate-model measures the held-out loss on the same split (token-weighted), so the trainer's
     # own pass over it would be wasted: about 10% of training time on the default run.
     trained = train_adapter(config, dataset, report, base_model, measure_eval_loss=False)
-    record.update({"base_model_dir": trained.base_model, "adapter_dir": trained.adapter_dir,
+    record.update({"base_model_dir": trained.base_model, "base_model_provenance": trained.base_provenance,
+                   "adapter_dir": trained.adapter_dir,
                                        "training": trained.summary, "mlflow_run_id": trained.run_id,
                                        "mlflow_experiment": trained.experiment})
     registration = register_adapter(config, dataset, trained, key)

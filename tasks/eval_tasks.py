@@ -44,6 +44,9 @@ def publish_evaluation_task(evaluation: eval_stages.Evaluation) -> None:
     lines += [_inline_png(p) for p in evaluation.plots if Path(p).exists()]
     create_markdown_artifact(key="model-evaluation", markdown="\n".join(lines),
                              description=f"{evaluation.name} v{evaluation.version} vs champion")
+    if evaluation.heldout_markdown:
+        create_markdown_artifact(key="base-vs-tuned", markdown=evaluation.heldout_markdown,
+                                 description=f"{evaluation.name} v{evaluation.version}: held-out answers, base vs tuned")
 
 
 @task(name="publish-promotion", cache_policy=NO_CACHE)

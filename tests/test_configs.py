@@ -3,7 +3,7 @@ import pytest
 
 from conftest import REPO
 from tasks.adapters.configs import load_framework, load_model, load_pipeline_config, load_profile
-from tasks.domain.config import ModelProfile, PipelineConfig, ProbeSet, apply_overrides, effective_training
+from tasks.domain.config import HeldOutSet, ModelProfile, PipelineConfig, ProbeSet, apply_overrides, effective_training
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework
 
@@ -16,13 +16,18 @@ def model_for(path):
     if path.parts[1] == "profiles":
         return ModelProfile
     if path.parts[1] == "probes":
-        return ProbeSet
+        return HeldOutSet if "heldout" in path.parts else ProbeSet
     return PipelineConfig
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=str)
 def test_every_shipped_yaml_loads(path):
     assert load_model(model_for(path), REPO / path)
+
+
+def test_every_heldout_set_is_named_after_its_domain():
+    for path in (REPO / "configs/probes/heldout").glob("*.yaml"):
+        assert load_model(HeldOutSet, path).domain == path.stem
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=str)

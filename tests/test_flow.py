@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import NO_FLOORS, REPO, tiny_run
 from tasks.adapters.dataset_store import file_sha256
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-QUICK = {"dataset.max_samples": 300, "training_overrides": {"max_steps": 12, "save_steps": 12, "logging_steps": 2}}
+QUICK = tiny_run(12)
 
 
-def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home):
+def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_number_salad(prefect_harness, rslm_home):
     import mlflow
     from mlflow.tracking import MlflowClient
     from peft import PeftModel
@@ -32,8 +32,14 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
     assert Path(record["data_docs"]).exists() and Path(record["base_model_dir"]).exists()
     assert record["mlflow_tracking_uri"] == f"sqlite:///{rslm_home / 'mlflow.db'}"
     assert (record["registered_model"], record["model_version"]) == ("reasoning-slm-devops", "1")
-    assert sorted(record["aliases"]) == ["challenger", "champion"], "the first good version becomes champion"
-    assert record["promotion"]["verdict"] == "promoted" and record["evaluation"]["metrics"]["loss"] > 0
+    # The random-init tiny model answers in number salad: registered, measured, and not promoted.
+    assert record["aliases"] == ["challenger"] and record["promotion"]["verdict"] == "rejected"
+    metrics = record["evaluation"]["metrics"]
+    assert metrics["loss"] > 0 and metrics["structured"] < 0.6 and metrics["heldout/structured"] < 0.6
+    assert metrics["heldout/questions"] == 20 and metrics["heldout/base_structured"] == 0.0
+    failing = {c["name"] for c in record["promotion"]["checks"] if not c["passed"]}
+    assert {"numbered-reason structure floor", "held-out structure floor", "beats its base on held-out questions"} <= failing
+    assert "base vs tuned" in _artifact("base-vs-tuned")
     assert record["training"]["train_loss_last"] < record["training"]["train_loss_first"]
     # held-out loss is measured once, by evaluate-model; the trainer makes no second pass over the split
     assert record["training"]["eval_loss"] is None
@@ -55,7 +61,7 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
     assert str(version.version) == "1" and version.run_id == record["mlflow_run_id"]
 
     mlflow.set_tracking_uri(record["mlflow_tracking_uri"])
-    model = mlflow.pyfunc.load_model("models:/reasoning-slm-devops@champion")
+    model = mlflow.pyfunc.load_model("models:/reasoning-slm-devops@challenger")
     import pandas as pd
 
     replies = model.predict(pd.DataFrame({"prompt": ["Why pin the nginx image by digest?"]}), params={"max_new_tokens": 8})
@@ -64,7 +70,7 @@ def test_nightly_retrain_registers_a_loadable_adapter(prefect_harness, rslm_home
 
 
 def _steps(n: int) -> dict:
-    return {**QUICK, "training_overrides": {**QUICK["training_overrides"], "max_steps": n, "save_steps": n}}
+    return tiny_run(n, **NO_FLOORS)
 
 
 def _artifact(key: str) -> str:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tasks.domain.evaluation import drift_metric, loss_metrics
-from tasks.domain.metrics import (agreement, consistency, cosine_similarity, hedges, key_term_coverage, perplexity,
-                                  spread, style_score, style_summary)
+from tasks.domain.metrics import (agreement, consistency, cosine_similarity, hedges, is_degenerate, is_structured,
+                                  key_term_coverage, perplexity, repetition, spread, style_score, style_summary)
 from tasks.domain.tensor_metrics import kl_per_example, token_losses
 
 
@@ -25,26 +25,58 @@ def test_hedges_match_whole_phrases_only():
     assert hedges("Mayberry is a town; I thinking aloud.", ["maybe", "I think"]) == []
 
 
-def test_style_score_combines_cap_coverage_and_hedging():
-    terse = style_score("1. Isolation. 2. Routing. 3. Capacity.", max_words=10, key_terms=["isolation", "routing"],
-                        banned_phrases=["maybe"])
-    assert (terse.within_cap, terse.coverage, terse.no_hedging, terse.score) == (True, 1.0, True, 1.0)
+def test_style_score_combines_cap_coverage_hedging_and_structure():
+    terse = style_score("1. Isolation: one blast radius each. 2. Routing: separate route tables.", max_words=20,
+                        key_terms=["isolation", "routing"], banned_phrases=["maybe"])
+    assert (terse.within_cap, terse.coverage, terse.no_hedging, terse.structured, terse.score) == (True, 1.0, True, True, 1.0)
+    unnumbered = style_score("Isolation and routing matter here.", max_words=20, key_terms=["isolation", "routing"],
+                             banned_phrases=[])
+    assert not unnumbered.structured and unnumbered.score == 0.75
     rambling = style_score("maybe " * 20, max_words=10, key_terms=["isolation"], banned_phrases=["maybe"])
-    assert (rambling.within_cap, rambling.coverage, rambling.no_hedging, rambling.score) == (False, 0.0, False, 0.0)
+    assert rambling.degenerate and rambling.score == 0.0
     empty = style_score("", max_words=10, key_terms=["x"], banned_phrases=[], min_words=2)
-    assert not empty.within_cap, "an empty answer is not terse, it is missing"
+    assert not empty.within_cap and empty.degenerate, "an empty answer is not terse, it is missing"
     summary = style_summary([terse, rambling])
-    assert summary["style_adherence"] == 0.5 and summary["within_word_cap"] == 0.5 and summary["answer_words"] == 13.0
+    assert summary["style_adherence"] == 0.5 and summary["within_word_cap"] == 0.5 and summary["structured"] == 0.5
+    assert summary["degenerate"] == 0.5
+
+
+NUMBER_SALAD = "1. 1. 1. 1. 1. 3. 3. 3. 3. 3. 3. 3."  # what the random-init tiny model answers everything with
+
+
+def test_number_salad_is_degenerate_and_earns_nothing():
+    """The tiny model's answer passed the old word cap and no-hedging checks and scored 0.67."""
+    score = style_score(NUMBER_SALAD, max_words=60, key_terms=["isolation"], banned_phrases=["maybe"])
+    assert score.within_cap and score.no_hedging, "the checks that number salad passes"
+    assert score.degenerate and not score.structured and score.score == 0.0
+    assert is_degenerate(NUMBER_SALAD) and repetition(NUMBER_SALAD) > 0.5
+    assert consistency([[NUMBER_SALAD, NUMBER_SALAD]]) == 0.0, "the same loop twice is not consistency"
+
+
+@pytest.mark.parametrize("answer, shaped", [
+    ("1. Isolation: each /24 is its own blast radius.", True),
+    ("1. Isolation: one blast radius. 2. Routing: per-subnet tables. 3. Capacity: 256 subnets of 251 hosts.", True),
+    ("1. A is here. 2. B is there. 3. C is near. 4. D is far.", False),      # more than three reasons
+    ("2. Routing: per-subnet tables. 1. Isolation: one blast radius.", False),  # out of order
+    ("Here is why: 1. Isolation: one blast radius.", False),                 # preamble before the first reason
+    ("1. Isolation. 2. Routing.", False),                                    # labels, not clauses
+    ("Isolation keeps failures contained.", False),                          # not numbered
+    ("", False),
+])
+def test_structure_check_wants_one_to_three_numbered_clauses(answer, shaped):
+    assert is_structured(answer) is shaped
 
 
 def test_similarity_and_consistency_known_values():
-    assert cosine_similarity("a b c", "a b c") == pytest.approx(1.0)
-    assert cosine_similarity("a b", "c d") == 0.0
-    assert cosine_similarity("a b", "a c") == pytest.approx(0.5)  # one shared word of two: 1 / (sqrt2 * sqrt2)
+    assert cosine_similarity("isolation routing capacity", "isolation routing capacity") == pytest.approx(1.0)
+    assert cosine_similarity("isolation routing", "latency cost") == 0.0
+    assert cosine_similarity("isolation routing", "isolation cost") == pytest.approx(0.5)  # 1 / (sqrt2 * sqrt2)
     assert cosine_similarity("1. isolation 2. routing", "1. latency 2. cost") == 0.0, "list markers are not content"
-    assert agreement(["a b", "a b", "c d"]) == pytest.approx(1 / 3)  # pairs: 1, 0, 0
+    assert cosine_similarity("1. 2.", "1. 2.") == 0.0, "two answers without content agree on nothing"
+    same, other = "isolation keeps routing apart", "latency costs money"
+    assert agreement([same, same, other]) == pytest.approx(1 / 3)  # pairs: 1, 0, 0
     assert agreement(["only one"]) == 1.0
-    assert consistency([["a b", "a b"], ["a b", "c d"], ["single"]]) == pytest.approx(0.5), "singletons are skipped"
+    assert consistency([[same, same], [same, other], ["single"]]) == pytest.approx(0.5), "singletons are skipped"
 
 
 def test_spread_and_perplexity():

@@ -54,6 +54,26 @@ def test_without_a_champion_only_absolute_bounds_apply():
     assert failed(decision) == ["style adherence floor", "stable across seeds"]
 
 
+def test_shipped_gate_rejects_number_salad_and_a_model_no_better_than_its_base():
+    """The floors of configs/pipeline.yaml: a first model with no champion to beat still has to
+    answer in the trained shape, on held-out questions too, and beat its own base there."""
+    from tasks.adapters.configs import load_pipeline_config
+
+    gate = load_pipeline_config().promotion
+    salad = {"loss": 4.5, "style_adherence": 0.0, "drift_kl": 0.3, "structured": 0.0, "degenerate": 1.0,
+             "heldout/structured": 0.0, "heldout/structured_gain": 0.0}
+    assert set(failed(gate_decision(salad, champion=None, gate=gate))) == {
+        "style adherence floor", "numbered-reason structure floor", "degenerate answers bound",
+        "held-out structure floor", "beats its base on held-out questions"}
+    base_already_shaped = {"loss": 1.2, "style_adherence": 0.8, "drift_kl": 0.3, "structured": 0.9, "degenerate": 0.0,
+                           "heldout/structured": 0.9, "heldout/structured_gain": 0.1}
+    assert failed(gate_decision(base_already_shaped, champion=None, gate=gate)) == ["beats its base on held-out questions"]
+    taught = {**base_already_shaped, "heldout/structured_gain": 0.85}
+    assert gate_decision(taught, champion=None, gate=gate).promote
+    assert failed(gate_decision({**taught, "heldout/structured": math.nan}, champion=None, gate=gate)) == [
+        "held-out structure floor"], "a floor on an unmeasured metric fails"
+
+
 def test_switched_off_checks_are_not_evaluated():
     open_gate = PromotionGate(min_eval_loss_improvement=0.0, max_style_adherence_drop=1.0, max_drift_kl=None)
     assert gate_decision({"loss": 4.0, "style_adherence": 0.0}, gate=open_gate).promote

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import NO_FLOORS, free_port, tiny_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 KEY_ID = "AKIARSLMTESTKEY12345"
 SECRET = "rslm-test-secret-Zq8vX2pL9mN4"
 BUCKET = "rslm-test"
-QUICK = {"dataset.max_samples": 300, "training_overrides": {"max_steps": 6, "save_steps": 6, "logging_steps": 2}}
+QUICK = tiny_run(6, **NO_FLOORS)
 
 
 @pytest.fixture

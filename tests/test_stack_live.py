@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import NO_FLOORS, REPO, free_port, tiny_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SCREENSHOTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-QUICK = {"dataset.max_samples": 300, "training_overrides": {"max_steps": 8, "save_steps": 8, "logging_steps": 2}}
+QUICK = tiny_run(8, **NO_FLOORS)
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 

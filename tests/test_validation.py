@@ -35,10 +35,12 @@ def test_each_broken_rule_names_its_rows(tmp_path, small_build, devops_framework
     rows[3] = with_messages(rows[3], [rows[3].messages[0], rows[3].messages[2], rows[3].messages[1]])
     rows[4] = with_messages(rows[4], [*rows[4].messages[:2], Message(role="assistant", content="Maybe it works; I think so, more or less fine.")])
     rows[5] = with_messages(rows[5], [rows[5].messages[0], user, rows[5].messages[2]])  # same prompt as row 0
-    broken = rows[:6]
+    rows[6] = with_messages(rows[6], [*rows[6].messages[:-1], Message(
+        role="assistant", content="1. Decoupling: the the web app deploys dark. 2. Scope: a leaked a deploy role reaches one bucket.")])
+    broken = rows[:7]
     dropped = next(p for p in devops_framework.final_principle_ids()
                    if p not in {r.metadata.final_principle for r in broken})
-    rows = broken + [r for r in rows[6:] if r.metadata.final_principle != dropped]
+    rows = broken + [r for r in rows[7:] if r.metadata.final_principle != dropped]
     path = write_rows(tmp_path / "bad.jsonl", rows)
     report = validate_files([str(path)], devops_framework, ValidationConfig(), tmp_path / "out")
     assert not report.success
@@ -49,6 +51,9 @@ def test_each_broken_rule_names_its_rows(tmp_path, small_build, devops_framework
     assert small_build.train[4].id in by_rule["expect_column_values_to_not_match_regex_list:answer_text"]["row_ids"]
     assert set(by_rule["expect_column_values_to_be_unique:prompt"]["row_ids"]) == {small_build.train[0].id, small_build.train[5].id}
     assert dropped in by_rule["expect_column_distinct_values_to_contain_set:final_principle"]["detail"]
+    doubled = by_rule["expect_column_values_to_not_match_regex:text"]
+    assert small_build.train[6].id in doubled["row_ids"] and "doubled words" in doubled["rule"]
+    assert small_build.train[0].id not in doubled["row_ids"]
     assert any("bad.jsonl:" in label for f in report.failures for label in f["rows"]), "rows are located by file:line"
     with pytest.raises(DataValidationError, match="answers are terse"):
         require_valid(report)

@@ -17,11 +17,11 @@ import pandas as pd
 from tasks.adapters import registry, tracking
 from tasks.adapters.configs import load_framework, load_model
 from tasks.adapters.dataset_store import file_sha256
-from tasks.adapters.settings import Paths
+from tasks.adapters.settings import Paths, resolve_path
 from tasks.adapters.stages import read_dataset_files
-from tasks.domain.config import EvaluationConfig, PipelineConfig, ProbeSet
+from tasks.domain.config import EvaluationConfig, HeldOutSet, PipelineConfig, ProbeSet
 from tasks.domain.errors import RslmError
-from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult
+from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult, HeldOutAnswer, heldout_markdown
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import (KEY_METRICS, Check, Decision, comparison_markdown, decide, eligibility)
 from tasks.domain.records import Row
@@ -44,6 +44,7 @@ class Evaluation:
     champion_error: str | None = None
     report_dir: str = ""
     plots: list[str] = field(default_factory=list)
+    heldout_markdown: str = ""  # base vs tuned answers to the held-out questions, side by side
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,13 +64,25 @@ def _eval_rows(info: registry.VersionInfo, eval_path: str | None) -> tuple[str, 
     return path, rows
 
 
-def _cache_key(eval_sha: str, cfg: EvaluationConfig, probes: ProbeSet) -> str:
+def load_heldout(cfg: EvaluationConfig, domain: str) -> HeldOutSet | None:
+    """The domain's held-out questions (`<heldout_dir>/<domain>.yaml`), or None when it has none."""
+    path = resolve_path(cfg.heldout_dir) / f"{domain}.yaml"
+    if not path.is_file():
+        return None
+    heldout = load_model(HeldOutSet, path)
+    if heldout.domain != domain:
+        raise RslmError(f"{path}: held-out set is for domain {heldout.domain!r}, not {domain!r}")
+    return heldout
+
+
+def _cache_key(eval_sha: str, cfg: EvaluationConfig, probes: ProbeSet, heldout: HeldOutSet | None) -> str:
     return content_hash({"eval": eval_sha, "evaluation": cfg.model_dump(), "probes": probes.model_dump(),
+                         "heldout": heldout.model_dump() if heldout else None,
                          "metrics_version": METRICS_VERSION})[:16]
 
 
-def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: ProbeSet, cfg: EvaluationConfig,
-             paths: Paths, out_dir: Path) -> EvaluationResult:
+def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: ProbeSet, heldout: HeldOutSet | None,
+             cfg: EvaluationConfig, paths: Paths, out_dir: Path) -> EvaluationResult:
     """One version's metrics; versions are immutable, so a result for the same eval set,
     evaluation config and probes is reused (the champion is re-measured every night otherwise)."""
     from tasks.adapters.evaluation import evaluate_generator
@@ -80,13 +93,16 @@ def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: Pro
         data = json.loads(cached.read_text())
         answers = [AnswerRecord(**a) for a in json.loads((out_dir / "answers.json").read_text())]
         return EvaluationResult(metrics=data["metrics"], answers=answers, paraphrases=data["paraphrases"],
-                                probe_kl=data["probe_kl"])
+                                probe_kl=data["probe_kl"], heldout=[HeldOutAnswer(**h) for h in data.get("heldout", [])])
     generator = load_registered_generator(info.uri, paths.registry_cache)
-    result = evaluate_generator(generator, rows, framework, probes.probes, cfg)
+    questions = [q.question for q in heldout.questions] if heldout else []
+    result = evaluate_generator(generator, rows, framework, probes.probes, cfg, questions)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "answers.json").write_text(json.dumps([asdict(a) for a in result.answers], indent=1))
+    # result.json last: its presence marks a complete cached evaluation
     cached.write_text(json.dumps({"metrics": result.metrics, "paraphrases": result.paraphrases,
-                                  "probe_kl": result.probe_kl}, indent=1))
+                                  "probe_kl": result.probe_kl, "heldout": [asdict(h) for h in result.heldout]},
+                                 indent=1))
     return result
 
 
@@ -108,6 +124,9 @@ def _log_to_run(evaluation: Evaluation, result: EvaluationResult) -> None:
             tracking.log_metrics({f"eval_champion/{k}": v for k, v in evaluation.champion_metrics.items()})
         if result.answers:
             tracking.log_table(pd.DataFrame([asdict(a) for a in result.answers]), "evaluation/answers.json")
+        if result.heldout:
+            tracking.log_table(pd.DataFrame([asdict(h) for h in result.heldout]), "evaluation/heldout_answers.json")
+            tracking.log_text(evaluation.heldout_markdown, "evaluation/base_vs_tuned.md")
         tracking.log_dict({"paraphrases": result.paraphrases}, "evaluation/paraphrases.json")
         tracking.log_dict({"probes": result.probe_kl}, "evaluation/drift_probes.json")
         tracking.log_text(evaluation.markdown(), "evaluation/comparison.md")
@@ -126,18 +145,21 @@ def evaluate_version(model_uri: str, config: PipelineConfig, paths: Paths, track
         path, rows = _eval_rows(info, eval_path)
         framework = load_framework(info.tags.get("framework") or config.framework)
         probes = load_model(ProbeSet, config.evaluation.probes)
+        heldout = load_heldout(config.evaluation, framework.domain)
         eval_sha = file_sha256(path)
-        key = _cache_key(eval_sha, config.evaluation, probes)
+        key = _cache_key(eval_sha, config.evaluation, probes, heldout)
         report_dir = paths.evaluations / info.name / f"v{info.version}" / key
-        result = _measure(info, rows, framework, probes, config.evaluation, paths, report_dir)
+        result = _measure(info, rows, framework, probes, heldout, config.evaluation, paths, report_dir)
         evaluation = Evaluation(name=info.name, version=info.version, run_id=info.run_id, eval_path=path,
-                                eval_sha256=eval_sha, metrics=result.metrics, report_dir=str(report_dir))
+                                eval_sha256=eval_sha, metrics=result.metrics, report_dir=str(report_dir),
+                                heldout_markdown=heldout_markdown(result.heldout, f"{info.name} v{info.version}: base vs tuned "
+                                                                  "on held-out questions") if result.heldout else "")
         champion = registry.version_for_alias(info.name, registry.CHAMPION)
         if champion and champion != info.version:
             evaluation.champion_version = champion
             try:
                 champion_info = registry.resolve(f"models:/{info.name}/{champion}")
-                evaluation.champion_metrics = _measure(champion_info, rows, framework, probes, config.evaluation, paths,
+                evaluation.champion_metrics = _measure(champion_info, rows, framework, probes, heldout, config.evaluation, paths,
                                                        paths.evaluations / info.name / f"v{champion}" / key).metrics
             except Exception as error:  # noqa: BLE001 - the gate reports it; the challenger's numbers stand
                 evaluation.champion_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from tasks.adapters.inference import Generator
 from tasks.adapters.stages import tqdm_progress
 from tasks.domain.config import EvaluationConfig, Probe
-from tasks.domain.evaluation import (AnswerRecord, EvaluationResult, SampledPass, context, generation_sample,
-                                     paraphrase_groups, score_answers, style_metrics, summarise)
-from tasks.domain.formatting import TokenizedExample, format_example, format_row, tokenize_example
+from tasks.domain.evaluation import (AnswerRecord, EvaluationResult, HeldOutAnswer, SampledPass, compare_heldout,
+                                     context, generation_sample, loss_sample, paraphrase_groups, score_answers,
+                                     style_metrics, summarise)
+from tasks.domain.formatting import TokenizedExample
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import agreement, consistency
 from tasks.domain.records import Message, Row
@@ -19,9 +20,7 @@ from tasks.domain.tensor_metrics import kl_per_example, token_losses
 
 
 def _tokenize(gen: Generator, examples) -> list[TokenizedExample]:
-    tok = gen.tokenizer
-    encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
-    return [tokenize_example(e, encode, tok.bos_token_id, tok.eos_token_id) for e in examples]
+    return [gen.codec.tokenize(e) for e in examples]
 
 
 @dataclass
@@ -52,7 +51,7 @@ def answer_losses(gen: Generator, rows: Sequence[Row], batch_size: int) -> tuple
     sums: list[float] = []
     counts: list[int] = []
     with torch.no_grad():
-        for batch in _batches(gen, _tokenize(gen, [format_row(r) for r in rows]), batch_size, "eval loss"):
+        for batch in _batches(gen, _tokenize(gen, [gen.codec.fmt.row(r) for r in rows]), batch_size, "eval loss"):
             logits = gen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             batch_sums, batch_counts = token_losses(logits, batch.input_ids, batch.loss_mask)
             sums += batch_sums
@@ -65,7 +64,7 @@ def probe_kl(gen: Generator, probes: Sequence[Probe], batch_size: int) -> tuple[
     is the same model with the adapter disabled, so no second copy of the weights is loaded."""
     import torch
 
-    examples = _tokenize(gen, [format_example([Message(role="user", content=p.prompt),
+    examples = _tokenize(gen, [gen.codec.fmt.example([Message(role="user", content=p.prompt),
                                                Message(role="assistant", content=p.answer)]) for p in probes])
     sums: list[float] = []
     counts: list[int] = []
@@ -99,12 +98,29 @@ def _paraphrase_answers(gen: Generator, groups: list[list[Row]], cfg: Evaluation
     return out
 
 
+def heldout_answers(gen: Generator, questions: Sequence[str], cfg: EvaluationConfig) -> list[HeldOutAnswer]:
+    """Greedy answers to the held-out questions from the tuned model and from its base (the same
+    weights with the adapter switched off), under the same system prompt."""
+    if not questions:
+        return []
+    ask = lambda: gen.reply(questions, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)  # noqa: E731
+    tuned = ask()
+    if hasattr(gen.model, "disable_adapter"):
+        with gen.model.disable_adapter():
+            base = ask()
+    else:  # no adapter: the model is its own base
+        base = tuned
+    return compare_heldout(questions, base, tuned)
+
+
 def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Framework, probes: Sequence[Probe],
-                       cfg: EvaluationConfig) -> EvaluationResult:
-    """Every metric for one model on one eval split; deterministic for `cfg.seed`."""
-    losses = answer_losses(gen, eval_rows, cfg.batch_size)
-    loss_by_id = {r.id: (s / n if n else None) for r, s, n in zip(eval_rows, *losses, strict=True)}
+                       cfg: EvaluationConfig, heldout_questions: Sequence[str] = ()) -> EvaluationResult:
+    """Every metric for one model on one eval split (and the held-out questions, against its own
+    base); deterministic for `cfg.seed`."""
     sample = generation_sample(eval_rows, cfg.max_generations, cfg.seed)
+    loss_rows = loss_sample(eval_rows, cfg.loss_rows, cfg.seed, first=sample)
+    losses = answer_losses(gen, loss_rows, cfg.batch_size)
+    loss_by_id = {r.id: (s / n if n else None) for r, s, n in zip(loss_rows, *losses, strict=True)}
     answers: list[AnswerRecord] = score_answers(sample, _answers(gen, sample, cfg, 0.0, cfg.seed), framework)
     for record in answers:
         record.loss = loss_by_id.get(record.row_id)
@@ -117,9 +133,10 @@ def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Fram
         passes.append(SampledPass(seed=seed, style_adherence=style_metrics(sampled)["style_adherence"],
                                   consistency=consistency(sampled_groups)))
     kl = probe_kl(gen, probes, cfg.batch_size)
-    metrics = summarise(losses, answers, paraphrased, kl, passes)
+    heldout = heldout_answers(gen, heldout_questions, cfg)
+    metrics = summarise(losses, answers, paraphrased, kl, passes, heldout)
     return EvaluationResult(
-        metrics=metrics, answers=answers,
+        metrics=metrics, answers=answers, heldout=heldout,
         paraphrases=[{"group": g[0].metadata.group, "questions": [r.turns("user")[-1] for r in g],
                       "answers": a, "agreement": agreement(a)} for g, a in zip(groups, paraphrased, strict=True)],
         probe_kl=[{"prompt": p.prompt, "kl_per_token": s / n if n else None}

@@ -1,4 +1,4 @@
-"""Load base + adapter and answer prompts, formatted by the same Mistral function as training."""
+"""Load base + adapter and answer prompts, formatted by the same chat codec as training."""
 from __future__ import annotations
 
 import warnings
@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.adapters.chat import ChatCodec, chat_codec
 from tasks.adapters.models import load_base_model, load_tokenizer, runtime
-from tasks.domain.formatting import encode_with_specials, format_prompt
 from tasks.domain.records import Message
 
 DEFAULT_MAX_NEW_TOKENS = 96  # terse answers: 60 words fit comfortably
@@ -16,17 +16,19 @@ DEFAULT_MAX_NEW_TOKENS = 96  # terse answers: 60 words fit comfortably
 @dataclass
 class Generator:
     model: object
-    tokenizer: object
+    codec: ChatCodec
     device: str
     system_prompt: str
+
+    @property
+    def tokenizer(self):
+        return self.codec.tokenizer
 
     def conversation(self, question: str) -> list[Message]:
         return [Message(role="system", content=self.system_prompt), Message(role="user", content=question)]
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        tok = self.tokenizer
-        return encode_with_specials(format_prompt(messages), lambda t: tok.encode(t, add_special_tokens=False),
-                                    tok.bos_token_id, tok.eos_token_id)
+        return self.codec.prompt_ids(messages)
 
     def reply(self, questions: Sequence[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
               seed: int = 0, batch_size: int = 16) -> list[str]:
@@ -38,12 +40,14 @@ class Generator:
         """Greedy (temperature 0) or sampled answers to conversations ending with a user turn,
         in batches of similar length with left padding. Deterministic for a seed."""
         import torch
+        from tqdm.auto import tqdm
 
         encoded = [self.prompt_ids(c) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
         answers: dict[int, str] = {}
         torch.manual_seed(seed)
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="generating", unit="batch", leave=False, disable=len(starts) < 2):
             batch = order[start:start + batch_size]
             replies = self._generate([encoded[i] for i in batch], max_new_tokens, temperature)
             answers.update(zip(batch, (text for text, _ in replies)))
@@ -60,10 +64,10 @@ class Generator:
         return text, len(prompt), generated
 
     def _generate(self, encoded: list[list[int]], max_new_tokens: int, temperature: float) -> list[tuple[str, int]]:
-        """(text, generated token count) per prompt; the count stops at </s> or padding."""
+        """(text, generated token count) per prompt; the count stops at the end-of-turn token or padding."""
         import torch
 
-        tok = self.tokenizer
+        tok, stop_id = self.tokenizer, self.codec.stop_id
         width = max(len(ids) for ids in encoded)
         pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
@@ -72,11 +76,11 @@ class Generator:
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                 do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                top_p=None, top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+                top_p=None, top_k=None, pad_token_id=pad, eos_token_id=stop_id)
         results = []
         for row in output:
             new = row[width:].tolist()
-            stop = next((i for i, t in enumerate(new) if t in (tok.eos_token_id, pad)), len(new))
+            stop = next((i for i, t in enumerate(new) if t in (stop_id, pad)), len(new))
             results.append((tok.decode(new, skip_special_tokens=True).strip(), min(len(new), stop + (stop < len(new)))))
         return results
 
@@ -95,7 +99,7 @@ def load_generator(base_source: str | Path, adapter_dir: str | Path | None, syst
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
-    return Generator(model=model, tokenizer=tokenizer, device=chosen_device, system_prompt=system_prompt)
+    return Generator(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt)
 
 
 def load_registered_generator(model_uri: str, cache_root: Path, device: str = "auto") -> Generator:

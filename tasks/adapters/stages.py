@@ -12,7 +12,7 @@ from tasks.adapters import registry, tracking
 from tasks.adapters.configs import load_framework, load_profile
 from tasks.adapters.dataset_store import DatasetRef, read_rows, write_dataset
 from tasks.adapters.gx_runner import ValidationReport, validate_frame
-from tasks.adapters.models import base_model_source
+from tasks.adapters.models import base_model_source, base_provenance
 from tasks.adapters.settings import Paths, resolve_path
 from tasks.adapters.training import TrainingSummary, train_lora
 from tasks.domain.blueprint import Blueprint
@@ -91,6 +91,7 @@ class TrainedAdapter:
     adapter_dir: str
     base_model: str
     summary: dict
+    base_provenance: dict
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,17 +141,18 @@ def train_and_track(config: PipelineConfig, dataset: DatasetRef, report: Validat
         tracking.log_dataset(_dataset_frame(eval_rows), source=dataset.eval_path, sha256=dataset.sha256,
                              name=f"{dataset.domain}-{dataset.sha256[:12]}-eval", context="eval")
         tracking.log_validation(Path(report.result_path).parent)
+        tracking.log_params({f"base.{k}": str(v) for k, v in base_provenance(base_model).items()})
         tracking.log_blueprint_provenance(Path(dataset.blueprint_path))
         summary: TrainingSummary = train_lora(base_model, train_rows, eval_rows if measure_eval_loss else [],
-                                              training, adapter_dir,
-                                              sink=tracking.metrics_sink())
+                                              training, adapter_dir, sink=tracking.metrics_sink(),
+                                              chat_format=profile.chat_format)
         tracking.log_metrics({f"final/{k}": v for k, v in summary.metrics().items()})
         tracking.log_dict({k: v for k, v in asdict(summary).items() if k != "history"}, "training_summary.json")
         tracking.log_image(loss_curve(summary.history, adapter_dir / "loss_curve.png",
                                       f"{dataset.domain} / {profile.name}: LoRA loss"))
     summary_dict = {k: v for k, v in asdict(summary).items() if k != "history"}
     return TrainedAdapter(run_id=run_id, experiment=experiment, adapter_dir=str(adapter_dir),
-                          base_model=base_model, summary=summary_dict)
+                          base_model=base_model, summary=summary_dict, base_provenance=base_provenance(base_model))
 
 
 def training_key(config: PipelineConfig, dataset: DatasetRef, base_override: str | None = None) -> str:

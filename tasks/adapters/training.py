@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tasks.adapters.chat import ChatCodec, chat_codec
 from tasks.adapters.models import check_tokenizer, load_base_model, load_tokenizer, runtime
 from tasks.domain.config import TrainingConfig
 from tasks.domain.errors import RslmError
-from tasks.domain.formatting import TokenizedExample, format_row, tokenize_example
+from tasks.domain.formatting import TokenizedExample
 from tasks.domain.records import Row
 
 MetricsSink = Callable[[dict[str, float], int], None]
@@ -26,6 +27,7 @@ class TrainingSummary:
     base_model: str
     device: str
     precision: str
+    chat_format: str
     steps: int
     epochs: float
     examples: int
@@ -54,14 +56,11 @@ class TrainingSummary:
         return json.dumps(asdict(self), indent=2)
 
 
-def tokenize_rows(rows: Sequence[Row], tokenizer, max_length: int) -> tuple[list[TokenizedExample], int]:
+def tokenize_rows(rows: Sequence[Row], codec: ChatCodec, max_length: int) -> tuple[list[TokenizedExample], int]:
     """Tokenize every row; returns the examples and how many were too long to keep whole."""
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
     examples, dropped = [], 0
     for row in rows:
-        example = tokenize_example(format_row(row), encode, tokenizer.bos_token_id, tokenizer.eos_token_id, max_length)
+        example = codec.tokenize(codec.fmt.row(row), max_length)
         if example is None:
             dropped += 1
         else:
@@ -109,20 +108,23 @@ def _datasets(examples: list[TokenizedExample]):
 
 
 def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
-                  cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None, model=None):
+                  cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None, model=None,
+                  chat_format: str | None = None):
     """An SFTTrainer over a LoRA-wrapped base model, ready to `train()`; returned with its stats.
     `model` replaces loading the weights from `base_source` (whose tokenizer is still used): the
-    CUDA benchmark builds a random-init model with Mistral-7B's shapes directly on the GPU."""
+    CUDA benchmark builds a random-init model with Mistral-7B's shapes directly on the GPU.
+    `chat_format` (the profile's) must match the format the tokenizer's own template uses."""
     import torch
     from peft import LoraConfig, get_peft_model
     from trl import SFTConfig, SFTTrainer
 
-    device, precision = runtime(cfg.device, cfg.precision)
+    device, precision = runtime(cfg.device, cfg.precision, cfg.cpu_bf16_autocast)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(base_source)
     check_tokenizer(tokenizer, [row.turns("assistant")[-1] for row in train_rows[:20]])
-    train_examples, dropped = tokenize_rows(train_rows, tokenizer, cfg.max_length)
-    eval_examples, _ = tokenize_rows(eval_rows, tokenizer, cfg.max_length)
+    codec = chat_codec(tokenizer, chat_format)
+    train_examples, dropped = tokenize_rows(train_rows, codec, cfg.max_length)
+    eval_examples, _ = tokenize_rows(eval_rows, codec, cfg.max_length)
     if not train_examples:
         raise RslmError(f"no training example fits max_length={cfg.max_length} tokens")
     model = load_base_model(base_source, precision, device) if model is None else model
@@ -150,16 +152,17 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
                          processing_class=tokenizer, callbacks=[_metrics_callback(sink)])
     counter = _CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
-    return trainer, tokenizer, {"device": device, "precision": precision, "dropped": dropped,
+    return trainer, tokenizer, {"device": device, "precision": precision, "dropped": dropped, "chat_format": codec.fmt.name,
                                 "examples": len(train_examples), "counter": counter}
 
 
 def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
-               cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None) -> TrainingSummary:
+               cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
+               chat_format: str | None = None) -> TrainingSummary:
     """Train, evaluate once on the eval split, and save the adapter, tokenizer and summary:
     `adapter_config.json`, `adapter_model.safetensors`, `tokenizer/`, `training_summary.json`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer, tokenizer, info = build_trainer(base_source, train_rows, eval_rows, cfg, out_dir, sink)
+    trainer, tokenizer, info = build_trainer(base_source, train_rows, eval_rows, cfg, out_dir, sink, chat_format=chat_format)
     counter: _CountingCollator = info["counter"]
     started = time.perf_counter()
     result = trainer.train()
@@ -175,7 +178,7 @@ def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Se
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     summary = TrainingSummary(
-        base_model=str(base_source), device=info["device"], precision=info["precision"],
+        base_model=str(base_source), device=info["device"], precision=info["precision"], chat_format=info["chat_format"],
         steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0.0),
         examples=info["examples"], dropped_too_long=info["dropped"],
         trainable_params=trainable, total_params=sum(p.numel() for p in trainer.model.parameters()),

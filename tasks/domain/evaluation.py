@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tasks.domain.framework import Framework
-from tasks.domain.metrics import StyleScore, consistency, mean, perplexity, spread, style_score, style_summary
-from tasks.domain.promotion import CONSISTENCY, DRIFT, LOSS, PERPLEXITY, STYLE_STD
+from tasks.domain.metrics import (StyleScore, consistency, is_degenerate, is_structured, mean, perplexity, spread,
+                                  style_score, style_summary, word_count)
+from tasks.domain.promotion import (CONSISTENCY, DRIFT, HELDOUT_BASE_STRUCTURED, HELDOUT_GAIN, HELDOUT_STRUCTURED, LOSS,
+                                    PERPLEXITY, STYLE_STD)
 from tasks.domain.records import Message, Row
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
-METRICS_VERSION = 2
+METRICS_VERSION = 3  # 3: structure, repetition, degenerate answers earn no style or consistency
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -67,6 +69,18 @@ def generation_sample(rows: Sequence[Row], n: int, seed: int) -> list[Row]:
     return _balanced(list(one_per_group.values()), n, random.Random(seed))
 
 
+def loss_sample(rows: Sequence[Row], n: int, seed: int, first: Sequence[Row] = ()) -> list[Row]:
+    """The rows whose answer-token loss is measured: all of them (n = 0), or n rows that start with
+    `first` (the generated sample, so each answer row also shows its loss) and are otherwise
+    balanced across principles. A forward pass over every eval row of a 135M model costs minutes
+    on 2 CPU cores; the same n rows are used for challenger and champion, so the comparison holds."""
+    if not n or n >= len(rows):
+        return sorted(rows, key=lambda r: r.id)
+    chosen = {r.id: r for r in list(first)[:n]}
+    rest = _balanced([r for r in rows if r.id not in chosen], n - len(chosen), random.Random(seed))
+    return sorted([*chosen.values(), *rest], key=lambda r: r.id)
+
+
 def paraphrase_groups(rows: Sequence[Row], n: int, seed: int) -> list[list[Row]]:
     """Up to n held-out question groups with at least two phrasings, each with all its rows."""
     groups: dict[str, list[Row]] = defaultdict(list)
@@ -101,6 +115,9 @@ class AnswerRecord:
     key_term_coverage: float
     hedges: list[str]
     style: float
+    structured: bool = False
+    repetition: float = 0.0
+    degenerate: bool = True
     loss: float | None = None
 
 
@@ -115,13 +132,15 @@ def score_answers(rows: Sequence[Row], answers: Sequence[str], framework: Framew
         records.append(AnswerRecord(
             row_id=row.id, principle="/".join(row.metadata.principle_path), prompt=row.turns("user")[-1],
             expected=row.turns("assistant")[-1], answer=answer, words=score.words, within_cap=score.within_cap,
-            key_term_coverage=score.coverage, hedges=list(score.hedges), style=score.score))
+            key_term_coverage=score.coverage, hedges=list(score.hedges), style=score.score,
+            structured=score.structured, repetition=score.repetition, degenerate=score.degenerate))
     return records
 
 
 def style_metrics(records: Sequence[AnswerRecord]) -> dict[str, float]:
     return style_summary([StyleScore(words=r.words, within_cap=r.within_cap, coverage=r.key_term_coverage,
-                                     hedges=tuple(r.hedges)) for r in records])
+                                     hedges=tuple(r.hedges), structured=r.structured, repetition=r.repetition,
+                                     degenerate=r.degenerate) for r in records])
 
 
 def loss_metrics(loss_sums: Sequence[float], token_counts: Sequence[int]) -> dict[str, float]:
@@ -134,6 +153,55 @@ def loss_metrics(loss_sums: Sequence[float], token_counts: Sequence[int]) -> dic
 def drift_metric(kl_sums: Sequence[float], positions: Sequence[int]) -> dict[str, float]:
     """Mean per-probe KL, each probe's KL averaged over its positions (every probe counts once)."""
     return {DRIFT: mean(s / n for s, n in zip(kl_sums, positions, strict=True) if n)}
+
+
+@dataclass
+class HeldOutAnswer:
+    """One held-out question answered by the base and by the tuned model: a row of the
+    side-by-side table users read first."""
+
+    question: str
+    base: str
+    tuned: str
+    base_structured: bool
+    tuned_structured: bool
+    base_degenerate: bool
+    tuned_degenerate: bool
+    tuned_words: int
+
+
+def compare_heldout(questions: Sequence[str], base: Sequence[str], tuned: Sequence[str]) -> list[HeldOutAnswer]:
+    return [HeldOutAnswer(question=q, base=b, tuned=t, base_structured=is_structured(b), tuned_structured=is_structured(t),
+                          base_degenerate=is_degenerate(b), tuned_degenerate=is_degenerate(t), tuned_words=word_count(t))
+            for q, b, t in zip(questions, base, tuned, strict=True)]
+
+
+def heldout_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
+    """Share of held-out answers in the trained shape, tuned and base, and the gain between them.
+
+    >>> heldout_metrics(compare_heldout(["q"], ["I'm not sure."], ["1. Isolation: one blast radius per tier."]))["heldout/structured_gain"]
+    1.0
+    """
+    if not rows:
+        return {}
+    tuned = mean(float(r.tuned_structured) for r in rows)
+    base = mean(float(r.base_structured) for r in rows)
+    return {HELDOUT_STRUCTURED: tuned, HELDOUT_BASE_STRUCTURED: base, HELDOUT_GAIN: tuned - base,
+            "heldout/degenerate": mean(float(r.tuned_degenerate) for r in rows),
+            "heldout/base_degenerate": mean(float(r.base_degenerate) for r in rows),
+            "heldout/questions": float(len(rows))}
+
+
+def heldout_markdown(rows: Sequence[HeldOutAnswer], title: str) -> str:
+    """Base vs tuned answers side by side, with the shape verdict of each."""
+    def cell(text: str, ok: bool) -> str:
+        flat = " ".join(text.split()).replace("|", "\\|") or "(empty)"
+        return f"{'✓' if ok else '✗'} {flat}"
+
+    lines = [f"# {title}", "", "✓ = in the trained shape (1-3 numbered reasons, each a real clause)", "",
+             "| question | base | tuned |", "|---|---|---|"]
+    lines += [f"| {r.question} | {cell(r.base, r.base_structured)} | {cell(r.tuned, r.tuned_structured)} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -161,13 +229,15 @@ class EvaluationResult:
     answers: list[AnswerRecord] = field(default_factory=list)
     paraphrases: list[dict] = field(default_factory=list)
     probe_kl: list[dict] = field(default_factory=list)
+    heldout: list[HeldOutAnswer] = field(default_factory=list)
 
 
 def summarise(losses: tuple[Sequence[float], Sequence[int]], answers: list[AnswerRecord],
               paraphrase_answers: Sequence[Sequence[str]], kl: tuple[Sequence[float], Sequence[int]],
-              passes: Sequence[SampledPass]) -> dict[str, float]:
+              passes: Sequence[SampledPass], heldout: Sequence[HeldOutAnswer] = ()) -> dict[str, float]:
     metrics = {**loss_metrics(*losses), **style_metrics(answers),
-               CONSISTENCY: consistency(paraphrase_answers), **drift_metric(*kl), **stability_metrics(passes)}
+               CONSISTENCY: consistency(paraphrase_answers), **drift_metric(*kl), **stability_metrics(passes),
+               **heldout_metrics(heldout)}
     metrics["generated"] = float(len(answers))
     return metrics
 

@@ -1,26 +1,40 @@
-"""Mistral instruction format, in one place for training and inference.
+"""Chat formats, in one place for training, evaluation, `chat` and `serve`.
+
+Two formats cover our models; the adapter picks the one the model's own tokenizer uses and checks
+our rendering against its chat template (`tasks/adapters/chat.py`).
+
+Mistral (the `tiny` and 7B profiles):
 
     <s>[INST] {system}\\n\\n{user} [/INST] {assistant}</s>[INST] {user2} [/INST] {assistant2}</s>
 
 The system text is folded into the first user turn: Mistral's own chat template drops the system
-turn unless the last message is a user turn, so we never rely on it. The trainer sees a `prompt`
-(everything up to and including the last `[/INST]`) and a `completion` (the last answer and
-`</s>`); loss falls on completion tokens only. Earlier assistant turns of a multi-turn sample are
-context, not targets.
+turn unless the last message is a user turn, so we never rely on it.
+
+ChatML (SmolLM2, Qwen):
+
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>
+
+The trainer sees a `prompt` (everything up to the point where the model starts answering) and a
+`completion` (the last answer and the format's end-of-turn token); loss falls on completion
+tokens only. Earlier assistant turns of a multi-turn sample are context, not targets.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from tasks.domain.records import Message, Row
+
+ChatFormatName = Literal["mistral", "chatml"]
 
 BOS = "<s>"
 EOS = "</s>"
 INST_OPEN = "[INST]"
 INST_CLOSE = "[/INST]"
-_SPECIAL_SPLIT = re.compile(f"({re.escape(BOS)}|{re.escape(EOS)})")
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
 
 
 class FormatError(ValueError):
@@ -43,23 +57,6 @@ def _check_alternation(turns: Sequence[Message], *, ends_with: str) -> None:
         raise FormatError(f"turns must alternate user/assistant and end with {ends_with}, got {roles}")
 
 
-def format_prompt(messages: Sequence[Message]) -> str:
-    """The prompt for the model's next answer: a conversation that ends with a user turn.
-
-    >>> format_prompt([Message(role="system", content="Be terse."), Message(role="user", content="Why /24?")])
-    '<s>[INST] Be terse.\\n\\nWhy /24? [/INST]'
-    """
-    turns = fold_system(messages)
-    _check_alternation(turns, ends_with="user")
-    text = BOS
-    for message in turns:
-        if message.role == "user":
-            text += f"{INST_OPEN} {message.content} {INST_CLOSE}"
-        else:
-            text += f" {message.content}{EOS}"
-    return text
-
-
 @dataclass(frozen=True)
 class PromptCompletion:
     prompt: str
@@ -70,53 +67,110 @@ class PromptCompletion:
         return self.prompt + self.completion
 
 
-def format_example(messages: Sequence[Message]) -> PromptCompletion:
-    """Split a conversation ending with an assistant turn into the exact strings the trainer sees."""
-    turns = fold_system(messages)
-    _check_alternation(turns, ends_with="assistant")
-    *context, answer = turns
-    return PromptCompletion(prompt=format_prompt(context), completion=f" {answer.content}{EOS}")
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a conversation becomes the exact text a model is trained on and prompted with.
+
+    `specials` are the strings that stand for single special tokens (encoded by id, never as text);
+    `end_of_turn` closes every answer, and is where generation stops."""
+
+    name: ChatFormatName
+    specials: tuple[str, ...]
+    end_of_turn: str
+    _render_prompt: Callable[[Sequence[Message]], str]
+    _render_answer: Callable[[str], str]
+
+    def prompt(self, messages: Sequence[Message]) -> str:
+        """The prompt for the model's next answer: a conversation that ends with a user turn.
+
+        >>> MISTRAL.prompt([Message(role="system", content="Be terse."), Message(role="user", content="Why /24?")])
+        '<s>[INST] Be terse.\\n\\nWhy /24? [/INST]'
+        >>> CHATML.prompt([Message(role="system", content="Be terse."), Message(role="user", content="Why /24?")])
+        '<|im_start|>system\\nBe terse.<|im_end|>\\n<|im_start|>user\\nWhy /24?<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        _check_alternation([m for m in messages if m.role != "system"], ends_with="user")
+        return self._render_prompt(messages)
+
+    def example(self, messages: Sequence[Message]) -> PromptCompletion:
+        """Split a conversation ending with an assistant turn into the exact strings the trainer sees."""
+        turns = [m for m in messages if m.role != "system"]
+        _check_alternation(turns, ends_with="assistant")
+        return PromptCompletion(prompt=self.prompt(list(messages)[:-1]),
+                                completion=self._render_answer(messages[-1].content))
+
+    def row(self, row: Row) -> PromptCompletion:
+        return self.example(row.messages)
+
+    def encode(self, text: str, encode: Encoder, special_ids: Mapping[str, int]) -> list[int]:
+        """Token ids for a formatted string: each special becomes its id; the text between is encoded
+        without special tokens (a tokenizer that also adds BOS would double it)."""
+        ids: list[int] = []
+        for piece in self._special_split.split(text):
+            if piece in special_ids:
+                ids.append(special_ids[piece])
+            elif piece:
+                ids.extend(encode(piece))
+        return ids
+
+    @property
+    def _special_split(self) -> re.Pattern:
+        return re.compile("(" + "|".join(re.escape(s) for s in self.specials) + ")")
 
 
-def format_row(row: Row) -> PromptCompletion:
-    return format_example(row.messages)
+def _mistral_prompt(messages: Sequence[Message]) -> str:
+    text = BOS
+    for message in fold_system(messages):
+        if message.role == "user":
+            text += f"{INST_OPEN} {message.content} {INST_CLOSE}"
+        else:
+            text += f" {message.content}{EOS}"
+    return text
+
+
+def _chatml_turn(role: str, content: str) -> str:
+    return f"{IM_START}{role}\n{content}{IM_END}\n"
+
+
+def _chatml_prompt(messages: Sequence[Message]) -> str:
+    return "".join(_chatml_turn(m.role, m.content) for m in messages) + f"{IM_START}assistant\n"
+
+
+MISTRAL = ChatFormat(name="mistral", specials=(BOS, EOS), end_of_turn=EOS, _render_prompt=_mistral_prompt,
+                     _render_answer=lambda answer: f" {answer}{EOS}")
+# The completion ends at <|im_end|>: the newline the template writes after it belongs to the next turn.
+CHATML = ChatFormat(name="chatml", specials=(IM_START, IM_END), end_of_turn=IM_END, _render_prompt=_chatml_prompt,
+                    _render_answer=lambda answer: f"{answer}{IM_END}")
+CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (MISTRAL, CHATML)}
+
+
+def chat_format(name: str) -> ChatFormat:
+    if name not in CHAT_FORMATS:
+        raise FormatError(f"unknown chat format {name!r}: use one of {sorted(CHAT_FORMATS)}")
+    return CHAT_FORMATS[name]
 
 
 Encoder = Callable[[str], list[int]]
 
 
-def encode_with_specials(text: str, encode: Encoder, bos_id: int, eos_id: int) -> list[int]:
-    """Token ids for a formatted string: `<s>`/`</s>` become their ids; the text between is encoded
-    without special tokens (a tokenizer that also adds BOS would double it)."""
-    ids: list[int] = []
-    for piece in _SPECIAL_SPLIT.split(text):
-        if piece == BOS:
-            ids.append(bos_id)
-        elif piece == EOS:
-            ids.append(eos_id)
-        elif piece:
-            ids.extend(encode(piece))
-    return ids
-
-
 @dataclass(frozen=True)
 class TokenizedExample:
     input_ids: list[int]
-    completion_mask: list[int]  # 1 where the loss applies (the answer and its </s>)
+    completion_mask: list[int]  # 1 where the loss applies (the answer and its end-of-turn token)
 
     @property
     def loss_tokens(self) -> int:
         return sum(self.completion_mask)
 
 
-def tokenize_example(example: PromptCompletion, encode: Encoder, bos_id: int, eos_id: int,
+def tokenize_example(example: PromptCompletion, fmt: ChatFormat, encode: Encoder, special_ids: Mapping[str, int],
                      max_length: int | None = None) -> TokenizedExample | None:
     """Tokenize prompt+completion jointly and mark the completion. Returns None when the example
     is longer than `max_length`: cutting it would train on an answer without its end."""
-    prompt_ids = encode_with_specials(example.prompt, encode, bos_id, eos_id)
-    full_ids = encode_with_specials(example.text, encode, bos_id, eos_id)
+    prompt_ids = fmt.encode(example.prompt, encode, special_ids)
+    full_ids = fmt.encode(example.text, encode, special_ids)
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        # [/INST] is a single token, so the prompt's tokens never merge with the answer's.
+        # Both formats end the prompt with a special token or a newline, so the prompt's tokens
+        # never merge with the answer's; a tokenizer that merges them would blur the loss mask.
         raise FormatError("prompt tokens are not a prefix of prompt+completion tokens")
     if max_length is not None and len(full_ids) > max_length:
         return None

@@ -56,14 +56,84 @@ def hedges(answer: str, banned_phrases: Sequence[str]) -> list[str]:
     return [p for p in banned_phrases if re.search(rf"(?<!\S){re.escape(' '.join(words(p)))}(?!\S)", lowered)]
 
 
+# A list marker: "1." or "2)" at the start or after whitespace, followed by whitespace or the end.
+_REASON_MARKER = re.compile(r"(?:^|(?<=\s))(\d{1,2})[.)](?=\s|$)")
+_LETTER_WORD = re.compile(r"[A-Za-z]{2,}")
+MAX_REASONS = 3
+# Above this share of repeated word trigrams an answer is a loop, not reasoning.
+DEGENERATE_REPETITION = 0.3
+
+
+def numbered_reasons(answer: str) -> list[tuple[int, str]]:
+    """The answer's numbered items as (number, text); text before the first marker is item 0.
+
+    >>> numbered_reasons("1. Isolation: one blast radius. 2. Routing: separate tables.")
+    [(1, 'Isolation: one blast radius.'), (2, 'Routing: separate tables.')]
+    """
+    parts = _REASON_MARKER.split(answer.strip())
+    items = [(0, parts[0].strip())] if parts[0].strip() else []
+    return items + [(int(number), text.strip()) for number, text in zip(parts[1::2], parts[2::2])]
+
+
+def is_clause(text: str) -> bool:
+    """A reason says something: three or more words, two or more of them distinct real words,
+    and no word-salad repetition inside it.
+
+    >>> is_clause("Isolation: each /24 is its own blast radius."), is_clause("3. 3. 3."), is_clause("the the the")
+    (True, False, False)
+    """
+    tokens = text.split()
+    letters = [w.lower() for w in _LETTER_WORD.findall(text)]
+    return len(tokens) >= 3 and len(set(letters)) >= 2 and len(set(tokens)) >= len(tokens) / 2
+
+
+def is_structured(answer: str, max_reasons: int = MAX_REASONS) -> bool:
+    """The trained shape: 1..k numbered reasons in order (k <= max_reasons), nothing before the
+    first, each a real clause.
+
+    >>> is_structured("1. Isolation: one blast radius per tier. 2. Routing: separate route tables.")
+    True
+    >>> is_structured("1. 1. 1. 1. 3. 3. 3."), is_structured("Sure! Here are reasons: 1. A is good. 2. B is good.")
+    (False, False)
+    """
+    items = numbered_reasons(answer)
+    numbers = [n for n, _ in items]
+    return (1 <= len(items) <= max_reasons and numbers == list(range(1, len(items) + 1))
+            and all(is_clause(text) for _, text in items))
+
+
+def repetition(answer: str) -> float:
+    """Share of word trigrams that repeat an earlier one: 0 for varied text, near 1 for a loop.
+
+    >>> repetition("1. Isolation per subnet. 2. Routing per table."), round(repetition("1. 1. 1. 1. 1. 1."), 2)
+    (0.0, 0.75)
+    """
+    tokens = answer.lower().split()
+    trigrams = list(zip(tokens, tokens[1:], tokens[2:]))
+    return 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
+
+
+def is_degenerate(answer: str) -> bool:
+    """Empty, wordless or looping: no credit for style or consistency, whatever else it passes.
+
+    >>> is_degenerate(""), is_degenerate("1. 1. 1. 3. 3. 3."), is_degenerate("1. Isolation per subnet.")
+    (True, True, False)
+    """
+    return len(set(w.lower() for w in _LETTER_WORD.findall(answer))) < 2 or repetition(answer) > DEGENERATE_REPETITION
+
+
 @dataclass(frozen=True)
 class StyleScore:
-    """One answer against the framework's style. `score` is the mean of the three checks."""
+    """One answer against the framework's style. `score` is the mean of four checks (word cap,
+    key terms, no hedging, numbered-reason structure), and 0 for a degenerate answer."""
 
     words: int
     within_cap: bool
     coverage: float
     hedges: tuple[str, ...]
+    structured: bool = False
+    repetition: float = 0.0
+    degenerate: bool = True
 
     @property
     def no_hedging(self) -> bool:
@@ -71,7 +141,9 @@ class StyleScore:
 
     @property
     def score(self) -> float:
-        return (float(self.within_cap) + self.coverage + float(self.no_hedging)) / 3
+        if self.degenerate:
+            return 0.0
+        return (float(self.within_cap) + self.coverage + float(self.no_hedging) + float(self.structured)) / 4
 
 
 def style_score(answer: str, *, max_words: int, key_terms: Sequence[str], banned_phrases: Sequence[str],
@@ -79,7 +151,9 @@ def style_score(answer: str, *, max_words: int, key_terms: Sequence[str], banned
     """An empty or too-short answer is never within the cap: terse is not the same as silent."""
     count = word_count(answer)
     return StyleScore(words=count, within_cap=min_words <= count <= max_words,
-                      coverage=key_term_coverage(answer, key_terms), hedges=tuple(hedges(answer, banned_phrases)))
+                      coverage=key_term_coverage(answer, key_terms), hedges=tuple(hedges(answer, banned_phrases)),
+                      structured=is_structured(answer), repetition=repetition(answer),
+                      degenerate=is_degenerate(answer))
 
 
 def mean(values: Iterable[float]) -> float:
@@ -94,6 +168,9 @@ def style_summary(scores: Sequence[StyleScore]) -> dict[str, float]:
         "within_word_cap": mean(float(s.within_cap) for s in scores),
         "key_term_coverage": mean(s.coverage for s in scores),
         "no_hedging": mean(float(s.no_hedging) for s in scores),
+        "structured": mean(float(s.structured) for s in scores),
+        "degenerate": mean(float(s.degenerate) for s in scores),
+        "repetition": mean(s.repetition for s in scores),
         "answer_words": mean(float(s.words) for s in scores),
     }
 
@@ -109,23 +186,30 @@ def content_words(text: str) -> list[str]:
 
 def cosine_similarity(a: str, b: str) -> float:
     """Cosine of the two answers' content-word count vectors: 1 for the same words, 0 for none shared.
+    Two answers with no content words agree on nothing (0), not on everything.
 
     >>> round(cosine_similarity("a b", "a b"), 6)
     1.0
-    >>> cosine_similarity("a", "b")
-    0.0
+    >>> cosine_similarity("a", "b"), cosine_similarity("1. 2. 3.", "1. 2. 3.")
+    (0.0, 0.0)
     """
     ca, cb = Counter(content_words(a)), Counter(content_words(b))
     if not ca or not cb:
-        return 1.0 if not ca and not cb else 0.0
+        return 0.0
     dot = sum(ca[w] * cb[w] for w in ca.keys() & cb.keys())
     return dot / (math.sqrt(sum(v * v for v in ca.values())) * math.sqrt(sum(v * v for v in cb.values())))
 
 
 def agreement(answers: Sequence[str]) -> float:
-    """Mean pairwise similarity of answers to paraphrases of one question (1.0 for fewer than two)."""
+    """Mean pairwise similarity of answers to paraphrases of one question (1.0 for fewer than two).
+    A degenerate answer agrees with nothing: the same loop twice is not consistency.
+
+    >>> agreement(["1. 1. 1. 1. 1.", "1. 1. 1. 1. 1."])
+    0.0
+    """
     pairs = list(combinations(answers, 2))
-    return mean(cosine_similarity(a, b) for a, b in pairs) if pairs else 1.0
+    similarity = lambda a, b: 0.0 if is_degenerate(a) or is_degenerate(b) else cosine_similarity(a, b)  # noqa: E731
+    return mean(similarity(a, b) for a, b in pairs) if pairs else 1.0
 
 
 def consistency(groups: Iterable[Sequence[str]]) -> float:

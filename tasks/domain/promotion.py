@@ -23,10 +23,16 @@ STYLE = "style_adherence"
 CONSISTENCY = "consistency"
 DRIFT = "drift_kl"
 STYLE_STD = "stability/style_adherence_std"
+STRUCTURED = "structured"
+DEGENERATE = "degenerate"
+HELDOUT_STRUCTURED = "heldout/structured"
+HELDOUT_BASE_STRUCTURED = "heldout/base_structured"
+HELDOUT_GAIN = "heldout/structured_gain"
 # What the comparison table and chart show, in order, and which direction is better.
 KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
     LOSS: "lower", PERPLEXITY: "lower", STYLE: "higher", "within_word_cap": "higher",
-    "key_term_coverage": "higher", "no_hedging": "higher", CONSISTENCY: "higher", DRIFT: "lower",
+    "key_term_coverage": "higher", "no_hedging": "higher", STRUCTURED: "higher", DEGENERATE: "lower",
+    CONSISTENCY: "higher", DRIFT: "lower", HELDOUT_STRUCTURED: "higher", HELDOUT_GAIN: "higher",
 }
 
 
@@ -41,6 +47,12 @@ class PromotionGate(BaseModel):
     min_consistency: float | None = Field(default=None, ge=0, le=1)
     max_drift_kl: float | None = Field(default=None, gt=0)
     max_stability_std: float | None = Field(default=None, ge=0)
+    # What tells reasoning from number salad: share of answers in the trained shape, share of
+    # looping/empty answers, and the shape on held-out questions, also against the model's own base.
+    min_structured: float | None = Field(default=None, ge=0, le=1)
+    max_degenerate: float | None = Field(default=None, ge=0, le=1)
+    min_heldout_structured: float | None = Field(default=None, ge=0, le=1)
+    min_heldout_gain: float | None = Field(default=None, ge=-1, le=1)
 
 
 class Check(BaseModel):
@@ -140,6 +152,12 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
         checks.append(_bound_check("drift bound", DRIFT, challenger.get(DRIFT), gate.max_drift_kl, upper=True))
     if gate.max_stability_std is not None:
         checks.append(_bound_check("stable across seeds", STYLE_STD, challenger.get(STYLE_STD), gate.max_stability_std, upper=True))
+    floors = [("numbered-reason structure floor", STRUCTURED, gate.min_structured, False),
+              ("degenerate answers bound", DEGENERATE, gate.max_degenerate, True),
+              ("held-out structure floor", HELDOUT_STRUCTURED, gate.min_heldout_structured, False),
+              ("beats its base on held-out questions", HELDOUT_GAIN, gate.min_heldout_gain, False)]
+    checks += [_bound_check(name, metric, challenger.get(metric), bound, upper=upper)
+               for name, metric, bound, upper in floors if bound is not None]
     return Decision(promote=all(c.passed for c in checks), checks=checks,
                     challenger_version=challenger_version, champion_version=champion_version)
 

@@ -28,6 +28,7 @@ class RunRecord(BaseModel):
     validation_failures: list[dict[str, Any]] = []
     data_docs: str | None = None
     base_model_dir: str | None = None
+    base_model_provenance: dict[str, Any] = {}  # packaged bases: package, version, GGUF sha256
     adapter_dir: str | None = None
     training: dict[str, Any] = {}
     mlflow_tracking_uri: str | None = None
@@ -66,6 +67,8 @@ def summary_markdown(record: RunRecord) -> str:
         "|---|---|",
         f"| domain | {_fmt(record.domain)} |",
         f"| profile | {_fmt(record.profile)} |",
+        f"| base model | {_fmt(record.base_model_provenance.get('package'))} {_fmt(record.base_model_provenance.get('package_version'))} "
+        f"(GGUF sha256 `{_fmt(record.base_model_provenance.get('gguf_sha256'))[:12]}`) |",
         f"| dataset | `{_fmt(record.dataset_path)}` |",
         f"| dataset sha256 | `{_fmt(record.dataset_sha256)}` |",
         f"| dataset in S3 | `{_fmt(record.dataset_uri)}` |",

@@ -160,14 +160,14 @@ def bench_training(reps: int, device: str, workdir: Path) -> dict:
     from tasks.adapters.configs import load_profile
     from tasks.adapters.models import ensure_tiny_base
     from tasks.adapters.stages import training_corpus
-    from tasks.domain.formatting import format_row
+    from tasks.domain.formatting import MISTRAL
 
     profile = load_profile("bench")
     cfg = profile.training.model_copy(update={"device": device})
     _, build = rows_for(3000)
     rows = build.train
     base = ensure_tiny_base(profile.tiny, training_corpus(rows), workdir / "models")
-    texts = [format_row(r).text for r in rows]
+    texts = [MISTRAL.row(r).text for r in rows]
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no state shared with this one
     workers = {}
     for name in [*VARIANTS, "baseline"]:
@@ -217,6 +217,7 @@ def bench_stages(sizes: list[int], workdir: Path) -> dict:
     from expectations.reasoning_dataset import flatten_rows
     from tasks.adapters.configs import load_framework, load_profile
     from tasks.adapters.gx_runner import validate_frame
+    from tasks.adapters.chat import chat_codec
     from tasks.adapters.models import ensure_tiny_base, load_tokenizer
     from tasks.adapters.stages import suite_spec, training_corpus
     from tasks.adapters.training import tokenize_rows
@@ -227,8 +228,8 @@ def bench_stages(sizes: list[int], workdir: Path) -> dict:
     framework = load_framework(REPO / "configs/frameworks/devops.yaml")
     spec = suite_spec(framework, ValidationConfig())
     # one tokenizer for every size, so the sizes' tokenization rates compare like with like
-    tokenizer = load_tokenizer(ensure_tiny_base(load_profile("tiny").tiny, training_corpus(rows_for(3000)[1].train),
-                                                workdir / "models"))
+    codec = chat_codec(load_tokenizer(ensure_tiny_base(load_profile("tiny").tiny, training_corpus(rows_for(3000)[1].train),
+                                                workdir / "models")))
     for n in sizes:
         memory: dict = {}
         blueprint = blueprint_for(n)
@@ -244,7 +245,7 @@ def bench_stages(sizes: list[int], workdir: Path) -> dict:
             validation = time.perf_counter() - started
         with peak_rss(memory, "tokenization"):
             started = time.perf_counter()
-            tokenize_rows(rows, tokenizer, 512)
+            tokenize_rows(rows, codec, 512)
             tokenization = time.perf_counter() - started
         results[str(n)] = {"rows": len(rows), "validation_passed": report.success,
                            "expansion_rows_per_s": len(rows) / expansion, "expansion_s": expansion,

