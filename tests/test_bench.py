@@ -80,7 +80,7 @@ def test_large_model_section_runs_our_step_on_a_model_built_from_shapes(tmp_path
 def test_orchestration_benchmark_separates_task_time_from_overhead(prefect_harness, rslm_home, tmp_path):
     import bench
 
-    quick = {"dataset.max_samples": 200, "training_overrides": {"max_steps": 4, "save_steps": 4},
+    quick = {"profile": "tiny", "dataset.max_samples": 200, "training_overrides": {"max_steps": 4, "save_steps": 4},
              "evaluation.max_generations": 8, "evaluation.consistency_groups": 2}
     result = bench.bench_orchestration(tmp_path, overrides=quick)
     assert (result["full_status"], result["unchanged_status"]) == ("succeeded", "unchanged")

@@ -40,6 +40,12 @@ def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_numbe
     failing = {c["name"] for c in record["promotion"]["checks"] if not c["passed"]}
     assert {"numbered-reason structure floor", "held-out structure floor", "beats its base on held-out questions"} <= failing
     assert "base vs tuned" in _artifact("base-vs-tuned")
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    no_champion = CliRunner().invoke(cli, ["chat", "Why pin images by digest?"])
+    assert no_champion.exit_code != 0 and "has no @champion yet" in str(no_champion.exception)
     assert record["training"]["train_loss_last"] < record["training"]["train_loss_first"]
     # held-out loss is measured once, by evaluate-model; the trainer makes no second pass over the split
     assert record["training"]["eval_loss"] is None
@@ -156,9 +162,13 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     rows = {r["version"]: r for r in json.loads(listing.output)}
     assert rows["3"]["aliases"] == "champion" and rows["1"]["aliases"] == "previous-champion"
     assert rows["4"]["evaluation"] == "failed" and rows["2"]["eval_loss"] < rows["3"]["eval_loss"]
-    chat = runner.invoke(cli, ["chat", "Why pin images by digest?", "--model", f"models:/{name}@champion",
+    chat = runner.invoke(cli, ["chat", "Why pin images by digest?", "--model", f"models:/{name}/1",
                                "--max-new-tokens", "4"])
     assert chat.exit_code == 0, chat.output
+    champion_chat = runner.invoke(cli, ["chat", "Why pin images by digest?", "--max-new-tokens", "4"])
+    assert champion_chat.exit_code == 0, champion_chat.output  # no flags: the configured domain's @champion (v3)
+    explicit = runner.invoke(cli, ["chat", "Why pin images by digest?", "--model", f"models:/{name}/3", "--max-new-tokens", "4"])
+    assert champion_chat.stdout == explicit.stdout, "the same answer as the champion, v3, asked by name"
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):

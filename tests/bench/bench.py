@@ -5,6 +5,7 @@
     stages        expansion, GX validation, formatting+tokenization at 1k / 10k / 100k rows (rows/s)
     orchestration nightly_retrain wall time minus its tasks' own time; unchanged re-run / full run
     memory        peak RSS of each measured stage
+    smollm2       the default profile's real model (SmolLM2-135M): tokens/s with and without CPU bf16 autocast
     large_model   on a CUDA GPU: our step on a random-init model with Mistral-7B's shapes, tokens/s and MFU
 
 Writes results.json and results.md to --out (default $RSLM_HOME/bench). A benchmark, not a test:
@@ -271,7 +272,27 @@ def tasks_own_seconds(client, since, until) -> tuple[float, int]:
     return sum(t.total_run_time.total_seconds() for t in inside), len(inside)
 
 
-QUICK_RUN = {"dataset.max_samples": 600, "training_overrides": {"max_steps": 20, "save_steps": 20}}
+QUICK_RUN = {"profile": "tiny", "dataset.max_samples": 600, "training_overrides": {"max_steps": 20, "save_steps": 20}}
+
+
+def bench_smollm2(device: str, workdir: Path, steps: int = 8) -> dict:
+    """The default profile's training step on its real model, as `make run` trains it, and the same
+    step without bf16 autocast: what the autocast buys on this CPU (the same batches, in order)."""
+    from tasks.adapters.configs import load_profile
+    from tasks.adapters.models import ensure_packaged_base
+
+    profile = load_profile("smollm2-135m")
+    base = ensure_packaged_base(profile.packaged, workdir / "models")
+    rows = rows_for(3000)[1].train[:steps * profile.training.batch_size]
+    results = {}
+    for name, update in {"as_configured": {}, "without_bf16_autocast": {"cpu_bf16_autocast": False}}.items():
+        cfg = profile.training.model_copy(update={"max_steps": steps, "save_steps": 10_000, "device": device, **update})
+        run = run_ours(base, rows, cfg, workdir / f"smollm2-{name}")
+        results[name] = {**run, "tokens_per_s": run["tokens"] / run["wall_s"],
+                         "answer_tokens_per_s": run["answer_tokens"] / run["wall_s"]}
+    results["autocast_gain"] = results["as_configured"]["tokens_per_s"] / results["without_bf16_autocast"]["tokens_per_s"]
+    results["steps"], results["batch_size"] = steps, profile.training.batch_size
+    return results
 
 
 def bench_orchestration(workdir: Path, overrides: dict = QUICK_RUN) -> dict:
@@ -342,6 +363,15 @@ def markdown(results: dict) -> str:
                       f"same number of examples and steps: the length-grouped sampler starts with the longest batch); "
                       f"in non-pad tokens/s, length-grouped batches are worth {t['gains']['length_grouping']:.2f}x "
                       f"and skipping gradient checkpointing (TRL's default is on) {t['gains']['no_checkpointing']:.2f}x", ""]
+    if results.get("smollm2"):
+        m = results["smollm2"]
+        lines += ["## Training step (smollm2-135m profile, the default)", "",
+                  f"SmolLM2-135M-Instruct, LoRA r16 all-linear, {m['steps']} steps x batch {m['batch_size']}, one run each", "",
+                  "| | precision | wall s | tokens/s (non-pad) | answer tokens/s |", "|---|---|---|---|---|"]
+        for name in ("as_configured", "without_bf16_autocast"):
+            r = m[name]
+            lines.append(f"| {name} | {r['precision']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.0f} | {r['answer_tokens_per_s']:.0f} |")
+        lines += ["", f"bf16 autocast: **{m['autocast_gain']:.2f}x** tokens/s", ""]
     if results.get("large_model"):
         lines += large_model_markdown(results["large_model"])
     if results.get("stages"):
@@ -368,7 +398,7 @@ def default_sections(device: str) -> list[str]:
     import torch
 
     wants_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return ["training", "stages", "orchestration", *(["large_model"] if wants_gpu else [])]
+    return ["training", "smollm2", "stages", "orchestration", *(["large_model"] if wants_gpu else [])]
 
 
 def main() -> None:
@@ -377,8 +407,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--only", help="comma-separated sections: training, stages, orchestration, large_model "
-                                       "(default: the first three, plus large_model on a CUDA machine)")
+    parser.add_argument("--only", help="comma-separated sections: training, smollm2, stages, orchestration, large_model "
+                                       "(default: the first four, plus large_model on a CUDA machine)")
     parser.add_argument("--large-steps", type=int, default=10, help="timed steps of the 7B-shaped model")
     parser.add_argument("--large-batch", type=int, default=16, help="batch size of the 7B-shaped model")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU, if not in the table")
@@ -392,6 +422,7 @@ def main() -> None:
                           f"threads {torch.get_num_threads()}"}
     sections = args.only.split(",") if args.only else default_sections(args.device)
     runners = {"training": lambda work: bench_training(args.reps, args.device, work),
+               "smollm2": lambda work: bench_smollm2(args.device, work),
                "large_model": lambda work: large_model_section(args, work),
                "stages": lambda work: bench_stages([int(s) for s in args.sizes.split(",")], work),
                "orchestration": bench_orchestration}
