@@ -26,8 +26,9 @@ RUN_ARGS ?=
 run: venv
 	$(VENV)/bin/rslm pipeline $(RUN_ARGS)
 
-## Everything CI can run: unit tests, GX, training, MLflow and the flow end to end under Prefect's test harness.
+## Everything CI can run: the linter, then unit tests, GX, training, MLflow and the flow end to end under Prefect's test harness.
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 ## Only the fast, pure tests (no training, no Prefect server).

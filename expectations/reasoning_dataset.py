@@ -94,7 +94,8 @@ def build_suite(spec: SuiteSpec):
         gxe.ExpectColumnValuesToBeBetween(column="answer_words_min", min_value=spec.min_answer_words,
                                           meta=rule(f"answers have at least {spec.min_answer_words} words")),
         gxe.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(SECRET_PATTERNS.values()),
-                                                  meta=rule("no secret-looking strings (cloud keys, private keys, passwords, tokens)")),
+                                                  meta=rule("no secret-looking strings "
+                                                            "(cloud keys, private keys, passwords, tokens)")),
         gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=DOUBLED_WORDS,
                                               meta=rule("no doubled words or clashing articles ('the the', 'a the')")),
         gxe.ExpectColumnDistinctValuesToContainSet(column="final_principle", value_set=list(spec.final_principles),

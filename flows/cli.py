@@ -33,7 +33,7 @@ def _overrides(framework: str | None, profile: str | None, max_steps: int | None
 
 
 def _setup() -> None:
-    from tasks.adapters.settings import quiet_offline_defaults
+    from flows.environment import quiet_offline_defaults
 
     quiet_offline_defaults()
 
@@ -335,7 +335,10 @@ def models(name, config_path, as_json) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     columns = list(rows[0])
-    cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+
+    def cell(value) -> str:
+        return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+
     widths = {c: max(len(c), *(len(cell(r[c])) for r in rows)) for c in columns}
     click.echo("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
@@ -356,7 +359,6 @@ def push(dataset_dir, config_path) -> None:
     from tasks.adapters.configs import load_pipeline_config
     from tasks.adapters.dataset_store import dataset_ref
     from tasks.adapters.s3_store import S3DatasetStore
-
     from tasks.domain.errors import ConfigError
 
     config = load_pipeline_config(config_path)
@@ -386,7 +388,8 @@ def stack() -> None:
 
 
 def _stack_context():
-    from tasks.adapters.settings import paths, quiet_offline_defaults
+    from flows.environment import quiet_offline_defaults
+    from tasks.adapters.settings import paths
     from tasks.adapters.stack import load_stack_config
 
     quiet_offline_defaults(use_stack=False)

@@ -23,15 +23,18 @@ from tasks.adapters.eval_stages import Evaluation, Promotion
 from tasks.adapters.gx_runner import ValidationReport
 from tasks.adapters.settings import paths, resolve_path, tracking_uri
 from tasks.adapters.stages import Registration, TrainedAdapter, require_valid
-from tasks.dataset_tasks import (expand_dataset_task, generate_blueprint_task, load_framework_task,
-                                 publish_dataset_task, validate_dataset_task)
+from tasks.dataset_tasks import (
+    expand_dataset_task,
+    generate_blueprint_task,
+    load_framework_task,
+    publish_dataset_task,
+    validate_dataset_task,
+)
 from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.report import RunRecord
-from tasks.eval_tasks import (evaluate_model_task, promote_model_task, publish_evaluation_task,
-                              publish_promotion_task)
-from tasks.model_tasks import (find_trained_version_task, prepare_base_model_task, register_adapter_task,
-                               train_adapter_task)
+from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_evaluation_task, publish_promotion_task
+from tasks.model_tasks import find_trained_version_task, prepare_base_model_task, register_adapter_task, train_adapter_task
 from tasks.report_tasks import publish_validation_task, record_failure, write_run_record_task
 
 

@@ -20,8 +20,8 @@ from tasks.domain.config import PipelineConfig
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.llm_blueprint import PROMPT_VERSION as LLM_PROMPT_VERSION
+from tasks.retry_policy import SERVICE_RETRIES
 
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5}
 CACHED = {"persist_result": True, "cache_expiration": None}
 
 
@@ -53,7 +53,7 @@ def validation_key(context, parameters) -> str:
         "out": parameters["out_dir"]})
 
 
-@task(name="load-framework", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="load-framework", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def load_framework_task(path: str) -> Framework:
     return load_framework(path)
 
@@ -63,7 +63,7 @@ def generate_blueprint_task(framework: Framework, config: PipelineConfig) -> Blu
     return stages.generate_blueprint(framework, config, paths())
 
 
-@task(name="expand-dataset", cache_key_fn=dataset_key, **CACHED, **IO_RETRIES)
+@task(name="expand-dataset", cache_key_fn=dataset_key, **CACHED, **SERVICE_RETRIES)
 def expand_dataset_task(framework: Framework, blueprint: Blueprint, config: PipelineConfig, root: str) -> DatasetRef:
     return stages.expand_dataset(framework, blueprint, config, Path(root))
 

@@ -12,6 +12,7 @@ from tasks.adapters import eval_stages
 from tasks.adapters.settings import paths
 from tasks.domain.config import PipelineConfig
 from tasks.model_tasks import training_slot
+from tasks.retry_policy import SERVICE_RETRIES
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
@@ -22,7 +23,7 @@ def evaluate_model_task(model_uri: str, config: PipelineConfig, tracking_uri: st
         return eval_stages.evaluate_version(model_uri, config, paths(), tracking_uri, eval_path)
 
 
-@task(name="promote-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="promote-model", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def promote_model_task(config: PipelineConfig, evaluation: eval_stages.Evaluation,
                        tracking_uri: str) -> eval_stages.Promotion:
     return eval_stages.promote_challenger(config, evaluation, tracking_uri)

@@ -1,10 +1,10 @@
 """Prefect tasks for the model stages: base model, LoRA training (tracked), registration."""
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from contextlib import contextmanager
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from tasks.adapters import stages
@@ -12,6 +12,7 @@ from tasks.adapters.dataset_store import DatasetRef
 from tasks.adapters.gx_runner import ValidationReport
 from tasks.adapters.settings import paths
 from tasks.domain.config import PipelineConfig
+from tasks.retry_policy import SERVICE_RETRIES
 
 TRAINING_SLOT = "training"  # global concurrency limit name: one training on the device at a time
 
@@ -40,13 +41,13 @@ def train_adapter_task(config: PipelineConfig, dataset: DatasetRef, report: Vali
         return stages.train_and_track(config, dataset, report, base_model, paths(), tracking_uri, measure_eval_loss)
 
 
-@task(name="register-adapter", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5)
+@task(name="register-adapter", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def register_adapter_task(config: PipelineConfig, dataset: DatasetRef, trained: stages.TrainedAdapter,
                           tracking_uri: str, key: str = "") -> stages.Registration:
     return stages.register_adapter(config, dataset, trained, paths(), tracking_uri, key)
 
 
-@task(name="find-trained-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5)
+@task(name="find-trained-version", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def find_trained_version_task(config: PipelineConfig, dataset: DatasetRef, base_override: str | None,
                               tracking_uri: str) -> tuple[str, dict | None]:
     """The training key, and the registered version already trained with it (None: train)."""

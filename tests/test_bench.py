@@ -9,10 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent / "bench"))
 
 
 def test_scaled_framework_multiplies_distinct_rows():
-    import bench
-
     from tasks.domain.blueprint import OfflineBlueprintGenerator
     from tasks.domain.expansion import expand_blueprint
+
+    import bench
 
     one, three = (len(expand_blueprint(OfflineBlueprintGenerator().generate(bench.scaled_framework(k)))) for k in (1, 3))
     assert three >= 2.5 * one, (one, three)
@@ -31,6 +31,7 @@ def test_stage_benchmark_runs_and_reports(tmp_path):
 
 def test_baseline_counts_answer_tokens_after_the_last_inst_close():
     import torch
+
     from baseline_sft import AnswerTokenCounter
 
     close, pad = 9, 0
@@ -55,12 +56,12 @@ def test_mfu_uses_the_device_peak_and_four_flops_per_parameter_per_token():
 def test_large_model_section_runs_our_step_on_a_model_built_from_shapes(tmp_path):
     """The CUDA section's code path, on the CPU with small shapes: the same code runs the 7B shapes
     with `--device cuda`."""
-    import bench
-    from large_model import bench_large_model, large_model_markdown
-
     from tasks.adapters.configs import load_profile
     from tasks.adapters.models import ensure_tiny_base
     from tasks.adapters.stages import training_corpus
+
+    import bench
+    from large_model import bench_large_model, large_model_markdown
 
     _, build = bench.rows_for(300)
     base = ensure_tiny_base(load_profile("tiny").tiny, training_corpus(build.train), tmp_path / "models")

@@ -1,11 +1,13 @@
 """Every YAML under configs/ loads into its typed model; unknown keys are errors naming the file."""
 import pytest
+from pydantic import ValidationError
 
-from conftest import REPO
 from tasks.adapters.configs import load_framework, load_model, load_pipeline_config, load_profile
 from tasks.domain.config import HeldOutSet, ModelProfile, PipelineConfig, ProbeSet, apply_overrides, effective_training
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework
+
+from conftest import REPO
 
 YAMLS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
 
@@ -55,7 +57,7 @@ def test_overrides_reach_nested_training_settings():
     config = load_pipeline_config(overrides={"training_overrides": {"max_steps": 3, "lora.r": 8}})
     training = effective_training(load_profile("tiny"), config)
     assert training.max_steps == 3 and training.lora.r == 8 and training.lora.alpha == 32
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="max_stpes"):
         effective_training(load_profile("tiny"), config.model_copy(update={"training_overrides": {"max_stpes": 1}}))
 
 

@@ -10,19 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import NO_FLOORS, REPO, tiny_run
 from tasks.adapters.dataset_store import file_sha256
+
+from conftest import NO_FLOORS, REPO, tiny_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 QUICK = tiny_run(12)
 
 
 def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_number_salad(prefect_harness, rslm_home):
-    import mlflow
     from mlflow.tracking import MlflowClient
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    import mlflow
     from flows.nightly_retrain import nightly_retrain
 
     first = nightly_retrain(overrides=QUICK)
@@ -169,6 +170,32 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     assert champion_chat.exit_code == 0, champion_chat.output  # no flags: the configured domain's @champion (v3)
     explicit = runner.invoke(cli, ["chat", "Why pin images by digest?", "--model", f"models:/{name}/3", "--max-new-tokens", "4"])
     assert champion_chat.stdout == explicit.stdout, "the same answer as the champion, v3, asked by name"
+
+
+def test_promotion_retried_after_a_partial_failure_keeps_its_decision(prefect_harness, rslm_home, monkeypatch):
+    """promote-model retries: when logging fails after the aliases moved, the retry finishes the
+    recorded decision instead of re-deciding and finding the version 'already champion'."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.nightly_retrain import nightly_retrain
+    from tasks.adapters import tracking
+
+    log_text, failures = tracking.log_text, []
+
+    def flaky_log_text(text: str, artifact_file: str) -> None:
+        if artifact_file.startswith("promotion/") and not failures:
+            failures.append(artifact_file)
+            raise ConnectionError("tracking server went away after the aliases moved")
+        log_text(text, artifact_file)
+
+    monkeypatch.setattr(tracking, "log_text", flaky_log_text)
+    record = nightly_retrain(overrides=tiny_run(4, **NO_FLOORS))
+    assert failures == ["promotion/decision.md"], "the failure was injected once, after the aliases moved"
+    assert record["promotion"]["verdict"] == "promoted" and record["aliases"] == ["challenger", "champion"]
+    assert not any(c["name"] == "not already champion" for c in record["promotion"]["checks"])
+    client = MlflowClient(tracking_uri=record["mlflow_tracking_uri"], registry_uri=record["mlflow_tracking_uri"])
+    version = client.get_model_version("reasoning-slm-devops", "1")
+    assert version.tags["promotion.decision"] == "promoted" and version.description.startswith("PROMOTED")
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):

@@ -5,10 +5,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_rows
 from flows.cli import cli
 from tasks.domain.formatting import CHATML, MISTRAL, FormatError, chat_format, tokenize_example
 from tasks.domain.records import Message
+
+from conftest import write_rows
 
 SYS, Q, A = "Be terse.", "Why split a /16 into /24s?", "1. Isolation. 2. Routing. 3. Capacity."
 
@@ -69,15 +70,16 @@ def test_tokenize_masks_only_the_completion_and_its_end_of_turn(fmt, specials):
     assert tokenize_example(example, fmt, fake_encode, specials, max_length=10) is None
 
 
-@pytest.mark.parametrize("name, opens, closes, ends", [("mistral", "<s>[INST] ", " [/INST]", "</s>"),
-                                                       ("chatml", "<|im_start|>system\n", "<|im_start|>assistant\n", "<|im_end|>")])
+@pytest.mark.parametrize("name, opens, closes, ends", [
+    ("mistral", "<s>[INST] ", " [/INST]", "</s>"),
+    ("chatml", "<|im_start|>system\n", "<|im_start|>assistant\n", "<|im_end|>")])
 def test_rslm_format_prints_what_the_trainer_sees(tmp_path, small_build, name, opens, closes, ends):
     path = write_rows(tmp_path / "d.jsonl", small_build.train[:3])
     result = CliRunner().invoke(cli, ["format", str(path), "--chat-format", name])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert len(lines) == 3
-    for line, row in zip(lines, small_build.train[:3]):
+    for line, row in zip(lines, small_build.train[:3], strict=True):
         assert line["id"] == row.id
         assert line["prompt"].startswith(opens) and line["prompt"].endswith(closes)
         assert line["completion"].strip() == f"{row.turns('assistant')[-1]}{ends}"

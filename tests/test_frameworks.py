@@ -3,9 +3,10 @@ import math
 
 import pytest
 
-from conftest import REPO
 from tasks.adapters.configs import load_framework
 from tasks.domain.framework import Pattern
+
+from conftest import REPO
 
 
 def slot_values(framework, pattern_id, slot):

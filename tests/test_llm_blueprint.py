@@ -11,10 +11,18 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO, free_port
 from tasks.domain.blueprint import Provenance
-from tasks.domain.llm_blueprint import (BlueprintGenerationError, ReplyError, extract_json, generate_principle,
-                                        parse_reply, principle_messages, teacher_reply)
+from tasks.domain.llm_blueprint import (
+    BlueprintGenerationError,
+    ReplyError,
+    extract_json,
+    generate_principle,
+    parse_reply,
+    principle_messages,
+    teacher_reply,
+)
+
+from conftest import REPO, free_port
 
 PROVENANCE = Provenance(backend="test", model="m", prompt_sha256="0" * 64)
 

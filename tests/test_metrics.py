@@ -5,8 +5,20 @@ import pytest
 import torch
 
 from tasks.domain.evaluation import drift_metric, loss_metrics
-from tasks.domain.metrics import (agreement, consistency, cosine_similarity, hedges, is_degenerate, is_structured,
-                                  key_term_coverage, perplexity, repetition, spread, style_score, style_summary)
+from tasks.domain.metrics import (
+    agreement,
+    consistency,
+    cosine_similarity,
+    hedges,
+    is_degenerate,
+    is_structured,
+    key_term_coverage,
+    perplexity,
+    repetition,
+    spread,
+    style_score,
+    style_summary,
+)
 from tasks.domain.tensor_metrics import kl_per_example, token_losses
 
 

@@ -4,8 +4,17 @@ import math
 import pytest
 
 from tasks.domain.errors import RslmError
-from tasks.domain.promotion import (Check, PromotionGate, after_promotion, after_rollback, aliases_for,
-                                    comparison_markdown, decide, eligibility, parse_history)
+from tasks.domain.promotion import (
+    Check,
+    PromotionGate,
+    after_promotion,
+    after_rollback,
+    aliases_for,
+    comparison_markdown,
+    decide,
+    eligibility,
+    parse_history,
+)
 
 GATE = PromotionGate(min_eval_loss_improvement=0.01, max_style_adherence_drop=0.0, max_drift_kl=1.0)
 CHAMPION = {"loss": 4.0, "style_adherence": 0.70, "drift_kl": 0.5, "consistency": 0.8}

@@ -9,7 +9,8 @@ from tasks.domain.records import parse_jsonl
 
 def good(i=0):
     return json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-                       "metadata": {"domain": "d", "principle_path": ["p"], "pattern_id": "x", "group": "g", "blueprint_hash": "h"}})
+                       "metadata": {"domain": "d", "principle_path": ["p"], "pattern_id": "x", "group": "g",
+                                    "blueprint_hash": "h"}})
 
 
 def test_valid_lines_parse_with_line_numbers():

@@ -98,7 +98,8 @@ def test_pipeline_on_s3_then_an_outage_fails_cleanly_and_no_credential_leaks(mot
         assert record["status"] == "succeeded"
         assert record["dataset_uri"] == f"s3://{BUCKET}/team/rslm/datasets/devops/{record['dataset_sha256']}/"
         s3 = boto3.client("s3", endpoint_url=endpoint)
-        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])]
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         assert any(k.endswith(f"{record['dataset_sha256']}/manifest.json") for k in keys)
         assert any(k.startswith("team/rslm/mlartifacts/") and k.endswith("adapter_model.safetensors") for k in keys), \
             "the registered adapter lives in the bucket"

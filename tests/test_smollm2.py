@@ -57,7 +57,7 @@ def test_chatml_codec_matches_the_models_own_template_and_masks_the_answer(smoll
     example = codec.tokenize(CHATML.example(messages))
     assert example.input_ids == tokenizer.apply_chat_template([m.model_dump() for m in messages], tokenize=True,
                                                               return_dict=False)[:len(example.input_ids)]
-    trained = [t for t, m in zip(example.input_ids, example.completion_mask) if m]
+    trained = [t for t, m in zip(example.input_ids, example.completion_mask, strict=True) if m]
     assert tokenizer.decode(trained) == answer + IM_END, "loss on the answer and its end-of-turn token only"
     with pytest.raises(ConfigError, match="chat_format 'chatml' but the model's tokenizer is 'mistral'"):
         chat_codec(load_tokenizer(tiny_base), "chatml")

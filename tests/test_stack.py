@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
 from tasks.adapters.stack import AGENT_TEMPLATES, load_stack_config
 from tasks.domain.stack import StackConfig, agent_values, plan, redact, render_agent
+
+from conftest import REPO
 
 HOME = Path("/tmp/rslm-home")
 BIN = Path("/opt/venv/bin")

@@ -3,12 +3,13 @@
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_rows
 from flows.cli import cli
 from tasks.adapters.stages import require_valid, validate_files
 from tasks.domain.config import ValidationConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.records import Message
+
+from conftest import write_rows
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,8 @@ def with_messages(row, messages):
 
 
 def test_good_dataset_passes_and_builds_data_docs(tmp_path, small_build, devops_framework):
-    files = [str(write_rows(tmp_path / "train.jsonl", small_build.train)), str(write_rows(tmp_path / "eval.jsonl", small_build.eval))]
+    files = [str(write_rows(tmp_path / "train.jsonl", small_build.train)),
+             str(write_rows(tmp_path / "eval.jsonl", small_build.eval))]
     report = validate_files(files, devops_framework, ValidationConfig(), tmp_path / "out")
     assert report.success, report.summary()
     assert report.rows == len(small_build.train) + len(small_build.eval)
@@ -31,12 +33,15 @@ def test_each_broken_rule_names_its_rows(tmp_path, small_build, devops_framework
     system, user, answer = rows[0].messages[:3]
     rows[1] = with_messages(rows[1], [rows[1].messages[0], Message(role="user", content="q?" * 5),
                                       Message(role="assistant", content="word " * 80)])
-    rows[2] = with_messages(rows[2], [*rows[2].messages[:2], Message(role="assistant", content="Use key AKIAABCDEFGHIJKLMNOP for it, friend.")])
+    rows[2] = with_messages(rows[2], [*rows[2].messages[:2],
+                                      Message(role="assistant", content="Use key AKIAABCDEFGHIJKLMNOP for it, friend.")])
     rows[3] = with_messages(rows[3], [rows[3].messages[0], rows[3].messages[2], rows[3].messages[1]])
-    rows[4] = with_messages(rows[4], [*rows[4].messages[:2], Message(role="assistant", content="Maybe it works; I think so, more or less fine.")])
+    rows[4] = with_messages(rows[4], [*rows[4].messages[:2],
+                                      Message(role="assistant", content="Maybe it works; I think so, more or less fine.")])
     rows[5] = with_messages(rows[5], [rows[5].messages[0], user, rows[5].messages[2]])  # same prompt as row 0
     rows[6] = with_messages(rows[6], [*rows[6].messages[:-1], Message(
-        role="assistant", content="1. Decoupling: the the web app deploys dark. 2. Scope: a leaked a deploy role reaches one bucket.")])
+        role="assistant",
+        content="1. Decoupling: the the web app deploys dark. 2. Scope: a leaked a deploy role reaches one bucket.")])
     broken = rows[:7]
     dropped = next(p for p in devops_framework.final_principle_ids()
                    if p not in {r.metadata.final_principle for r in broken})
@@ -49,7 +54,8 @@ def test_each_broken_rule_names_its_rows(tmp_path, small_build, devops_framework
     assert small_build.train[2].id in by_rule["expect_column_values_to_not_match_regex_list:text"]["row_ids"]
     assert small_build.train[3].id in by_rule["expect_column_values_to_match_regex:roles"]["row_ids"]
     assert small_build.train[4].id in by_rule["expect_column_values_to_not_match_regex_list:answer_text"]["row_ids"]
-    assert set(by_rule["expect_column_values_to_be_unique:prompt"]["row_ids"]) == {small_build.train[0].id, small_build.train[5].id}
+    duplicated = set(by_rule["expect_column_values_to_be_unique:prompt"]["row_ids"])
+    assert duplicated == {small_build.train[0].id, small_build.train[5].id}
     assert dropped in by_rule["expect_column_distinct_values_to_contain_set:final_principle"]["detail"]
     doubled = by_rule["expect_column_values_to_not_match_regex:text"]
     assert small_build.train[6].id in doubled["row_ids"] and "doubled words" in doubled["rule"]
@@ -73,7 +79,8 @@ def test_cli_validate_exit_code_and_row_ids_in_a_subprocess(tmp_path, rslm_home,
     import sys
 
     rows = list(small_build.train[:50]) + list(small_build.eval)
-    rows[0] = with_messages(rows[0], [*rows[0].messages[:2], Message(role="assistant", content="-----BEGIN RSA PRIVATE KEY----- abc def ghi")])
+    rows[0] = with_messages(rows[0], [*rows[0].messages[:2],
+                                      Message(role="assistant", content="-----BEGIN RSA PRIVATE KEY----- abc def ghi")])
     path = write_rows(tmp_path / "secret.jsonl", rows)
     result = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(path)], capture_output=True, text=True)
     assert result.returncode == 1

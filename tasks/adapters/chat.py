@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tasks.domain.errors import ConfigError
-from tasks.domain.formatting import (CHATML, IM_START, MISTRAL, ChatFormat, PromptCompletion, TokenizedExample,
-                                     tokenize_example)
+from tasks.domain.formatting import CHATML, IM_START, MISTRAL, ChatFormat, PromptCompletion, TokenizedExample, tokenize_example
 from tasks.domain.records import Message
 
 _PROBE = [Message(role="system", content="Be terse."), Message(role="user", content="Why split a /16 into /24s?"),

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.domain.blueprint import Blueprint
+from tasks.domain.errors import RslmError
 from tasks.domain.expansion import DatasetBuild
 from tasks.domain.hashing import sha256_bytes
-from tasks.domain.errors import RslmError
 from tasks.domain.records import Row, parse_jsonl
 
 TRAIN_FILE = "reasoning_dataset.jsonl"

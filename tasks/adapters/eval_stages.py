@@ -23,7 +23,7 @@ from tasks.domain.config import EvaluationConfig, HeldOutSet, PipelineConfig, Pr
 from tasks.domain.errors import RslmError
 from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult, HeldOutAnswer, heldout_markdown
 from tasks.domain.hashing import content_hash
-from tasks.domain.promotion import (KEY_METRICS, Check, Decision, comparison_markdown, decide, eligibility)
+from tasks.domain.promotion import KEY_METRICS, Check, Decision, comparison_markdown, decide, eligibility
 from tasks.domain.records import Row
 
 EVALUATION_STATUS = "evaluation.status"
@@ -201,12 +201,19 @@ def _preconditions(info: registry.VersionInfo, evaluation: Evaluation) -> list[C
 
 
 def promote_challenger(config: PipelineConfig, evaluation: Evaluation, tracking_uri: str) -> Promotion:
-    """Decide by the configured gate; record the decision; move aliases only when it passes."""
+    """Decide by the configured gate; record the decision; move aliases only when it passes.
+    Idempotent: a retry after a partial failure (aliases moved, logging failed) finishes the
+    decision already recorded for this evaluation, rather than deciding again and finding the
+    version "already champion"."""
     tracking.use_store(tracking_uri)
     info = registry.resolve(f"models:/{evaluation.name}/{evaluation.version}", with_run=True)
-    decision = decide(evaluation.metrics, evaluation.champion_metrics, config.promotion,
-                      challenger_version=evaluation.version, champion_version=evaluation.champion_version,
-                      preconditions=_preconditions(info, evaluation))
+    earlier = registry.recorded_decision(info)
+    if earlier and earlier.kind == "gate" and earlier.champion_version == evaluation.champion_version:
+        decision = earlier
+    else:
+        decision = decide(evaluation.metrics, evaluation.champion_metrics, config.promotion,
+                          challenger_version=evaluation.version, champion_version=evaluation.champion_version,
+                          preconditions=_preconditions(info, evaluation))
     return _record(info, decision, evaluation.metrics, evaluation.champion_metrics)
 
 

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from tasks.adapters.inference import Generator
-from tasks.adapters.stages import tqdm_progress
+from tasks.adapters.progress import tqdm_progress
 from tasks.domain.config import EvaluationConfig, Probe
-from tasks.domain.evaluation import (AnswerRecord, EvaluationResult, HeldOutAnswer, SampledPass, compare_heldout,
-                                     context, generation_sample, loss_sample, paraphrase_groups, score_answers,
-                                     style_metrics, summarise)
+from tasks.domain.evaluation import (
+    AnswerRecord,
+    EvaluationResult,
+    HeldOutAnswer,
+    SampledPass,
+    compare_heldout,
+    context,
+    generation_sample,
+    loss_sample,
+    paraphrase_groups,
+    score_answers,
+    style_metrics,
+    summarise,
+)
 from tasks.domain.formatting import TokenizedExample
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import agreement, consistency
@@ -38,7 +50,7 @@ def _batches(gen: Generator, examples: list[TokenizedExample], batch_size: int, 
     for start in tqdm_progress(description, unit="batch", leave=False)(range(0, len(examples), batch_size)):
         chunk = examples[start:start + batch_size]
         width = max(len(e.input_ids) for e in chunk)
-        tensor = lambda rows: torch.tensor(rows, device=gen.device)  # noqa: E731
+        tensor = partial(torch.tensor, device=gen.device)
         yield _Batch(input_ids=tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk]),
                      attention_mask=tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk]),
                      loss_mask=tensor([e.completion_mask + [0] * (width - len(e.input_ids)) for e in chunk]))
@@ -103,7 +115,7 @@ def heldout_answers(gen: Generator, questions: Sequence[str], cfg: EvaluationCon
     weights with the adapter switched off), under the same system prompt."""
     if not questions:
         return []
-    ask = lambda: gen.reply(questions, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)  # noqa: E731
+    ask = partial(gen.reply, questions, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
     tuned = ask()
     if hasattr(gen.model, "disable_adapter"):
         with gen.model.disable_adapter():

@@ -50,7 +50,7 @@ class Generator:
         for start in tqdm(starts, desc="generating", unit="batch", leave=False, disable=len(starts) < 2):
             batch = order[start:start + batch_size]
             replies = self._generate([encoded[i] for i in batch], max_new_tokens, temperature)
-            answers.update(zip(batch, (text for text, _ in replies)))
+            answers.update(zip(batch, (text for text, _ in replies), strict=True))
         return [answers[i] for i in range(len(encoded))]
 
     def complete(self, conversation: Sequence[Message], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -91,7 +91,8 @@ def load_generator(base_source: str | Path, adapter_dir: str | Path | None, syst
     from peft import PeftModel
 
     chosen_device, chosen_precision = runtime(device, precision)
-    tokenizer_source = Path(adapter_dir) / "tokenizer" if adapter_dir and (Path(adapter_dir) / "tokenizer").is_dir() else base_source
+    saved_tokenizer = Path(adapter_dir) / "tokenizer" if adapter_dir else None
+    tokenizer_source = saved_tokenizer if saved_tokenizer and saved_tokenizer.is_dir() else base_source
     tokenizer = load_tokenizer(tokenizer_source)
     model = load_base_model(base_source, chosen_precision, chosen_device)
     if adapter_dir:

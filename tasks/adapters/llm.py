@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.domain.blueprint import Blueprint, GeneratorInfo, OfflineBlueprintGenerator
+from tasks.domain.blueprint import Blueprint, BlueprintGenerator, GeneratorInfo, OfflineBlueprintGenerator
 from tasks.domain.config import LLMConfig
 from tasks.domain.errors import ConfigError, RslmError
 from tasks.domain.framework import Framework
@@ -168,7 +168,8 @@ class LLMBlueprintGenerator:
 GENERATORS = ("offline", "openai-compatible", "transformers")
 
 
-def blueprint_generator(name: str, cfg: LLMConfig, cache_root: Path, registry_cache: Path, progress=None):
+def blueprint_generator(name: str, cfg: LLMConfig, cache_root: Path, registry_cache: Path,
+                        progress=None) -> BlueprintGenerator:
     """The generator configured as `dataset.generator`."""
     if name == "offline":
         return OfflineBlueprintGenerator()

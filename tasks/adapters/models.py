@@ -7,12 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
+from tasks.adapters.dataset_store import file_sha256
+from tasks.adapters.tokenizer import build_tokenizer
 from tasks.domain.config import ModelProfile, PackagedModel, TinyModelConfig
 from tasks.domain.devices import Device, Precision, choose_device, choose_precision, weights_precision
 from tasks.domain.errors import ConfigError, TokenizerRoundTripError
 from tasks.domain.hashing import content_hash
-from tasks.adapters.dataset_store import file_sha256
-from tasks.adapters.tokenizer import build_tokenizer
 
 TINY_MARKER = "rslm-tiny.json"
 PACKAGED_MARKER = "rslm-packaged.json"  # provenance of a converted packaged model: package, version, sha256

@@ -14,9 +14,9 @@ def loss_curve(history: list[dict], out_path: Path, title: str) -> Path:
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     if train:
-        ax.plot(*zip(*train), label="train loss (assistant tokens)")
+        ax.plot(*zip(*train, strict=True), label="train loss (assistant tokens)")
     if evals:
-        ax.scatter(*zip(*evals), color="tab:red", label="eval loss", zorder=3)
+        ax.scatter(*zip(*evals, strict=True), color="tab:red", label="eval loss", zorder=3)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy")
     ax.set_title(title)
@@ -46,7 +46,7 @@ def comparison_chart(challenger: dict[str, float], champion: dict[str, float] | 
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), dpi=90, squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):  # the grid may have a spare cell
         old = (champion or {}).get(name, math.nan)
         values = [old if math.isfinite(old) else 0.0, challenger[name]]
         bars = ax.bar([0, 1], values, color=["tab:gray", "tab:blue"])

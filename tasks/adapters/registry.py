@@ -13,8 +13,7 @@ from pathlib import Path
 
 from tasks.domain.errors import RslmError
 from tasks.domain.evaluation import parse_model_uri
-from tasks.domain.promotion import (Decision, after_promotion, after_rollback, aliases_for, format_history,
-                                    parse_history)
+from tasks.domain.promotion import Decision, after_promotion, after_rollback, aliases_for, format_history, parse_history
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -90,7 +89,7 @@ def resolve(uri: str, with_run: bool = False) -> VersionInfo:
     client = _client()
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - MLflow raises its own types for a missing version; others re-raise
         if _missing(error):
             raise RslmError(f"{uri}: no such registered model version or alias") from None
         raise
@@ -137,13 +136,28 @@ def apply_history(name: str, new_history: list[str]) -> dict[str, str | None]:
     return targets
 
 
+DECISION_TAG = "promotion.decision_json"  # the whole decision, so a retried promotion finishes it instead of re-deciding
+
+
 def record_decision(name: str, decision: Decision) -> None:
     """The decision and its reasons on the challenger version: tags plus its description."""
     version = decision.challenger_version
+    whole = decision.model_dump_json()
     set_version_tags(name, version, {"promotion.decision": decision.verdict,
                                      "promotion.against": decision.champion_version or "none",
-                                     "promotion.reasons": json.dumps(decision.reasons())[:4900]})
+                                     "promotion.reasons": json.dumps(decision.reasons())[:4900],
+                                     **({DECISION_TAG: whole} if len(whole) <= 4900 else {})})  # tag values cap at 5000
     _client().update_model_version(name, version, description=decision.description()[:4900])
+
+
+def recorded_decision(info: VersionInfo) -> Decision | None:
+    """The decision already recorded on this version, if any (None when absent or unreadable)."""
+    from pydantic import ValidationError
+
+    try:
+        return Decision.model_validate_json(info.tags[DECISION_TAG]) if DECISION_TAG in info.tags else None
+    except ValidationError:
+        return None
 
 
 def aliases_now(name: str) -> dict[str, str | None]:

@@ -15,8 +15,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.adapters.dataset_store import (BLUEPRINT_FILE, EVAL_FILE, MANIFEST_FILE, TRAIN_FILE, DatasetRef,
-                                          dataset_ref, file_sha256)
+from tasks.adapters.dataset_store import (
+    BLUEPRINT_FILE,
+    EVAL_FILE,
+    MANIFEST_FILE,
+    TRAIN_FILE,
+    DatasetRef,
+    dataset_ref,
+    file_sha256,
+)
 from tasks.domain.config import StorageConfig
 from tasks.domain.errors import RslmError
 from tasks.domain.hashing import sha256_bytes

@@ -80,27 +80,3 @@ def resolve_path(value: str | Path) -> Path:
     if path.is_absolute() or path.exists():
         return path.resolve()
     return (REPO_ROOT / path).resolve()
-
-
-def quiet_offline_defaults(use_stack: bool = True) -> None:
-    """Environment defaults for an offline, telemetry-free run (set only where the user has not).
-    With a local stack running (`make up`), commands talk to its Prefect and MLflow servers
-    rather than starting a temporary Prefect server on the same database."""
-    for key, value in {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per file floods the Prefect logs
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "GX_ANALYTICS_ENABLED": "false",
-        "PREFECT_HOME": str(paths().prefect_home),
-    }.items():
-        os.environ.setdefault(key, value)
-    if use_stack:
-        from tasks.adapters.stack import live_endpoints
-
-        for key, value in live_endpoints(paths()).items():
-            os.environ.setdefault(key, value)
-    # Prefect's temporary server keeps its SQLite database here; it must exist before start-up.
-    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)

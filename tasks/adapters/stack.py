@@ -17,8 +17,7 @@ from pathlib import Path
 from tasks.adapters.configs import load_model
 from tasks.adapters.settings import REPO_ROOT, Paths
 from tasks.domain.errors import RslmError
-from tasks.domain.stack import (AGENT_LABEL, Service, StackConfig, agent_values, env_overrides, plan, redact,
-                                render_agent)
+from tasks.domain.stack import AGENT_LABEL, Service, StackConfig, agent_values, env_overrides, plan, redact, render_agent
 
 STACK_CONFIG = "infra/stack.yaml"
 

@@ -13,6 +13,7 @@ from tasks.adapters.configs import load_framework, load_profile
 from tasks.adapters.dataset_store import DatasetRef, read_rows, write_dataset
 from tasks.adapters.gx_runner import ValidationReport, validate_frame
 from tasks.adapters.models import base_model_source, base_provenance
+from tasks.adapters.progress import tqdm_progress
 from tasks.adapters.settings import Paths, resolve_path
 from tasks.adapters.training import TrainingSummary, train_lora
 from tasks.domain.blueprint import Blueprint
@@ -22,12 +23,6 @@ from tasks.domain.expansion import build_dataset
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.records import Row
-
-
-def tqdm_progress(description: str, unit: str = "block", leave: bool = True):
-    from tqdm.auto import tqdm
-
-    return lambda items: tqdm(items, desc=description, unit=unit, leave=leave)
 
 
 def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Paths) -> Blueprint:

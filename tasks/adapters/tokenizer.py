@@ -7,7 +7,6 @@ encoding differs from SentencePiece's (`assert_round_trip`)."""
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,6 +74,3 @@ def build_tokenizer(corpus: list[str], vocab_size: int, out_dir: Path):
     assert_round_trip(reloaded, spm_path, corpus[:200])
     return reloaded
 
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

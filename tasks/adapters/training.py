@@ -136,6 +136,7 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
         max_steps=cfg.max_steps, num_train_epochs=cfg.num_epochs,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # transformers 5 reads a warmup_steps float below 1 as a share of the steps (warmup_ratio is deprecated)
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,

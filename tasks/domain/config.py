@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from tasks.domain.frozen import Frozen
 from tasks.domain.promotion import PromotionGate
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LoraSettings(Frozen):
@@ -55,8 +52,9 @@ class TinyModelConfig(Frozen):
     num_attention_heads: int = Field(default=4, ge=1)
     num_key_value_heads: int = Field(default=2, ge=1)
     max_position_embeddings: int = Field(default=1024, ge=16)
-    # Mistral's 0.02 leaves a random tiny model's logits near uniform, which a frozen lm_head
-    # cannot sharpen through LoRA; a wider init gives the adapter something to steer.
+    # The default is Mistral's own 0.02. It leaves a random tiny model's logits near uniform, which
+    # a frozen lm_head cannot sharpen through LoRA: the tiny profile sets 0.1 so the adapter has
+    # something to steer.
     initializer_range: float = Field(default=0.02, gt=0, le=1)
     seed: int = 1234
 

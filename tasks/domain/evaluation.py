@@ -16,10 +16,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tasks.domain.framework import Framework
-from tasks.domain.metrics import (StyleScore, consistency, is_degenerate, is_structured, mean, perplexity, spread,
-                                  style_score, style_summary, word_count)
-from tasks.domain.promotion import (CONSISTENCY, DRIFT, HELDOUT_BASE_STRUCTURED, HELDOUT_GAIN, HELDOUT_STRUCTURED, LOSS,
-                                    PERPLEXITY, STYLE_STD)
+from tasks.domain.metrics import (
+    StyleScore,
+    consistency,
+    is_degenerate,
+    is_structured,
+    mean,
+    perplexity,
+    spread,
+    style_score,
+    style_summary,
+    word_count,
+)
+from tasks.domain.promotion import (
+    CONSISTENCY,
+    DRIFT,
+    HELDOUT_BASE_STRUCTURED,
+    HELDOUT_GAIN,
+    HELDOUT_STRUCTURED,
+    LOSS,
+    PERPLEXITY,
+    STYLE_STD,
+)
 from tasks.domain.records import Message, Row
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
@@ -179,7 +197,8 @@ def compare_heldout(questions: Sequence[str], base: Sequence[str], tuned: Sequen
 def heldout_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
     """Share of held-out answers in the trained shape, tuned and base, and the gain between them.
 
-    >>> heldout_metrics(compare_heldout(["q"], ["I'm not sure."], ["1. Isolation: one blast radius per tier."]))["heldout/structured_gain"]
+    >>> rows = compare_heldout(["q"], ["I'm not sure."], ["1. Isolation: one blast radius per tier."])
+    >>> heldout_metrics(rows)["heldout/structured_gain"]
     1.0
     """
     if not rows:

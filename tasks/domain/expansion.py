@@ -42,7 +42,7 @@ def slot_assignments(pattern: Pattern) -> Iterator[dict[str, SlotValue]]:
     """Every combination of slot values, in declaration order."""
     names = list(pattern.slots)
     for combo in itertools.product(*(pattern.slots[n] for n in names)):
-        yield dict(zip(names, combo))
+        yield dict(zip(names, combo, strict=True))
 
 
 def _short_hash(text: str) -> str:
@@ -232,7 +232,8 @@ def preview(framework, blueprint: Blueprint, seed: int, dataset, samples: int = 
         lines.append(f"| {principle} | {len(entries)} | {sum(len(e.patterns) for e in entries)} | "
                      f"{counts['train']} | {counts['eval']} |")
     kept = len(build.train) + len(build.eval)
-    lines += ["", f"rows: {build.generated} expanded -> {build.generated - build.dedup.exact_duplicates - build.dedup.near_duplicates} after dedup "
+    unique = build.generated - build.dedup.exact_duplicates - build.dedup.near_duplicates
+    lines += ["", f"rows: {build.generated} expanded -> {unique} after dedup "
                   f"({build.dedup.exact_duplicates} exact, {build.dedup.near_duplicates} near duplicates) -> {kept} kept "
                   f"({len(build.train)} train / {len(build.eval)} eval)", ""]
     for row in random.Random(seed).sample(build.train, min(samples, len(build.train))):

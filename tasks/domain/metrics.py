@@ -72,7 +72,7 @@ def numbered_reasons(answer: str) -> list[tuple[int, str]]:
     """
     parts = _REASON_MARKER.split(answer.strip())
     items = [(0, parts[0].strip())] if parts[0].strip() else []
-    return items + [(int(number), text.strip()) for number, text in zip(parts[1::2], parts[2::2])]
+    return items + [(int(number), text.strip()) for number, text in zip(parts[1::2], parts[2::2], strict=True)]
 
 
 def is_clause(text: str) -> bool:
@@ -109,7 +109,7 @@ def repetition(answer: str) -> float:
     (0.0, 0.75)
     """
     tokens = answer.lower().split()
-    trigrams = list(zip(tokens, tokens[1:], tokens[2:]))
+    trigrams = list(zip(tokens, tokens[1:], tokens[2:], strict=False))  # shifted copies: shorter by design
     return 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
 
 
@@ -208,8 +208,11 @@ def agreement(answers: Sequence[str]) -> float:
     0.0
     """
     pairs = list(combinations(answers, 2))
-    similarity = lambda a, b: 0.0 if is_degenerate(a) or is_degenerate(b) else cosine_similarity(a, b)  # noqa: E731
-    return mean(similarity(a, b) for a, b in pairs) if pairs else 1.0
+    return mean(_credited_similarity(a, b) for a, b in pairs) if pairs else 1.0
+
+
+def _credited_similarity(a: str, b: str) -> float:
+    return 0.0 if is_degenerate(a) or is_degenerate(b) else cosine_similarity(a, b)
 
 
 def consistency(groups: Iterable[Sequence[str]]) -> float:

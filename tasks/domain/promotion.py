@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.domain.errors import RslmError
+from tasks.domain.frozen import Frozen
 
 Metrics = Mapping[str, float]
 
@@ -36,10 +37,8 @@ KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
 }
 
 
-class PromotionGate(BaseModel):
+class PromotionGate(Frozen):
     """Bounds a challenger must meet. `None` switches a check off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_eval_loss_improvement: float = Field(default=0.01, ge=0, lt=1)
     max_style_adherence_drop: float = Field(default=0.0, ge=0, le=1)
@@ -147,11 +146,13 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
     if gate.min_style_adherence is not None:
         checks.append(_bound_check("style adherence floor", STYLE, challenger.get(STYLE), gate.min_style_adherence, upper=False))
     if gate.min_consistency is not None:
-        checks.append(_bound_check("consistency floor", CONSISTENCY, challenger.get(CONSISTENCY), gate.min_consistency, upper=False))
+        checks.append(_bound_check("consistency floor", CONSISTENCY, challenger.get(CONSISTENCY), gate.min_consistency,
+                                   upper=False))
     if gate.max_drift_kl is not None:
         checks.append(_bound_check("drift bound", DRIFT, challenger.get(DRIFT), gate.max_drift_kl, upper=True))
     if gate.max_stability_std is not None:
-        checks.append(_bound_check("stable across seeds", STYLE_STD, challenger.get(STYLE_STD), gate.max_stability_std, upper=True))
+        checks.append(_bound_check("stable across seeds", STYLE_STD, challenger.get(STYLE_STD), gate.max_stability_std,
+                                   upper=True))
     floors = [("numbered-reason structure floor", STRUCTURED, gate.min_structured, False),
               ("degenerate answers bound", DEGENERATE, gate.max_degenerate, True),
               ("held-out structure floor", HELDOUT_STRUCTURED, gate.min_heldout_structured, False),

@@ -61,10 +61,10 @@ def parse_jsonl(lines: Iterable[str], source: str) -> list[tuple[int, Row]]:
     """Parse JSONL into (line number, Row). Collects every bad line before failing, so a user fixes
     them all at once. Blank lines are skipped.
 
-    >>> parse_jsonl(['{"id": 1}'], "x.jsonl")
+    >>> parse_jsonl(['{"id": 1}'], "x.jsonl")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tasks.domain.errors.DatasetFormatError: x.jsonl: 1 malformed line(s): line 1: id: Input should be a valid string; messages: Field required; metadata: Field required
+    tasks.domain.errors.DatasetFormatError: x.jsonl: 1 malformed line(s): line 1: id: Input should be a valid string; ...
     """
     rows: list[tuple[int, Row]] = []
     problems: list[str] = []

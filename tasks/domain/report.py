@@ -60,6 +60,7 @@ def summary_markdown(record: RunRecord) -> str:
     """The run summary users read in Prefect's Artifacts tab."""
     t = record.training
     e = record.evaluation.get("metrics", {})
+    base = record.base_model_provenance
     lines = [
         f"# nightly-retrain: {record.status}",
         "",
@@ -67,8 +68,8 @@ def summary_markdown(record: RunRecord) -> str:
         "|---|---|",
         f"| domain | {_fmt(record.domain)} |",
         f"| profile | {_fmt(record.profile)} |",
-        f"| base model | {_fmt(record.base_model_provenance.get('package'))} {_fmt(record.base_model_provenance.get('package_version'))} "
-        f"(GGUF sha256 `{_fmt(record.base_model_provenance.get('gguf_sha256'))[:12]}`) |",
+        f"| base model | {_fmt(base.get('package'))} {_fmt(base.get('package_version'))} "
+        f"(GGUF sha256 `{_fmt(base.get('gguf_sha256'))[:12]}`) |",
         f"| dataset | `{_fmt(record.dataset_path)}` |",
         f"| dataset sha256 | `{_fmt(record.dataset_sha256)}` |",
         f"| dataset in S3 | `{_fmt(record.dataset_uri)}` |",
@@ -76,9 +77,12 @@ def summary_markdown(record: RunRecord) -> str:
         f"| train loss (first → last) | {_fmt(t.get('train_loss_first'))} → {_fmt(t.get('train_loss_last'))} |",
         f"| tokens/s | {_fmt(t.get('tokens_per_second'))} on {_fmt(t.get('device'))} ({_fmt(t.get('precision'))}) |",
         f"| MLflow run | `{_fmt(record.mlflow_run_id)}` in `{_fmt(record.mlflow_experiment)}` |",
-        f"| registered | {_fmt(record.registered_model)} v{_fmt(record.model_version)} {' '.join('@' + a for a in record.aliases)} |",
-        f"| held-out loss (per token) / style / drift KL | {_fmt(e.get('loss'))} / {_fmt(e.get('style_adherence'))} / {_fmt(e.get('drift_kl'))} |",
-        f"| promotion | {_fmt(record.promotion.get('verdict'))} (against champion v{_fmt(record.promotion.get('champion_version'))}) |",
+        f"| registered | {_fmt(record.registered_model)} v{_fmt(record.model_version)} "
+        f"{' '.join('@' + a for a in record.aliases)} |",
+        f"| held-out loss (per token) / style / drift KL | {_fmt(e.get('loss'))} / {_fmt(e.get('style_adherence'))} / "
+        f"{_fmt(e.get('drift_kl'))} |",
+        f"| promotion | {_fmt(record.promotion.get('verdict'))} "
+        f"(against champion v{_fmt(record.promotion.get('champion_version'))}) |",
     ]
     reasons = [f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in record.promotion.get("checks", [])]
     if reasons:

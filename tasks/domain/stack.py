@@ -14,13 +14,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from tasks.domain.frozen import Frozen
+
 Port = Annotated[int, Field(ge=1024, le=65535)]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=63)]
 
 
-class StackConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class StackConfig(Frozen):
     host: str = "127.0.0.1"
     prefect_port: Port = 4200
     mlflow_port: Port = 5001

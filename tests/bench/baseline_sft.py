@@ -57,7 +57,7 @@ class AnswerTokenCounter:
             mask = ids.new_ones(ids.shape)
         self.tokens += int(mask.sum())
         self.padded_tokens += int(ids.numel())
-        for row_ids, row_mask in zip(ids, mask):
+        for row_ids, row_mask in zip(ids, mask, strict=True):
             closes = (row_ids == self.inst_close_id).nonzero()
             if len(closes):
                 self.answer_tokens += int(row_mask[int(closes[-1]) + 1:].sum())

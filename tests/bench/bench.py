@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from large_model import bench_large_model, large_model_markdown  # noqa: E402
+from large_model import bench_large_model, large_model_markdown  # noqa: E402 - importable only after the sys.path lines above
 
 
 @contextmanager
@@ -133,9 +133,9 @@ def training_worker(conn, variant: str, base: str, rows: list, texts: list[str])
     and the imports are paid once. Receives training configs, answers with one run's figures."""
     import resource
 
-    from baseline_sft import run_baseline
-
     from tasks.domain.config import TrainingConfig
+
+    from baseline_sft import run_baseline
 
     while (job := conn.recv()) is not None:
         cfg, out_dir = TrainingConfig.model_validate(job["cfg"]), Path(job["out_dir"])
@@ -216,9 +216,9 @@ def bench_training(reps: int, device: str, workdir: Path) -> dict:
 
 def bench_stages(sizes: list[int], workdir: Path) -> dict:
     from expectations.reasoning_dataset import flatten_rows
+    from tasks.adapters.chat import chat_codec
     from tasks.adapters.configs import load_framework, load_profile
     from tasks.adapters.gx_runner import validate_frame
-    from tasks.adapters.chat import chat_codec
     from tasks.adapters.models import ensure_tiny_base, load_tokenizer
     from tasks.adapters.stages import suite_spec, training_corpus
     from tasks.adapters.training import tokenize_rows
@@ -297,7 +297,7 @@ def bench_smollm2(device: str, workdir: Path, steps: int = 8) -> dict:
 
 def bench_orchestration(workdir: Path, overrides: dict = QUICK_RUN) -> dict:
     os.environ["RSLM_HOME"] = str(workdir / "home")
-    from tasks.adapters.settings import quiet_offline_defaults
+    from flows.environment import quiet_offline_defaults
 
     quiet_offline_defaults(use_stack=False)
     from datetime import UTC, datetime
@@ -370,14 +370,16 @@ def markdown(results: dict) -> str:
                   "| | precision | wall s | tokens/s (non-pad) | answer tokens/s |", "|---|---|---|---|---|"]
         for name in ("as_configured", "without_bf16_autocast"):
             r = m[name]
-            lines.append(f"| {name} | {r['precision']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.0f} | {r['answer_tokens_per_s']:.0f} |")
+            lines.append(f"| {name} | {r['precision']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.0f} | "
+                         f"{r['answer_tokens_per_s']:.0f} |")
         lines += ["", f"bf16 autocast: **{m['autocast_gain']:.2f}x** tokens/s", ""]
     if results.get("large_model"):
         lines += large_model_markdown(results["large_model"])
     if results.get("stages"):
-        lines += ["## Stages", "", "| rows | expansion rows/s | GX rows/s | tokenization rows/s | expansion+GX s | peak RSS growth MiB |",
+        lines += ["## Stages", "",
+                  "| rows | expansion rows/s | GX rows/s | tokenization rows/s | expansion+GX s | peak RSS growth MiB |",
                   "|---|---|---|---|---|---|"]
-        for n, r in results["stages"].items():
+        for r in results["stages"].values():
             lines.append(f"| {r['rows']} | {r['expansion_rows_per_s']:.0f} | {r['validation_rows_per_s']:.0f} | "
                          f"{r['tokenization_rows_per_s']:.0f} | {r['expansion_plus_validation_s']:.1f} | "
                          f"{max(r['peak_rss_mib'].values())} |")
@@ -385,8 +387,10 @@ def markdown(results: dict) -> str:
     if results.get("orchestration"):
         o = results["orchestration"]
         lines += ["## Orchestration (nightly_retrain, 600 rows, 20 steps, Prefect server already up)", "",
-                  f"- Prefect temporary server start (paid once per `make run`, never with `make up`): {o['server_start_s']:.1f} s",
-                  f"- full run: {o['full_wall_s']:.1f} s wall; its {o['task_runs']} task runs' own time {o['tasks_own_s']:.1f} s; "
+                  "- Prefect temporary server start (paid once per `make run`, never with `make up`): "
+                  f"{o['server_start_s']:.1f} s",
+                  f"- full run: {o['full_wall_s']:.1f} s wall; "
+                  f"its {o['task_runs']} task runs' own time {o['tasks_own_s']:.1f} s; "
                   f"**overhead {o['overhead_s']:.1f} s ({o['overhead_fraction']:.0%})**",
                   f"- unchanged re-run ({o['unchanged_status']}): {o['unchanged_wall_s']:.1f} s, "
                   f"**{o['unchanged_fraction']:.0%} of the full run**", ""]
