@@ -103,8 +103,8 @@ def generate(config_path, framework, max_samples, seed, generator, preview, samp
     if preview:
         from tasks.adapters.configs import load_framework
         from tasks.adapters.settings import paths
-        from tasks.adapters.stages import generate_blueprint
         from tasks.domain.expansion import preview as preview_dataset
+        from tasks.stages.build_dataset import generate_blueprint
 
         framework_model = load_framework(config.framework)
         blueprint = generate_blueprint(framework_model, config, paths())
@@ -128,7 +128,7 @@ def validate(files, config_path, framework, out) -> None:
 
     from tasks.adapters.configs import load_framework, load_pipeline_config
     from tasks.adapters.settings import paths
-    from tasks.adapters.stages import require_valid, validate_files
+    from tasks.stages.build_dataset import require_valid, validate_files
 
     config = load_pipeline_config(config_path, _overrides(framework, None, None, None, None))
     out_dir = Path(out) if out else paths().validations / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -169,13 +169,13 @@ def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> N
     """Validate, then train a LoRA adapter on the dataset in DATASET_DIR (tracked in MLflow, not registered)."""
     _setup()
     from flows.nightly_retrain import train_adapter, validate_dataset
-    from tasks.adapters.configs import load_pipeline_config
+    from tasks.adapters.configs import load_pipeline_config, resolve_run
     from tasks.adapters.dataset_store import dataset_ref
 
     config = load_pipeline_config(config_path, _overrides(None, profile, max_steps, None, device))
     dataset = dataset_ref(Path(dataset_dir))
     report = validate_dataset(config, dataset)
-    trained = train_adapter(config, dataset, report, base_model)
+    trained = train_adapter(resolve_run(config), dataset, report, base_model)
     click.echo(json.dumps(trained.to_dict(), indent=2))
 
 
@@ -267,10 +267,9 @@ def _model_name(name: str | None, config_path: str) -> str:
     if name:
         return name
     from tasks.adapters.configs import load_framework, load_pipeline_config
-    from tasks.adapters.stages import registered_model_name
 
     config = load_pipeline_config(config_path)
-    return registered_model_name(config, load_framework(config.framework).domain)
+    return config.tracking.registered_model(load_framework(config.framework).domain)
 
 
 @cli.command()
@@ -298,8 +297,8 @@ def evaluate(model_uri, eval_path, config_path) -> None:
 def promote(name, version, reason, config_path) -> None:
     """Make VERSION of NAME the champion by hand (recorded; refused if its training or evaluation failed)."""
     _setup()
-    from tasks.adapters.eval_stages import manual_promote
     from tasks.adapters.settings import tracking_uri
+    from tasks.stages.promote import manual_promote
 
     promotion = manual_promote(_model_name(name, config_path), version, tracking_uri(), reason)
     click.echo(f"{promotion.name}: v{promotion.version} is champion; previous-champion: "
@@ -312,8 +311,8 @@ def promote(name, version, reason, config_path) -> None:
 def rollback(name, config_path) -> None:
     """Point NAME's champion back at previous-champion."""
     _setup()
-    from tasks.adapters.eval_stages import rollback as roll_back
     from tasks.adapters.settings import tracking_uri
+    from tasks.stages.promote import rollback as roll_back
 
     name = _model_name(name, config_path)
     aliases = roll_back(name, tracking_uri())
@@ -327,8 +326,8 @@ def rollback(name, config_path) -> None:
 def models(name, config_path, as_json) -> None:
     """List NAME's versions: aliases, key eval metrics, evaluation status and promotion decision."""
     _setup()
-    from tasks.adapters.eval_stages import model_table
     from tasks.adapters.settings import tracking_uri
+    from tasks.stages.promote import model_table
 
     rows = model_table(_model_name(name, config_path), tracking_uri())
     if as_json:

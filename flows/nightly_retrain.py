@@ -17,12 +17,10 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config
+from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config, resolve_run
 from tasks.adapters.dataset_store import DatasetRef
-from tasks.adapters.eval_stages import Evaluation, Promotion
 from tasks.adapters.gx_runner import ValidationReport
 from tasks.adapters.settings import paths, resolve_path, tracking_uri
-from tasks.adapters.stages import Registration, TrainedAdapter, require_valid
 from tasks.dataset_tasks import (
     expand_dataset_task,
     generate_blueprint_task,
@@ -33,9 +31,14 @@ from tasks.dataset_tasks import (
 from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.report import RunRecord
+from tasks.domain.run_spec import RunSpec
 from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_evaluation_task, publish_promotion_task
 from tasks.model_tasks import find_trained_version_task, prepare_base_model_task, register_adapter_task, train_adapter_task
 from tasks.report_tasks import publish_validation_task, record_failure, write_run_record_task
+from tasks.stages.build_dataset import require_valid
+from tasks.stages.evaluate import Evaluation
+from tasks.stages.promote import Promotion
+from tasks.stages.train import Registration, TrainedAdapter
 
 
 def _now() -> str:
@@ -65,16 +68,16 @@ def validate_dataset(config: PipelineConfig, dataset: DatasetRef, force: bool = 
 
 
 @flow(name="train-adapter")
-def train_adapter(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport,
+def train_adapter(spec: RunSpec, dataset: DatasetRef, report: ValidationReport,
                   base_override: str | None = None, measure_eval_loss: bool = True) -> TrainedAdapter:
-    base_model = prepare_base_model_task(config, dataset, base_override)
-    return train_adapter_task(config, dataset, report, base_model, tracking_uri(), measure_eval_loss)
+    base_model = prepare_base_model_task(spec, dataset, base_override)
+    return train_adapter_task(spec, dataset, report, base_model, tracking_uri(), measure_eval_loss)
 
 
 @flow(name="register-adapter")
-def register_adapter(config: PipelineConfig, dataset: DatasetRef, trained: TrainedAdapter,
+def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter,
                      training_key: str = "") -> Registration:
-    return register_adapter_task(config, dataset, trained, tracking_uri(), training_key)
+    return register_adapter_task(spec, dataset, trained, tracking_uri(), training_key)
 
 
 @flow(name="evaluate-model")
@@ -91,18 +94,18 @@ def promote_model(config: PipelineConfig, evaluation: Evaluation) -> Promotion:
     return promotion
 
 
-def _train_register_promote(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport,
+def _train_register_promote(spec: RunSpec, dataset: DatasetRef, report: ValidationReport,
                             base_model: str | None, key: str, record: RunRecord) -> None:
     # evaluate-model measures the held-out loss on the same split (token-weighted), so the trainer's
     # own pass over it would be wasted: about 10% of training time on the default run.
-    trained = train_adapter(config, dataset, report, base_model, measure_eval_loss=False)
+    trained = train_adapter(spec, dataset, report, base_model, measure_eval_loss=False)
     record.update({"base_model_dir": trained.base_model, "base_model_provenance": trained.base_provenance,
-                   "adapter_dir": trained.adapter_dir,
-                                       "training": trained.summary, "mlflow_run_id": trained.run_id,
-                                       "mlflow_experiment": trained.experiment})
-    registration = register_adapter(config, dataset, trained, key)
+                   "adapter_dir": trained.adapter_dir, "training": trained.summary, "mlflow_run_id": trained.run_id,
+                   "mlflow_experiment": trained.experiment})
+    registration = register_adapter(spec, dataset, trained, key)
     record.update({"registered_model": registration.name, "model_version": registration.version,
-                                       "aliases": registration.aliases, "model_uri": registration.model_uri})
+                   "aliases": registration.aliases, "model_uri": registration.model_uri})
+    config = spec.config
     evaluation = evaluate_model(config, f"models:/{registration.name}/{registration.version}")
     record.update({"evaluation": {
         "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
@@ -110,8 +113,8 @@ def _train_register_promote(config: PipelineConfig, dataset: DatasetRef, report:
         "report_dir": evaluation.report_dir}})
     promotion = promote_model(config, evaluation)
     aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == registration.version)})
-    record.update({"promotion": {"verdict": promotion.verdict, **promotion.decision},
-                                     "aliases": aliases, "status": "succeeded"})
+    record.update({"promotion": {"verdict": promotion.verdict, **promotion.decision}, "aliases": aliases,
+                   "status": "succeeded"})
 
 
 @flow(name="nightly-retrain", on_failure=[record_failure])
@@ -124,27 +127,27 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
     record = RunRecord(started_at=_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
                        mlflow_tracking_uri=tracking_uri(), prefect_flow_run_id=str(flow_run.get_id() or ""))
     try:
+        spec = resolve_run(config)  # framework and profile read once: every training stage gets these objects
         dataset = build_dataset(config, force)
-        record.update({"domain": dataset.domain, "dataset_path": dataset.train_path,
-                                           "eval_dataset_path": dataset.eval_path, "dataset_sha256": dataset.sha256,
-                                           "blueprint_hash": dataset.blueprint_hash})
+        record.update({"domain": dataset.domain, "dataset_path": dataset.train_path, "eval_dataset_path": dataset.eval_path,
+                       "dataset_sha256": dataset.sha256, "blueprint_hash": dataset.blueprint_hash})
         try:
             report = validate_dataset(config, dataset, force)
         except DataValidationError as error:
             record.update({"validation_success": False, "validation_failures": error.failures,
-                                               "data_docs": error.data_docs})
+                           "data_docs": error.data_docs})
             raise
         record.update({"validation_success": True, "data_docs": report.data_docs_index})
         if config.storage.backend == "s3":
             record.update({"dataset_uri": publish_dataset_task(dataset, config)})
-        key, previous = find_trained_version_task(config, dataset, base_model, tracking_uri())
+        key, previous = find_trained_version_task(spec, dataset, base_model, tracking_uri())
         record.update({"training_key": key})
         if previous and not force:
-            record.update({"status": "unchanged", "unchanged_version": previous,
-                                               "registered_model": previous["name"], "model_version": previous["version"],
-                                               "mlflow_run_id": previous["run_id"], "aliases": previous["aliases"]})
+            record.update({"status": "unchanged", "unchanged_version": previous, "registered_model": previous["name"],
+                           "model_version": previous["version"], "mlflow_run_id": previous["run_id"],
+                           "aliases": previous["aliases"]})
         else:
-            _train_register_promote(config, dataset, report, base_model, key, record)
+            _train_register_promote(spec, dataset, report, base_model, key, record)
     except BaseException as error:
         record.update({"status": "failed", "error": str(error).splitlines()[0][:500]})
         raise

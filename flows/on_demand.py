@@ -28,10 +28,10 @@ def promote_on_demand(model_uri: str, config_path: str = PIPELINE_CONFIG, manual
                       reason: str = "") -> dict:
     """Put a registered version through the promotion gate (evaluating it against the champion
     first), or with `manual` promote it by hand, recorded with `reason`."""
-    from tasks.adapters.eval_stages import manual_promote
     from tasks.adapters.registry import resolve
     from tasks.adapters.settings import tracking_uri
     from tasks.adapters.tracking import use_store
+    from tasks.stages.promote import manual_promote
 
     config = load_pipeline_config(config_path)
     if manual:

@@ -1,4 +1,4 @@
-"""Prefect tasks for the dataset stages: thin wrappers over `tasks.adapters.stages`.
+"""Prefect tasks for the dataset stages: thin wrappers over `tasks.stages.build_dataset`.
 
 Blueprint, expansion and validation are cached by content (Prefect result persistence under
 PREFECT_HOME/storage): an unchanged framework, generator and dataset config reuse the previous
@@ -10,7 +10,6 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.adapters import stages
 from tasks.adapters.configs import load_framework
 from tasks.adapters.dataset_store import DatasetRef, file_sha256
 from tasks.adapters.gx_runner import ValidationReport
@@ -21,6 +20,7 @@ from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.llm_blueprint import PROMPT_VERSION as LLM_PROMPT_VERSION
 from tasks.retry_policy import SERVICE_RETRIES
+from tasks.stages import build_dataset as stage
 
 CACHED = {"persist_result": True, "cache_expiration": None}
 
@@ -49,7 +49,7 @@ def validation_key(context, parameters) -> str:
     config: PipelineConfig = parameters["config"]
     return "validation-" + content_hash({
         "train": file_sha256(dataset.train_path), "eval": file_sha256(dataset.eval_path),
-        "suite": repr(stages.suite_spec(parameters["framework"], config.validation)),
+        "suite": repr(stage.suite_spec(parameters["framework"], config.validation)),
         "out": parameters["out_dir"]})
 
 
@@ -60,17 +60,17 @@ def load_framework_task(path: str) -> Framework:
 
 @task(name="generate-blueprint", cache_key_fn=blueprint_key, **CACHED)
 def generate_blueprint_task(framework: Framework, config: PipelineConfig) -> Blueprint:
-    return stages.generate_blueprint(framework, config, paths())
+    return stage.generate_blueprint(framework, config, paths())
 
 
 @task(name="expand-dataset", cache_key_fn=dataset_key, **CACHED, **SERVICE_RETRIES)
 def expand_dataset_task(framework: Framework, blueprint: Blueprint, config: PipelineConfig, root: str) -> DatasetRef:
-    return stages.expand_dataset(framework, blueprint, config, Path(root))
+    return stage.expand_dataset(framework, blueprint, config, Path(root))
 
 
 @task(name="validate-dataset", cache_key_fn=validation_key, **CACHED)
 def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: PipelineConfig, out_dir: str) -> ValidationReport:
-    return stages.validate_files([dataset.train_path, dataset.eval_path], framework, config.validation, Path(out_dir))
+    return stage.validate_files([dataset.train_path, dataset.eval_path], framework, config.validation, Path(out_dir))
 
 
 @task(name="publish-dataset", cache_policy=NO_CACHE)

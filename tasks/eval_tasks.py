@@ -8,25 +8,25 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.adapters import eval_stages
 from tasks.adapters.settings import paths
 from tasks.domain.config import PipelineConfig
 from tasks.model_tasks import training_slot
 from tasks.retry_policy import SERVICE_RETRIES
+from tasks.stages import evaluate, promote
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_model_task(model_uri: str, config: PipelineConfig, tracking_uri: str,
-                        eval_path: str | None = None) -> eval_stages.Evaluation:
+                        eval_path: str | None = None) -> evaluate.Evaluation:
     # Evaluation runs models on the same device as training: one at a time.
     with training_slot():
-        return eval_stages.evaluate_version(model_uri, config, paths(), tracking_uri, eval_path)
+        return evaluate.evaluate_version(model_uri, config, paths(), tracking_uri, eval_path)
 
 
 @task(name="promote-model", cache_policy=NO_CACHE, **SERVICE_RETRIES)
-def promote_model_task(config: PipelineConfig, evaluation: eval_stages.Evaluation,
-                       tracking_uri: str) -> eval_stages.Promotion:
-    return eval_stages.promote_challenger(config, evaluation, tracking_uri)
+def promote_model_task(config: PipelineConfig, evaluation: evaluate.Evaluation,
+                       tracking_uri: str) -> promote.Promotion:
+    return promote.promote_challenger(config, evaluation, tracking_uri)
 
 
 def _inline_png(path: str) -> str:
@@ -36,7 +36,7 @@ def _inline_png(path: str) -> str:
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)
-def publish_evaluation_task(evaluation: eval_stages.Evaluation) -> None:
+def publish_evaluation_task(evaluation: evaluate.Evaluation) -> None:
     lines = [f"# Evaluation of {evaluation.name} v{evaluation.version}", "",
              f"Eval set `{evaluation.eval_path}` (sha256 `{evaluation.eval_sha256[:12]}`), "
              f"MLflow run `{evaluation.run_id}`.", "", evaluation.markdown()]
@@ -51,7 +51,7 @@ def publish_evaluation_task(evaluation: eval_stages.Evaluation) -> None:
 
 
 @task(name="publish-promotion", cache_policy=NO_CACHE)
-def publish_promotion_task(promotion: eval_stages.Promotion) -> None:
+def publish_promotion_task(promotion: promote.Promotion) -> None:
     aliases = ", ".join(f"@{k} = v{v}" for k, v in promotion.aliases.items() if v) or "none"
     create_markdown_artifact(key="promotion-decision", markdown=f"{promotion.markdown}\nAliases now: {aliases}\n",
                              description=f"{promotion.name} v{promotion.version}: {promotion.verdict}")

@@ -7,12 +7,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from tasks.adapters import stages
 from tasks.adapters.dataset_store import DatasetRef
 from tasks.adapters.gx_runner import ValidationReport
 from tasks.adapters.settings import paths
-from tasks.domain.config import PipelineConfig
+from tasks.domain.run_spec import RunSpec
 from tasks.retry_policy import SERVICE_RETRIES
+from tasks.stages import train as stage
 
 TRAINING_SLOT = "training"  # global concurrency limit name: one training on the device at a time
 
@@ -30,26 +30,26 @@ def training_slot():
 
 
 @task(name="prepare-base-model", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_jitter_factor=0.5)
-def prepare_base_model_task(config: PipelineConfig, dataset: DatasetRef, base_override: str | None = None) -> str:
-    return stages.prepare_base_model(config, dataset, paths(), base_override)
+def prepare_base_model_task(spec: RunSpec, dataset: DatasetRef, base_override: str | None = None) -> str:
+    return stage.prepare_base_model(spec, dataset, paths(), base_override)
 
 
 @task(name="train-adapter", cache_policy=NO_CACHE)
-def train_adapter_task(config: PipelineConfig, dataset: DatasetRef, report: ValidationReport, base_model: str,
-                       tracking_uri: str, measure_eval_loss: bool = True) -> stages.TrainedAdapter:
+def train_adapter_task(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, base_model: str,
+                       tracking_uri: str, measure_eval_loss: bool = True) -> stage.TrainedAdapter:
     with training_slot():
-        return stages.train_and_track(config, dataset, report, base_model, paths(), tracking_uri, measure_eval_loss)
+        return stage.train_and_track(spec, dataset, report, base_model, paths(), tracking_uri, measure_eval_loss)
 
 
 @task(name="register-adapter", cache_policy=NO_CACHE, **SERVICE_RETRIES)
-def register_adapter_task(config: PipelineConfig, dataset: DatasetRef, trained: stages.TrainedAdapter,
-                          tracking_uri: str, key: str = "") -> stages.Registration:
-    return stages.register_adapter(config, dataset, trained, paths(), tracking_uri, key)
+def register_adapter_task(spec: RunSpec, dataset: DatasetRef, trained: stage.TrainedAdapter,
+                          tracking_uri: str, key: str = "") -> stage.Registration:
+    return stage.register_adapter(spec, dataset, trained, paths(), tracking_uri, key)
 
 
 @task(name="find-trained-version", cache_policy=NO_CACHE, **SERVICE_RETRIES)
-def find_trained_version_task(config: PipelineConfig, dataset: DatasetRef, base_override: str | None,
+def find_trained_version_task(spec: RunSpec, dataset: DatasetRef, base_override: str | None,
                               tracking_uri: str) -> tuple[str, dict | None]:
     """The training key, and the registered version already trained with it (None: train)."""
-    key = stages.training_key(config, dataset, base_override)
-    return key, stages.find_trained_version(config, dataset, key, tracking_uri)
+    key = stage.training_key(spec, dataset, base_override)
+    return key, stage.find_trained_version(spec, dataset, key, tracking_uri)

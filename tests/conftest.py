@@ -55,7 +55,7 @@ def tiny_base(tmp_path_factory, small_build) -> Path:
     """The tiny profile's model and tokenizer, built once from the small dataset."""
     from tasks.adapters.configs import load_profile
     from tasks.adapters.models import ensure_tiny_base
-    from tasks.adapters.stages import training_corpus
+    from tasks.domain.records import training_corpus
 
     profile = load_profile("tiny")
     return ensure_tiny_base(profile.tiny, training_corpus(small_build.train + small_build.eval),

@@ -58,7 +58,7 @@ def test_large_model_section_runs_our_step_on_a_model_built_from_shapes(tmp_path
     with `--device cuda`."""
     from tasks.adapters.configs import load_profile
     from tasks.adapters.models import ensure_tiny_base
-    from tasks.adapters.stages import training_corpus
+    from tasks.domain.records import training_corpus
 
     import bench
     from large_model import bench_large_model, large_model_markdown

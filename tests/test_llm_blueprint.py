@@ -191,7 +191,7 @@ def test_openai_compatible_generator_builds_a_validated_dataset_over_http(served
     from flows.nightly_retrain import build_dataset, validate_dataset
     from tasks.adapters.configs import load_pipeline_config
     from tasks.adapters.settings import paths
-    from tasks.adapters.stages import generate_blueprint
+    from tasks.stages.build_dataset import generate_blueprint
 
     framework_path, framework = small_framework
     monkeypatch.setenv("RSLM_TEST_KEY", "t0ken")

@@ -156,17 +156,20 @@ def test_dataset_cache_keys_follow_content_not_identity(devops_framework, devops
 
 
 def test_training_key_covers_dataset_bytes_and_training_config():
-    from tasks.adapters.configs import load_pipeline_config
+    from tasks.adapters.configs import load_pipeline_config, resolve_run
     from tasks.adapters.dataset_store import DatasetRef
-    from tasks.adapters.stages import training_key
+    from tasks.stages.train import training_key
+
+    def spec(**overrides):
+        return resolve_run(load_pipeline_config(overrides=overrides))
 
     dataset = DatasetRef(directory="d", train_path="t", eval_path="e", blueprint_path="b", manifest_path="m",
                          sha256="a" * 64, domain="devops", blueprint_hash="h")
-    config = load_pipeline_config()
-    key = training_key(config, dataset)
-    assert training_key(load_pipeline_config(), dataset) == key
-    assert training_key(config, DatasetRef(**{**dataset.to_dict(), "sha256": "b" * 64})) != key
-    assert training_key(load_pipeline_config(overrides={"training_overrides": {"lora.r": 8}}), dataset) != key
-    assert training_key(config, dataset, base_override="/models/other") != key
+    key = training_key(spec(), dataset)
+    assert training_key(spec(), dataset) == key
+    assert training_key(spec(), DatasetRef(**{**dataset.to_dict(), "sha256": "b" * 64})) != key
+    assert training_key(spec(training_overrides={"lora.r": 8}), dataset) != key
+    assert training_key(spec(profile="tiny"), dataset) != key
+    assert training_key(spec(), dataset, base_override="/models/other") != key
     # Evaluation and promotion settings do not retrain.
-    assert training_key(load_pipeline_config(overrides={"promotion.max_drift_kl": 2.0}), dataset) == key
+    assert training_key(spec(**{"promotion.max_drift_kl": 2.0}), dataset) == key

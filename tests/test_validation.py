@@ -4,10 +4,10 @@ import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
-from tasks.adapters.stages import require_valid, validate_files
 from tasks.domain.config import ValidationConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.records import Message
+from tasks.stages.build_dataset import require_valid, validate_files
 
 from conftest import write_rows
 

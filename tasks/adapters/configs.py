@@ -12,6 +12,7 @@ from tasks.adapters.settings import REPO_ROOT, resolve_path
 from tasks.domain.config import ModelProfile, PipelineConfig, apply_overrides
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework
+from tasks.domain.run_spec import RunSpec
 
 Model = TypeVar("Model", bound=BaseModel)
 PIPELINE_CONFIG = "configs/pipeline.yaml"
@@ -67,6 +68,13 @@ def environment_overrides(environ: dict[str, str]) -> dict[str, Any]:
 def load_pipeline_config(path: str | Path = PIPELINE_CONFIG, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """defaults < YAML < RSLM_S3_* environment < `overrides` (CLI flags, flow parameters)."""
     return load_model(PipelineConfig, path, {**environment_overrides(dict(os.environ)), **(overrides or {})})
+
+
+def resolve_run(config: PipelineConfig) -> RunSpec:
+    """Read the framework and profile the config names, once, for a whole run."""
+    framework_path = resolve_path(config.framework)
+    return RunSpec(config=config, framework=load_framework(framework_path), framework_path=str(framework_path),
+                   profile=load_profile(config.profile))
 
 
 def load_profile(name_or_path: str) -> ModelProfile:

@@ -89,6 +89,11 @@ def dataset_ref(directory: Path) -> DatasetRef:
     )
 
 
+def read_dataset_files(files: list[str]) -> list[tuple[str, int, Row]]:
+    """Rows of every file with their file and line; malformed lines fail here, by line number."""
+    return [(str(f), line, row) for f in files for line, row in read_rows(f)]
+
+
 def file_sha256(path: str | Path) -> str:
     return sha256_bytes(Path(path).read_bytes())
 

@@ -140,6 +140,17 @@ class TrackingConfig(Frozen):
     experiment_prefix: str = "reasoning-slm"
     registered_model_prefix: str = "reasoning-slm"
 
+    def experiment(self, domain: str) -> str:
+        """The MLflow experiment of a domain.
+
+        >>> TrackingConfig().experiment("devops")
+        'reasoning-slm-devops'
+        """
+        return f"{self.experiment_prefix}-{domain}"
+
+    def registered_model(self, domain: str) -> str:
+        return f"{self.registered_model_prefix}-{domain}"
+
 
 class StabilityConfig(Frozen):
     """Extra sampled-decoding passes, one per seed: how much the style and consistency metrics

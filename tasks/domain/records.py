@@ -49,6 +49,11 @@ class Row(_Strict):
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
 
 
+def training_corpus(rows: Iterable[Row]) -> list[str]:
+    """Every message's text: what the tiny profile's tokenizer is trained on."""
+    return [m.content for row in rows for m in row.messages]
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():

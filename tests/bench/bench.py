@@ -160,8 +160,8 @@ def bench_training(reps: int, device: str, workdir: Path) -> dict:
 
     from tasks.adapters.configs import load_profile
     from tasks.adapters.models import ensure_tiny_base
-    from tasks.adapters.stages import training_corpus
     from tasks.domain.formatting import MISTRAL
+    from tasks.domain.records import training_corpus
 
     profile = load_profile("bench")
     cfg = profile.training.model_copy(update={"device": device})
@@ -220,10 +220,11 @@ def bench_stages(sizes: list[int], workdir: Path) -> dict:
     from tasks.adapters.configs import load_framework, load_profile
     from tasks.adapters.gx_runner import validate_frame
     from tasks.adapters.models import ensure_tiny_base, load_tokenizer
-    from tasks.adapters.stages import suite_spec, training_corpus
     from tasks.adapters.training import tokenize_rows
     from tasks.domain.config import ValidationConfig
     from tasks.domain.expansion import build_dataset
+    from tasks.domain.records import training_corpus
+    from tasks.stages.build_dataset import suite_spec
 
     results = {}
     framework = load_framework(REPO / "configs/frameworks/devops.yaml")
@@ -337,7 +338,7 @@ def bench_orchestration(workdir: Path, overrides: dict = QUICK_RUN) -> dict:
 def large_model_section(args, workdir: Path) -> dict:
     from tasks.adapters.configs import load_profile
     from tasks.adapters.models import ensure_tiny_base
-    from tasks.adapters.stages import training_corpus
+    from tasks.domain.records import training_corpus
 
     _, build = rows_for(3000)
     base = ensure_tiny_base(load_profile("bench").tiny, training_corpus(build.train), workdir / "models")

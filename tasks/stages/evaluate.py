@@ -1,13 +1,8 @@
-"""Evaluation and promotion stages as plain functions (Prefect tasks wrap them; `rslm evaluate`,
-`promote`, `rollback` and `models` call them directly).
-
-evaluate_version: the version and the current champion on the same eval split -> metrics,
-per-example table, plots, all logged to the version's MLflow run.
-promote_challenger: the gate's decision, written to the registry (tags + description) and the run;
-only a passing decision moves `champion` (the old one becomes `previous-champion`)."""
+"""Stage: a registered version and the current champion measured on the same eval split (and the
+version against its own base on held-out questions); metrics, per-example tables and plots are
+logged to the version's MLflow run. `rslm evaluate` calls it directly."""
 from __future__ import annotations
 
-import getpass
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,14 +11,13 @@ import pandas as pd
 
 from tasks.adapters import registry, tracking
 from tasks.adapters.configs import load_framework, load_model
-from tasks.adapters.dataset_store import file_sha256
+from tasks.adapters.dataset_store import file_sha256, read_dataset_files
 from tasks.adapters.settings import Paths, resolve_path
-from tasks.adapters.stages import read_dataset_files
 from tasks.domain.config import EvaluationConfig, HeldOutSet, PipelineConfig, ProbeSet
 from tasks.domain.errors import RslmError
 from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult, HeldOutAnswer, heldout_markdown
 from tasks.domain.hashing import content_hash
-from tasks.domain.promotion import KEY_METRICS, Check, Decision, comparison_markdown, decide, eligibility
+from tasks.domain.promotion import KEY_METRICS, comparison_markdown
 from tasks.domain.records import Row
 
 EVALUATION_STATUS = "evaluation.status"
@@ -171,95 +165,3 @@ def evaluate_version(model_uri: str, config: PipelineConfig, paths: Paths, track
     registry.set_version_tags(info.name, info.version, {EVALUATION_STATUS: "succeeded",
                                                         "evaluation.eval_sha256": eval_sha})
     return evaluation
-
-
-@dataclass
-class Promotion:
-    name: str
-    version: str
-    verdict: str
-    decision: dict
-    aliases: dict[str, str | None]
-    markdown: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _preconditions(info: registry.VersionInfo, evaluation: Evaluation) -> list[Check]:
-    checks = eligibility(info.run_status, info.tags.get(EVALUATION_STATUS))
-    current = registry.version_for_alias(info.name, registry.CHAMPION)
-    if current == info.version:
-        checks.append(Check(name="not already champion", passed=False, detail=f"v{info.version} is the champion"))
-    elif current != evaluation.champion_version:
-        checks.append(Check(name="champion unchanged since evaluation", passed=False,
-                            detail=f"evaluated against v{evaluation.champion_version}, champion is now v{current}"))
-    if evaluation.champion_version and evaluation.champion_metrics is None:
-        checks.append(Check(name="champion measured on the same eval set", passed=False,
-                            detail=evaluation.champion_error or "no metrics"))
-    return checks
-
-
-def promote_challenger(config: PipelineConfig, evaluation: Evaluation, tracking_uri: str) -> Promotion:
-    """Decide by the configured gate; record the decision; move aliases only when it passes.
-    Idempotent: a retry after a partial failure (aliases moved, logging failed) finishes the
-    decision already recorded for this evaluation, rather than deciding again and finding the
-    version "already champion"."""
-    tracking.use_store(tracking_uri)
-    info = registry.resolve(f"models:/{evaluation.name}/{evaluation.version}", with_run=True)
-    earlier = registry.recorded_decision(info)
-    if earlier and earlier.kind == "gate" and earlier.champion_version == evaluation.champion_version:
-        decision = earlier
-    else:
-        decision = decide(evaluation.metrics, evaluation.champion_metrics, config.promotion,
-                          challenger_version=evaluation.version, champion_version=evaluation.champion_version,
-                          preconditions=_preconditions(info, evaluation))
-    return _record(info, decision, evaluation.metrics, evaluation.champion_metrics)
-
-
-def _record(info: registry.VersionInfo, decision: Decision, metrics: dict, champion_metrics: dict | None) -> Promotion:
-    registry.record_decision(info.name, decision)
-    aliases = registry.promote(info.name, info.version) if decision.promote else registry.aliases_now(info.name)
-    markdown = comparison_markdown(metrics, champion_metrics, decision)
-    with tracking.resumed_run(info.run_id):
-        tracking.set_tags({"promotion.decision": decision.verdict})
-        tracking.log_dict(decision.model_dump(mode="json"), "promotion/decision.json")
-        tracking.log_text(markdown, "promotion/decision.md")
-    return Promotion(name=info.name, version=info.version, verdict=decision.verdict, decision=decision.model_dump(mode="json"),
-                     aliases=aliases, markdown=markdown)
-
-
-def manual_promote(name: str, version: str, tracking_uri: str, reason: str = "") -> Promotion:
-    """`rslm promote`: a person overrides the gate, but never for a version whose training or
-    evaluation failed. Recorded like a gate decision, with who and why."""
-    tracking.use_store(tracking_uri)
-    info = registry.resolve(f"models:/{name}/{version}", with_run=True)
-    checks = eligibility(info.run_status, info.tags.get(EVALUATION_STATUS))
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        hint = f" (evaluate it first: rslm evaluate --model {info.uri})" if failed[-1].name.startswith("evaluation") else ""
-        raise RslmError(f"{info.uri} cannot be promoted: " + "; ".join(c.detail for c in failed) + hint)
-    champion = registry.version_for_alias(name, registry.CHAMPION)
-    note = f"by {getpass.getuser()}" + (f": {reason}" if reason else "")
-    decision = Decision(promote=True, kind="manual", challenger_version=info.version, champion_version=champion,
-                        checks=checks, note=note)
-    return _record(info, decision, {k.removeprefix("eval/"): v for k, v in info.metrics.items() if k.startswith("eval/")},
-                   None)
-
-
-def rollback(name: str, tracking_uri: str) -> dict[str, str | None]:
-    tracking.use_store(tracking_uri)
-    return registry.rollback(name)
-
-
-def model_table(name: str, tracking_uri: str) -> list[dict]:
-    """`rslm models`: one row per version with its aliases, key metrics and decision."""
-    tracking.use_store(tracking_uri)
-    rows = []
-    for v in registry.versions(name):
-        rows.append({"version": v.version, "aliases": ",".join(sorted(v.aliases)) or "-",
-                     "eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
-                     "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl"),
-                     "evaluation": v.tags.get(EVALUATION_STATUS, "-"), "decision": v.tags.get("promotion.decision", "-"),
-                     "run": v.run_status})
-    return rows

@@ -1,0 +1,55 @@
+"""Stage: framework -> blueprint -> dataset files -> Great Expectations verdict. Plain functions over
+the domain and the IO adapters; Prefect tasks wrap them, `rslm generate` and `rslm validate` call them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from expectations.reasoning_dataset import SuiteSpec, flatten_rows
+from tasks.adapters.dataset_store import DatasetRef, read_dataset_files, write_dataset
+from tasks.adapters.gx_runner import ValidationReport, validate_frame
+from tasks.adapters.progress import tqdm_progress
+from tasks.adapters.settings import Paths
+from tasks.domain.blueprint import Blueprint
+from tasks.domain.config import PipelineConfig, ValidationConfig
+from tasks.domain.errors import DataValidationError
+from tasks.domain.expansion import build_dataset
+from tasks.domain.framework import Framework
+from tasks.domain.hashing import content_hash
+
+
+def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Paths) -> Blueprint:
+    """The configured generator's blueprint (LLM answers come from, and go to, the disk cache)."""
+    from tasks.adapters.llm import blueprint_generator
+
+    generator = blueprint_generator(config.dataset.generator, config.llm, paths.llm_cache, paths.registry_cache,
+                                    tqdm_progress("blueprint (principles)", unit="principle"))
+    return generator.generate(framework)
+
+
+def expand_dataset(framework: Framework, blueprint: Blueprint, config: PipelineConfig, root: Path) -> DatasetRef:
+    """Expand, dedup, split and write; the config hash covers everything that shapes the rows."""
+    build = build_dataset(blueprint, seed=config.seed, eval_fraction=config.dataset.eval_fraction,
+                          max_samples=config.dataset.max_samples, progress=tqdm_progress("expanding patterns"))
+    config_hash = content_hash({"framework": framework.model_dump(mode="json"),
+                                "dataset": config.dataset.model_dump(), "seed": config.seed})
+    return write_dataset(build, blueprint, config_hash=config_hash, seed=config.seed, root=root)
+
+
+def suite_spec(framework: Framework, validation: ValidationConfig) -> SuiteSpec:
+    return SuiteSpec(max_answer_words=framework.style.max_answer_words,
+                     min_answer_words=framework.style.min_answer_words,
+                     banned_phrases=tuple(framework.style.banned_phrases),
+                     final_principles=tuple(framework.final_principle_ids()), validation=validation)
+
+
+def validate_files(files: list[str], framework: Framework, validation: ValidationConfig, out_dir: Path) -> ValidationReport:
+    """Validate train and eval files together (so a prompt in both counts as a duplicate)."""
+    frame = flatten_rows(read_dataset_files(files))
+    return validate_frame(frame, suite_spec(framework, validation), out_dir)
+
+
+def require_valid(report: ValidationReport) -> None:
+    if not report.success:
+        docs = f" (Data Docs: {report.data_docs_index})" if report.data_docs_index else ""
+        raise DataValidationError(f"dataset validation failed: {report.summary()}{docs}",
+                                  report.failures, report.data_docs_index)
