@@ -103,6 +103,16 @@ def load_generator(base_source: str | Path, adapter_dir: str | Path | None, syst
     return Generator(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt)
 
 
+def load_adapter_generator(adapter_dir: str | Path, system_prompt: str, device: str = "auto") -> Generator:
+    """An adapter directory written by training, on the base its training summary names."""
+    import json
+
+    from tasks.adapters.training import SUMMARY_FILE
+
+    summary = json.loads((Path(adapter_dir) / SUMMARY_FILE).read_text())
+    return load_generator(summary["base_model"], adapter_dir, system_prompt, device=device)
+
+
 def load_registered_generator(model_uri: str, cache_root: Path, device: str = "auto") -> Generator:
     """Base + adapter of a registered version (`models:/NAME@ALIAS` or `models:/NAME/VERSION`):
     the bundled base when the model carries one, else the base it references."""

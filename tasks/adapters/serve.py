@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.adapters.inference import DEFAULT_MAX_NEW_TOKENS, Generator
+from tasks.domain.errors import ConfigError
 from tasks.domain.formatting import FormatError
 from tasks.domain.records import Message
 
@@ -49,6 +50,15 @@ def _conversation(request: ChatRequest, default_system: str) -> list[Message]:
     if default_system and not any(m.role == "system" for m in messages):
         messages.insert(0, Message(role="system", content=default_system))
     return messages
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def check_exposure(host: str, token: str | None, token_env: str) -> None:
+    """The bind policy: loopback without a token is fine; any other address needs one."""
+    if host not in LOOPBACK and not token:
+        raise ConfigError(f"refusing to serve on {host} without a token: set {token_env}")
 
 
 def create_app(generator: Generator, model_id: str, token: str | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.domain.errors import RslmError
 from tasks.domain.frozen import Frozen
+from tasks.domain.numbers import fmt as _fmt
 
 Metrics = Mapping[str, float]
 
@@ -205,10 +206,6 @@ def aliases_for(history: list[str]) -> dict[str, str | None]:
 
 
 # --- report ---------------------------------------------------------------------------------
-
-def _fmt(value: float | None) -> str:
-    return "—" if not _measured(value) else f"{value:.4g}"
-
 
 def comparison_markdown(challenger: Metrics, champion: Metrics | None, decision: Decision | None = None) -> str:
     """The metrics side by side, and the decision with its reasons, for Prefect and MLflow."""

@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from tasks.domain.numbers import fmt as _fmt
+
 
 class RunRecord(BaseModel):
     """One pipeline run, as written to `$RSLM_HOME/last-run.json`. Fields stay None for stages
@@ -48,12 +50,6 @@ class RunRecord(BaseModel):
         """Fill in what a stage produced, in place (so a later failure keeps what came before)."""
         for key, value in fields.items():
             setattr(self, key, value)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "—" if value is None else str(value)
 
 
 def summary_markdown(record: RunRecord) -> str:

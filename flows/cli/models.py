@@ -1,0 +1,104 @@
+"""`rslm chat | evaluate | promote | rollback | models`: the registered models and their champion."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from flows.cli.common import champion_uri, config_option, model_name, registered_generator, setup
+
+
+@click.command()
+@click.argument("question")
+@click.option("--model", "model_uri", help="Registry URI (default: the configured domain's @champion).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory instead of a registered model.")
+@click.option("--max-new-tokens", type=int, help="Answer length cap in tokens (default: the model's own).")
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@config_option
+def chat(question, model_uri, adapter, max_new_tokens, temperature, config_path) -> None:
+    """Answer QUESTION with the champion (or --model URI, or --adapter DIR under the framework's system prompt)."""
+    setup()
+    length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    if adapter:
+        from tasks.adapters.configs import load_framework, load_pipeline_config
+        from tasks.adapters.inference import load_adapter_generator
+
+        system = load_framework(load_pipeline_config(config_path).framework).system_prompt
+        generator = load_adapter_generator(adapter, system)
+    else:
+        generator = registered_generator(model_uri or champion_uri(config_path))
+    click.echo(generator.reply([question], temperature=temperature, **length)[0])
+
+
+@click.command()
+@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION.")
+@click.option("--dataset", "eval_path", type=click.Path(exists=True),
+              help="Eval JSONL or dataset directory (default: the eval split the version was trained with).")
+@config_option
+def evaluate(model_uri, eval_path, config_path) -> None:
+    """Evaluate a registered version against the champion (loss, style, consistency, drift, stability);
+    logs everything to the version's MLflow run. Promotes nothing."""
+    setup()
+    from flows.nightly_retrain import evaluate_model
+    from tasks.adapters.configs import load_pipeline_config
+
+    evaluation = evaluate_model(load_pipeline_config(config_path), model_uri, eval_path)
+    click.echo(evaluation.markdown())
+    click.echo(f"report: {evaluation.report_dir}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--version", required=True, help="The version to make champion.")
+@click.option("--reason", default="", help="Why, for the record (version description and tags).")
+@config_option
+def promote(name, version, reason, config_path) -> None:
+    """Make VERSION of NAME the champion by hand (recorded; refused if its training or evaluation failed)."""
+    setup()
+    from tasks.adapters.settings import tracking_uri
+    from tasks.stages.promote import manual_promote
+
+    promotion = manual_promote(model_name(name, config_path), version, tracking_uri(), reason)
+    click.echo(f"{promotion.name}: v{promotion.version} is champion; previous-champion: "
+               f"v{promotion.aliases.get('previous-champion') or '-'}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@config_option
+def rollback(name, config_path) -> None:
+    """Point NAME's champion back at previous-champion."""
+    setup()
+    from tasks.adapters.settings import tracking_uri
+    from tasks.stages.promote import rollback as roll_back
+
+    name = model_name(name, config_path)
+    aliases = roll_back(name, tracking_uri())
+    click.echo(f"{name}: champion is v{aliases['champion']}; previous-champion: v{aliases['previous-champion'] or '-'}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(name, config_path, as_json) -> None:
+    """List NAME's versions: aliases, key eval metrics, evaluation status and promotion decision."""
+    setup()
+    from tasks.adapters.settings import tracking_uri
+    from tasks.stages.promote import model_table
+
+    rows = model_table(model_name(name, config_path), tracking_uri())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    columns = list(rows[0])
+
+    from tasks.domain.numbers import fmt
+
+    def cell(value) -> str:
+        return fmt(value, missing="-")
+
+    widths = {c: max(len(c), *(len(cell(r[c])) for r in rows)) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        click.echo("  ".join(cell(row[c]).ljust(widths[c]) for c in columns))

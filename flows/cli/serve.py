@@ -1,0 +1,40 @@
+"""`rslm serve`: an OpenAI-compatible server for the champion (or any model)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from flows.cli.common import champion_uri, config_option, registered_generator, setup
+
+
+@click.command()
+@click.option("--model", "model_uri", help="Registry URI (default: the configured domain's @champion).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory (base from its summary).")
+@click.option("--base", type=click.Path(exists=True, file_okay=False), help="Base model directory (alone: no adapter).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless a token is set).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--token-env", default="RSLM_SERVE_TOKEN", show_default=True,
+              help="Environment variable holding the bearer token clients must send (unset: no auth).")
+@click.option("--system", "system_prompt", default=None, help="System prompt when a request has none.")
+@config_option
+def serve(model_uri, adapter, base, host, port, token_env, system_prompt, config_path) -> None:
+    """An OpenAI-compatible server (/v1/models, /v1/chat/completions): the champion unless told otherwise."""
+    setup()
+    from tasks.adapters import serve as server
+    from tasks.adapters.inference import load_adapter_generator, load_generator
+
+    token = os.environ.get(token_env) or None
+    server.check_exposure(host, token, token_env)
+    if adapter:
+        generator, model_id = load_adapter_generator(adapter, ""), Path(adapter).name
+    elif base:
+        generator, model_id = load_generator(base, None, ""), Path(base).name
+    else:
+        model_id = model_uri or champion_uri(config_path)
+        generator = registered_generator(model_id)
+    if system_prompt is not None:
+        generator.system_prompt = system_prompt
+    click.echo(f"serving {model_id} on http://{host}:{port}/v1" + (" (bearer token required)" if token else ""))
+    server.run(generator, model_id, host, port, token)
