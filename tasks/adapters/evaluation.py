@@ -64,11 +64,24 @@ def answer_losses(gen: Generator, rows: Sequence[Row], batch_size: int) -> tuple
     counts: list[int] = []
     with torch.no_grad():
         for batch in _batches(gen, _tokenize(gen, [gen.codec.fmt.row(r) for r in rows]), batch_size, "eval loss"):
-            logits = gen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = _logits(gen.model, batch)
             batch_sums, batch_counts = token_losses(logits, batch.input_ids, batch.loss_mask)
             sums += batch_sums
             counts += batch_counts
     return sums, counts
+
+
+def _logits(model, batch: _Batch):
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+def on_base(gen: Generator, compute, same):
+    """`compute()` with the adapter switched off: the base without a second copy of its weights.
+    A model without an adapter is its own base, so `same` is returned instead."""
+    if not hasattr(gen.model, "disable_adapter"):
+        return same
+    with gen.model.disable_adapter():
+        return compute()
 
 
 def probe_kl(gen: Generator, probes: Sequence[Probe], batch_size: int) -> tuple[list[float], list[int]]:
@@ -82,12 +95,8 @@ def probe_kl(gen: Generator, probes: Sequence[Probe], batch_size: int) -> tuple[
     counts: list[int] = []
     with torch.no_grad():
         for batch in _batches(gen, examples, batch_size, "drift probes"):
-            adapted = gen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            if hasattr(gen.model, "disable_adapter"):
-                with gen.model.disable_adapter():
-                    base = gen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            else:  # no adapter: the model is its own base
-                base = adapted
+            adapted = _logits(gen.model, batch)
+            base = on_base(gen, partial(_logits, gen.model, batch), adapted)
             # position t predicts token t+1: count the positions whose next token is real
             batch_sums, batch_counts = kl_per_example(adapted[:, :-1], base[:, :-1], batch.attention_mask[:, 1:])
             sums += batch_sums
@@ -117,12 +126,7 @@ def heldout_answers(gen: Generator, questions: Sequence[str], cfg: EvaluationCon
         return []
     ask = partial(gen.reply, questions, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
     tuned = ask()
-    if hasattr(gen.model, "disable_adapter"):
-        with gen.model.disable_adapter():
-            base = ask()
-    else:  # no adapter: the model is its own base
-        base = tuned
-    return compare_heldout(questions, base, tuned)
+    return compare_heldout(questions, on_base(gen, ask, tuned), tuned)
 
 
 def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Framework, probes: Sequence[Probe],
