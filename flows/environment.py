@@ -2,10 +2,11 @@
 runs. Kept out of `tasks/` so that no adapter depends on the local stack through them."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from tasks.adapters.settings import paths
+from tasks.adapters.ops.settings import paths
 
 
 def quiet_offline_defaults(use_stack: bool = True) -> None:
@@ -24,9 +25,41 @@ def quiet_offline_defaults(use_stack: bool = True) -> None:
     }.items():
         os.environ.setdefault(key, value)
     if use_stack:
-        from tasks.adapters.stack import live_endpoints
+        from tasks.adapters.ops.stack_processes import live_endpoints
 
         for key, value in live_endpoints(paths()).items():
             os.environ.setdefault(key, value)
     # Prefect's temporary server keeps its SQLite database here; it must exist before start-up.
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as `inner` would, leaving out its traceback (the record itself is untouched,
+    so the Prefect API handler still stores the traceback for the UI)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def brief_console_errors() -> None:
+    """Prefect prints every failed task's and flow's traceback to the console, so a bad flag used
+    to end in a hundred lines before our one-line error. The console now gets each log line
+    without its traceback; the Prefect UI keeps the full logs, and RSLM_DEBUG=1 prints them here."""
+    if os.environ.get("RSLM_DEBUG"):
+        return
+    import prefect  # noqa: F401 - importing prefect configures its logging handlers
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))

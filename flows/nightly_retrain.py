@@ -17,21 +17,16 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config, resolve_run
-from tasks.adapters.dataset_store import DatasetRef
-from tasks.adapters.gx_runner import ValidationReport
-from tasks.adapters.settings import paths, resolve_path, tracking_uri
-from tasks.dataset_tasks import (
-    expand_dataset_task,
-    generate_blueprint_task,
-    load_framework_task,
-    publish_dataset_task,
-    validate_dataset_task,
-)
+from tasks.adapters.data.dataset_store import DatasetRef
+from tasks.adapters.data.gx_runner import ValidationReport
+from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_pipeline_config, resolve_run
+from tasks.adapters.ops.settings import paths, resolve_path
+from tasks.adapters.tracking.runs import Tracking
+from tasks.dataset_tasks import expand_dataset_task, generate_blueprint_task, publish_dataset_task, validate_dataset_task
 from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.report import RunRecord
-from tasks.domain.run_spec import RunSpec
+from tasks.domain.run_spec import EvaluationSpec, RunSpec
 from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_evaluation_task, publish_promotion_task
 from tasks.model_tasks import find_trained_version_task, prepare_base_model_task, register_adapter_task, train_adapter_task
 from tasks.report_tasks import publish_validation_task, record_failure, write_run_record_task
@@ -46,8 +41,8 @@ def _now() -> str:
 
 
 @flow(name="build-dataset")
-def build_dataset(config: PipelineConfig, force: bool = False) -> DatasetRef:
-    framework = load_framework_task(config.framework)
+def build_dataset(spec: RunSpec, force: bool = False) -> DatasetRef:
+    config, framework = spec.config, spec.framework
     blueprint = generate_blueprint_task.with_options(refresh_cache=force)(framework, config)
     dataset = expand_dataset_task.with_options(refresh_cache=force)(framework, blueprint, config, str(paths().datasets))
     if not (Path(dataset.train_path).exists() and Path(dataset.eval_path).exists()):  # cached, then deleted
@@ -56,8 +51,8 @@ def build_dataset(config: PipelineConfig, force: bool = False) -> DatasetRef:
 
 
 @flow(name="validate-dataset")
-def validate_dataset(config: PipelineConfig, dataset: DatasetRef, force: bool = False) -> ValidationReport:
-    framework = load_framework_task(config.framework)
+def validate_dataset(spec: RunSpec, dataset: DatasetRef, force: bool = False) -> ValidationReport:
+    config, framework = spec.config, spec.framework
     out_dir = f"{dataset.directory}/validation"
     report = validate_dataset_task.with_options(refresh_cache=force)(dataset, framework, config, out_dir)
     if report.result_path and not Path(report.result_path).exists():  # cached, then deleted
@@ -68,50 +63,49 @@ def validate_dataset(config: PipelineConfig, dataset: DatasetRef, force: bool = 
 
 
 @flow(name="train-adapter")
-def train_adapter(spec: RunSpec, dataset: DatasetRef, report: ValidationReport,
+def train_adapter(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, tracking: Tracking,
                   base_override: str | None = None, measure_eval_loss: bool = True) -> TrainedAdapter:
     base_model = prepare_base_model_task(spec, dataset, base_override)
-    return train_adapter_task(spec, dataset, report, base_model, tracking_uri(), measure_eval_loss)
+    return train_adapter_task(spec, dataset, report, base_model, tracking, measure_eval_loss)
 
 
 @flow(name="register-adapter")
-def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter,
+def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, tracking: Tracking,
                      training_key: str = "") -> Registration:
-    return register_adapter_task(spec, dataset, trained, tracking_uri(), training_key)
+    return register_adapter_task(spec, dataset, trained, tracking, training_key)
 
 
 @flow(name="evaluate-model")
-def evaluate_model(config: PipelineConfig, model_uri: str, eval_path: str | None = None) -> Evaluation:
-    evaluation = evaluate_model_task(model_uri, config, tracking_uri(), eval_path)
+def evaluate_model(spec: EvaluationSpec, model_uri: str, tracking: Tracking, eval_path: str | None = None) -> Evaluation:
+    evaluation = evaluate_model_task(model_uri, spec, tracking, eval_path)
     publish_evaluation_task(evaluation)
     return evaluation
 
 
 @flow(name="promote-model")
-def promote_model(config: PipelineConfig, evaluation: Evaluation) -> Promotion:
-    promotion = promote_model_task(config, evaluation, tracking_uri())
+def promote_model(config: PipelineConfig, evaluation: Evaluation, tracking: Tracking) -> Promotion:
+    promotion = promote_model_task(config, evaluation, tracking)
     publish_promotion_task(promotion)
     return promotion
 
 
-def _train_register_promote(spec: RunSpec, dataset: DatasetRef, report: ValidationReport,
+def _train_register_promote(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, tracking: Tracking,
                             base_model: str | None, key: str, record: RunRecord) -> None:
     # evaluate-model measures the held-out loss on the same split (token-weighted), so the trainer's
     # own pass over it would be wasted: about 10% of training time on the default run.
-    trained = train_adapter(spec, dataset, report, base_model, measure_eval_loss=False)
+    trained = train_adapter(spec, dataset, report, tracking, base_model, measure_eval_loss=False)
     record.update({"base_model_dir": trained.base_model, "base_model_provenance": trained.base_provenance,
                    "adapter_dir": trained.adapter_dir, "training": trained.summary, "mlflow_run_id": trained.run_id,
                    "mlflow_experiment": trained.experiment})
-    registration = register_adapter(spec, dataset, trained, key)
+    registration = register_adapter(spec, dataset, trained, tracking, key)
     record.update({"registered_model": registration.name, "model_version": registration.version,
                    "aliases": registration.aliases, "model_uri": registration.model_uri})
-    config = spec.config
-    evaluation = evaluate_model(config, f"models:/{registration.name}/{registration.version}")
+    evaluation = evaluate_model(spec.evaluation, f"models:/{registration.name}/{registration.version}", tracking)
     record.update({"evaluation": {
         "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
         "champion_metrics": evaluation.champion_metrics, "eval_path": evaluation.eval_path,
         "report_dir": evaluation.report_dir}})
-    promotion = promote_model(config, evaluation)
+    promotion = promote_model(spec.config, evaluation, tracking)
     aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == registration.version)})
     record.update({"promotion": {"verdict": promotion.verdict, **promotion.decision}, "aliases": aliases,
                    "status": "succeeded"})
@@ -124,15 +118,16 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
     `overrides` use dotted keys over the pipeline YAML (e.g. {"training_overrides": {"max_steps": 10}});
     `base_model` replaces a pretrained profile's source; `force` retrains even when nothing changed."""
     config = load_pipeline_config(config_path, overrides)
+    tracking = Tracking.configured()  # one MLflow store for every stage of the run
     record = RunRecord(started_at=_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
-                       mlflow_tracking_uri=tracking_uri(), prefect_flow_run_id=str(flow_run.get_id() or ""))
+                       mlflow_tracking_uri=tracking.uri, prefect_flow_run_id=str(flow_run.get_id() or ""))
     try:
-        spec = resolve_run(config)  # framework and profile read once: every training stage gets these objects
-        dataset = build_dataset(config, force)
+        spec = resolve_run(config)  # every config file read once: all stages get these objects
+        dataset = build_dataset(spec, force)
         record.update({"domain": dataset.domain, "dataset_path": dataset.train_path, "eval_dataset_path": dataset.eval_path,
                        "dataset_sha256": dataset.sha256, "blueprint_hash": dataset.blueprint_hash})
         try:
-            report = validate_dataset(config, dataset, force)
+            report = validate_dataset(spec, dataset, force)
         except DataValidationError as error:
             record.update({"validation_success": False, "validation_failures": error.failures,
                            "data_docs": error.data_docs})
@@ -140,14 +135,14 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
         record.update({"validation_success": True, "data_docs": report.data_docs_index})
         if config.storage.backend == "s3":
             record.update({"dataset_uri": publish_dataset_task(dataset, config)})
-        key, previous = find_trained_version_task(spec, dataset, base_model, tracking_uri())
+        key, previous = find_trained_version_task(spec, dataset, base_model, tracking)
         record.update({"training_key": key})
         if previous and not force:
             record.update({"status": "unchanged", "unchanged_version": previous, "registered_model": previous["name"],
                            "model_version": previous["version"], "mlflow_run_id": previous["run_id"],
                            "aliases": previous["aliases"]})
         else:
-            _train_register_promote(spec, dataset, report, base_model, key, record)
+            _train_register_promote(spec, dataset, report, tracking, base_model, key, record)
     except BaseException as error:
         record.update({"status": "failed", "error": str(error).splitlines()[0][:500]})
         raise

@@ -10,10 +10,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.adapters.configs import load_framework
-from tasks.adapters.dataset_store import DatasetRef, file_sha256
-from tasks.adapters.gx_runner import ValidationReport
-from tasks.adapters.settings import paths
+from tasks.adapters.data.dataset_store import DatasetRef, file_sha256
+from tasks.adapters.data.gx_runner import ValidationReport
+from tasks.adapters.ops.settings import paths
 from tasks.domain.blueprint import Blueprint
 from tasks.domain.config import PipelineConfig
 from tasks.domain.framework import Framework
@@ -53,11 +52,6 @@ def validation_key(context, parameters) -> str:
         "out": parameters["out_dir"]})
 
 
-@task(name="load-framework", cache_policy=NO_CACHE, **SERVICE_RETRIES)
-def load_framework_task(path: str) -> Framework:
-    return load_framework(path)
-
-
 @task(name="generate-blueprint", cache_key_fn=blueprint_key, **CACHED)
 def generate_blueprint_task(framework: Framework, config: PipelineConfig) -> Blueprint:
     return stage.generate_blueprint(framework, config, paths())
@@ -77,6 +71,6 @@ def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: Pip
 def publish_dataset_task(dataset: DatasetRef, config: PipelineConfig) -> str:
     """Upload a validated dataset to S3 (a no-op when already there); returns its s3:// URI.
     botocore retries each call with backoff; after that the run stops with the local copy intact."""
-    from tasks.adapters.s3_store import S3DatasetStore
+    from tasks.adapters.data.s3_store import S3DatasetStore
 
     return S3DatasetStore(config.storage).upload(dataset).uri

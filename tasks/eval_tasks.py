@@ -8,25 +8,27 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.adapters.settings import paths
+from tasks.adapters.ops.settings import paths
+from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import PipelineConfig
+from tasks.domain.run_spec import EvaluationSpec
 from tasks.model_tasks import training_slot
 from tasks.retry_policy import SERVICE_RETRIES
 from tasks.stages import evaluate, promote
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
-def evaluate_model_task(model_uri: str, config: PipelineConfig, tracking_uri: str,
+def evaluate_model_task(model_uri: str, spec: EvaluationSpec, tracking: Tracking,
                         eval_path: str | None = None) -> evaluate.Evaluation:
     # Evaluation runs models on the same device as training: one at a time.
     with training_slot():
-        return evaluate.evaluate_version(model_uri, config, paths(), tracking_uri, eval_path)
+        return evaluate.evaluate_version(model_uri, spec, paths(), tracking, eval_path)
 
 
 @task(name="promote-model", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def promote_model_task(config: PipelineConfig, evaluation: evaluate.Evaluation,
-                       tracking_uri: str) -> promote.Promotion:
-    return promote.promote_challenger(config, evaluation, tracking_uri)
+                       tracking: Tracking) -> promote.Promotion:
+    return promote.promote_challenger(config, evaluation, tracking)
 
 
 def _inline_png(path: str) -> str:

@@ -7,9 +7,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from tasks.adapters.dataset_store import DatasetRef
-from tasks.adapters.gx_runner import ValidationReport
-from tasks.adapters.settings import paths
+from tasks.adapters.data.dataset_store import DatasetRef
+from tasks.adapters.data.gx_runner import ValidationReport
+from tasks.adapters.ops.settings import paths
+from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.run_spec import RunSpec
 from tasks.retry_policy import SERVICE_RETRIES
 from tasks.stages import train as stage
@@ -22,7 +23,7 @@ def training_slot():
     """Hold the device: strict, so a missing limit is created (limit 1) rather than skipped, and
     overlapping nightly and manual runs queue here instead of fighting over memory. `make up`
     creates it too, with `training_slots` from infra/stack.yaml."""
-    from tasks.adapters.prefect_admin import ensure_concurrency_limit
+    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit
 
     ensure_concurrency_limit(None, TRAINING_SLOT, 1, overwrite=False)
     with concurrency(TRAINING_SLOT, occupy=1, strict=True, timeout_seconds=None):
@@ -36,20 +37,20 @@ def prepare_base_model_task(spec: RunSpec, dataset: DatasetRef, base_override: s
 
 @task(name="train-adapter", cache_policy=NO_CACHE)
 def train_adapter_task(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, base_model: str,
-                       tracking_uri: str, measure_eval_loss: bool = True) -> stage.TrainedAdapter:
+                       tracking: Tracking, measure_eval_loss: bool = True) -> stage.TrainedAdapter:
     with training_slot():
-        return stage.train_and_track(spec, dataset, report, base_model, paths(), tracking_uri, measure_eval_loss)
+        return stage.train_and_track(spec, dataset, report, base_model, paths(), tracking, measure_eval_loss)
 
 
 @task(name="register-adapter", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def register_adapter_task(spec: RunSpec, dataset: DatasetRef, trained: stage.TrainedAdapter,
-                          tracking_uri: str, key: str = "") -> stage.Registration:
-    return stage.register_adapter(spec, dataset, trained, paths(), tracking_uri, key)
+                          tracking: Tracking, key: str = "") -> stage.Registration:
+    return stage.register_adapter(spec, dataset, trained, tracking, key)
 
 
 @task(name="find-trained-version", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def find_trained_version_task(spec: RunSpec, dataset: DatasetRef, base_override: str | None,
-                              tracking_uri: str) -> tuple[str, dict | None]:
+                              tracking: Tracking) -> tuple[str, dict | None]:
     """The training key, and the registered version already trained with it (None: train)."""
     key = stage.training_key(spec, dataset, base_override)
-    return key, stage.find_trained_version(spec, dataset, key, tracking_uri)
+    return key, stage.find_trained_version(spec, dataset, key, tracking)

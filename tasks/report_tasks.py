@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.adapters.gx_runner import ValidationReport
+from tasks.adapters.data.gx_runner import ValidationReport
 from tasks.domain.report import RunRecord, summary_markdown
 
 
@@ -50,8 +50,8 @@ def failure_markdown(flow_name: str, flow_run, message: str) -> str:
 
 def record_failure(flow, flow_run, state) -> None:
     """on_failure hook: a markdown artifact in Prefect and, if configured, a webhook POST."""
-    from tasks.adapters.configs import PIPELINE_CONFIG, load_pipeline_config
-    from tasks.adapters.notify import post_json, webhook_url
+    from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_pipeline_config
+    from tasks.adapters.ops.notify import post_json, webhook_url
     from tasks.domain.config import NotificationsConfig
 
     message = (state.message or "failed").splitlines()[0][:500]

@@ -31,7 +31,7 @@ def tiny_run(steps: int, **overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def devops_framework():
-    from tasks.adapters.configs import load_framework
+    from tasks.adapters.ops.config_files import load_framework
 
     return load_framework(REPO / "configs/frameworks/devops.yaml")
 
@@ -53,8 +53,8 @@ def small_build(devops_blueprint):
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, small_build) -> Path:
     """The tiny profile's model and tokenizer, built once from the small dataset."""
-    from tasks.adapters.configs import load_profile
-    from tasks.adapters.models import ensure_tiny_base
+    from tasks.adapters.model.base_models import ensure_tiny_base
+    from tasks.adapters.ops.config_files import load_profile
     from tasks.domain.records import training_corpus
 
     profile = load_profile("tiny")

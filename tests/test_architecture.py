@@ -1,6 +1,7 @@
 """The house's floors, checked from the source: the import graph of the project's own modules (lazy
-imports inside functions included) has no circle, no IO adapter imports a use-case stage, and the
-pure domain imports neither adapters, flows nor an orchestration or tracking library."""
+imports inside functions included) has no circle, every folder imports only the floors below it
+(LAYERS), the pure domain imports no orchestration or tracking library, no stage reads a config
+file by name, and no two modules share a name."""
 import ast
 from pathlib import Path
 
@@ -9,6 +10,25 @@ from conftest import REPO
 PACKAGES = ("tasks", "flows", "expectations")
 STAGES = "tasks.stages"  # the use cases: above the IO adapters, below the Prefect tasks
 HEAVY = {"prefect", "mlflow", "boto3", "great_expectations"}  # orchestration, tracking, storage, validation
+
+# Each folder, bottom to top, with the folders it may import. The README's layout table says the same.
+ADAPTERS = {"tasks.adapters.ops", "tasks.adapters.data", "tasks.adapters.model", "tasks.adapters.tracking"}
+LAYERS = {
+    "tasks.domain": set(),
+    "expectations": {"tasks.domain"},
+    "tasks.adapters.ops": {"tasks.domain"},
+    "tasks.adapters.data": {"tasks.domain", "expectations", "tasks.adapters.ops"},
+    "tasks.adapters.model": {"tasks.domain", "tasks.adapters.ops", "tasks.adapters.data"},
+    "tasks.adapters.tracking": {"tasks.domain", "tasks.adapters.ops", "tasks.adapters.data", "tasks.adapters.model"},
+    "tasks.stages": {"tasks.domain", "expectations", *ADAPTERS},
+    "tasks": {"tasks.domain", *ADAPTERS, "tasks.stages"},  # the Prefect tasks: tasks/*_tasks.py
+    "flows": {"tasks.domain", *ADAPTERS, "tasks.stages", "tasks"},
+    "flows.cli": {"tasks.domain", *ADAPTERS, "tasks.stages", "tasks", "flows"},
+}
+
+
+def layer_of(module: str) -> str:
+    return max((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), key=len)
 
 
 def module_name(path: Path) -> str:
@@ -57,7 +77,7 @@ def find_cycle() -> list[str] | None:
 
 def test_the_graph_sees_lazy_imports():
     assert "tasks.stages.evaluate" in project_edges("tasks.stages.promote")
-    assert "tasks.adapters.inference" in project_edges("tasks.stages.evaluate"), "imported inside a function"
+    assert "tasks.adapters.model.measurement" in project_edges("tasks.stages.evaluate"), "imported inside a function"
 
 
 def test_no_import_circle():
@@ -75,3 +95,32 @@ def test_pure_domain_imports_no_adapter_flow_or_heavy_library():
     for module in (m for m in GRAPH if m.startswith("tasks.domain")):
         bad = {d for d in GRAPH[module] if d.startswith(("tasks.adapters", "flows")) or d.split(".")[0] in HEAVY}
         assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_every_folder_imports_only_the_floors_below_it():
+    offenders = []
+    for module in GRAPH:
+        own = layer_of(module)
+        offenders += [f"{module} -> {dep}" for dep in project_edges(module) if layer_of(dep) not in {own, *LAYERS[own]}]
+    assert not offenders, offenders
+
+
+def test_adapters_are_grouped_by_the_system_they_talk_to():
+    loose = [m for m in GRAPH if m.startswith("tasks.adapters.") and m.count(".") < 3 and
+             m.removeprefix("tasks.adapters.") not in ("ops", "data", "model", "tracking")]
+    assert not loose, loose
+
+
+def test_no_stage_reads_a_config_file_by_name():
+    readers = {"tasks.adapters.ops.config_files"}
+    for module in (m for m in GRAPH if m.startswith(STAGES)):
+        assert not {d for d in GRAPH[module] if d.startswith(tuple(readers))}, f"{module} loads config files"
+
+
+def test_no_two_modules_share_a_name():
+    names: dict[str, list[str]] = {}
+    for module in GRAPH:
+        leaf = module.rsplit(".", 1)[-1]
+        if leaf not in ("__main__",) and not (REPO / Path(*module.split("."))).is_dir():
+            names.setdefault(leaf, []).append(module)
+    assert not {leaf: found for leaf, found in names.items() if len(found) > 1}

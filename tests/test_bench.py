@@ -56,8 +56,8 @@ def test_mfu_uses_the_device_peak_and_four_flops_per_parameter_per_token():
 def test_large_model_section_runs_our_step_on_a_model_built_from_shapes(tmp_path):
     """The CUDA section's code path, on the CPU with small shapes: the same code runs the 7B shapes
     with `--device cuda`."""
-    from tasks.adapters.configs import load_profile
-    from tasks.adapters.models import ensure_tiny_base
+    from tasks.adapters.model.base_models import ensure_tiny_base
+    from tasks.adapters.ops.config_files import load_profile
     from tasks.domain.records import training_corpus
 
     import bench

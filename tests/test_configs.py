@@ -2,7 +2,7 @@
 import pytest
 from pydantic import ValidationError
 
-from tasks.adapters.configs import load_framework, load_model, load_pipeline_config, load_profile
+from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config, load_profile
 from tasks.domain.config import HeldOutSet, ModelProfile, PipelineConfig, ProbeSet, apply_overrides, effective_training
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework

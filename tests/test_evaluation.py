@@ -45,9 +45,9 @@ def test_answers_are_scored_against_their_own_principle(small_build, devops_fram
 @pytest.mark.slow
 def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tiny_base, small_build,
                                                                              devops_framework, tmp_path):
-    from tasks.adapters.evaluation import evaluate_generator
-    from tasks.adapters.inference import load_generator
-    from tasks.adapters.training import train_lora
+    from tasks.adapters.model.inference import load_generator
+    from tasks.adapters.model.measurement import evaluate_generator
+    from tasks.adapters.model.training import train_lora
     from tasks.domain.config import EvaluationConfig, Probe, TrainingConfig
 
     probes = [Probe(prompt="What is the capital of France?", answer="Paris."),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.adapters.dataset_store import file_sha256
+from tasks.adapters.data.dataset_store import file_sha256
 
 from conftest import NO_FLOORS, REPO, tiny_run
 
@@ -140,14 +140,25 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     assert "# v3: rejected (against champion v2)" in _artifact("promotion-decision")
     assert "data:image/png;base64," in _artifact("model-evaluation")
 
-    # A version whose evaluation failed is never promoted, not even by hand.
+    # Every config file is read when the run starts: a missing probe file trains nothing.
     with pytest.raises(ConfigError, match="missing-probes.yaml"):
         nightly_retrain(overrides={**_steps(40), "evaluation.probes": "missing-probes.yaml"}, force=True)
-    assert client.get_model_version(name, "4").tags["evaluation.status"] == "failed"
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert len(client.search_model_versions(f"name = '{name}'")) == 3
+
+    # A version whose evaluation failed is never promoted, not even by hand, until it is re-evaluated.
+    empty = rslm_home / "empty.jsonl"
+    empty.write_text("")
     runner = CliRunner()
-    refused = runner.invoke(cli, ["promote", name, "--version", "4"])
+    failed = runner.invoke(cli, ["evaluate", "--model", f"models:/{name}/3", "--dataset", str(empty)])
+    assert failed.exit_code != 0 and "the file is empty" in str(failed.exception)
+    assert client.get_model_version(name, "3").tags["evaluation.status"] == "failed"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    refused = runner.invoke(cli, ["promote", name, "--version", "3"])
     assert refused.exit_code != 0 and "cannot be promoted" in str(refused.exception)
+    assert failed_rows(runner, name) == {"3"}
+    reevaluated = runner.invoke(cli, ["evaluate", "--model", f"models:/{name}/3"])
+    assert reevaluated.exit_code == 0, reevaluated.output
+    assert client.get_model_version(name, "3").tags["evaluation.status"] == "succeeded"
 
     # Rollback restores the previous champion; a manual promotion is recorded as such.
     rolled = runner.invoke(cli, ["rollback", name])
@@ -161,8 +172,8 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     assert client.get_model_version(name, "3").tags["promotion.decision"] == "promoted-manually"
     listing = runner.invoke(cli, ["models", name, "--json"])
     rows = {r["version"]: r for r in json.loads(listing.output)}
-    assert rows["3"]["aliases"] == "champion" and rows["1"]["aliases"] == "previous-champion"
-    assert rows["4"]["evaluation"] == "failed" and rows["2"]["eval_loss"] < rows["3"]["eval_loss"]
+    assert rows["3"]["aliases"] == "challenger,champion" and rows["1"]["aliases"] == "previous-champion"
+    assert "4" not in rows and rows["2"]["eval_loss"] < rows["3"]["eval_loss"]
     chat = runner.invoke(cli, ["chat", "Why pin images by digest?", "--model", f"models:/{name}/1",
                                "--max-new-tokens", "4"])
     assert chat.exit_code == 0, chat.output
@@ -172,23 +183,31 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     assert champion_chat.stdout == explicit.stdout, "the same answer as the champion, v3, asked by name"
 
 
+def failed_rows(runner, name: str) -> set[str]:
+    """The versions `rslm models` lists as having failed evaluation."""
+    from flows.cli import cli
+
+    listing = runner.invoke(cli, ["models", name, "--json"])
+    return {r["version"] for r in json.loads(listing.output) if r["evaluation"] == "failed"}
+
+
 def test_promotion_retried_after_a_partial_failure_keeps_its_decision(prefect_harness, rslm_home, monkeypatch):
     """promote-model retries: when logging fails after the aliases moved, the retry finishes the
     recorded decision instead of re-deciding and finding the version 'already champion'."""
     from mlflow.tracking import MlflowClient
 
     from flows.nightly_retrain import nightly_retrain
-    from tasks.adapters import tracking
+    from tasks.adapters.tracking.runs import TrackedRun
 
-    log_text, failures = tracking.log_text, []
+    log_text, failures = TrackedRun.log_text, []
 
-    def flaky_log_text(text: str, artifact_file: str) -> None:
+    def flaky_log_text(run: TrackedRun, text: str, artifact_file: str) -> None:
         if artifact_file.startswith("promotion/") and not failures:
             failures.append(artifact_file)
             raise ConnectionError("tracking server went away after the aliases moved")
-        log_text(text, artifact_file)
+        log_text(run, text, artifact_file)
 
-    monkeypatch.setattr(tracking, "log_text", flaky_log_text)
+    monkeypatch.setattr(TrackedRun, "log_text", flaky_log_text)
     record = nightly_retrain(overrides=tiny_run(4, **NO_FLOORS))
     assert failures == ["promotion/decision.md"], "the failure was injected once, after the aliases moved"
     assert record["promotion"]["verdict"] == "promoted" and record["aliases"] == ["challenger", "champion"]

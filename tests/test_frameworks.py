@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from tasks.adapters.configs import load_framework
+from tasks.adapters.ops.config_files import load_framework
 from tasks.domain.framework import Pattern
 
 from conftest import REPO

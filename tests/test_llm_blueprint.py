@@ -30,7 +30,7 @@ PROVENANCE = Provenance(backend="test", model="m", prompt_sha256="0" * 64)
 @pytest.fixture(scope="module")
 def small_framework(tmp_path_factory):
     """Two principles of the DevOps framework, one block each, patterns trimmed to two slot values."""
-    from tasks.adapters.configs import load_framework
+    from tasks.adapters.ops.config_files import load_framework
 
     data = yaml.safe_load((REPO / "configs/frameworks/devops.yaml").read_text())
     data["principles"] = data["principles"][:2]
@@ -97,7 +97,7 @@ def test_a_bad_reply_is_repaired_once_then_rejected_naming_the_principle(small_f
 
 
 def test_response_cache_is_keyed_by_everything_that_shapes_the_answer(tmp_path):
-    from tasks.adapters.llm import ResponseCache
+    from tasks.adapters.model.blueprint_llm import ResponseCache
     from tasks.domain.records import Message
 
     cache = ResponseCache(tmp_path)
@@ -118,9 +118,9 @@ def test_response_cache_is_keyed_by_everything_that_shapes_the_answer(tmp_path):
 def blueprint_writer(small_framework, tmp_path_factory):
     """A tiny model taught to answer the generator's prompts with the framework's blueprint (the
     offline generator distilled into an LLM), so a real server can answer real requests."""
-    from tasks.adapters.configs import load_profile
-    from tasks.adapters.models import ensure_tiny_base
-    from tasks.adapters.training import train_lora
+    from tasks.adapters.model.base_models import ensure_tiny_base
+    from tasks.adapters.model.training import train_lora
+    from tasks.adapters.ops.config_files import load_profile
     from tasks.domain.config import TrainingConfig
     from tasks.domain.records import Message, Row, RowMetadata
 
@@ -189,8 +189,8 @@ def test_serve_speaks_the_openai_api(served):
 def test_openai_compatible_generator_builds_a_validated_dataset_over_http(served, small_framework, blueprint_writer,
                                                                            prefect_harness, rslm_home, monkeypatch):
     from flows.nightly_retrain import build_dataset, validate_dataset
-    from tasks.adapters.configs import load_pipeline_config
-    from tasks.adapters.settings import paths
+    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
+    from tasks.adapters.ops.settings import paths
     from tasks.stages.build_dataset import generate_blueprint
 
     framework_path, framework = small_framework
@@ -199,8 +199,9 @@ def test_openai_compatible_generator_builds_a_validated_dataset_over_http(served
         "framework": str(framework_path), "dataset.generator": "openai-compatible",
         "llm.base_url": f"{served}/v1", "llm.model": "adapter", "llm.api_key_env": "RSLM_TEST_KEY",
         "llm.max_tokens": 700, "llm.max_retries": 1, "llm.concurrency": 2})
-    dataset = build_dataset(config)
-    report = validate_dataset(config, dataset)
+    spec = resolve_run(config)
+    dataset = build_dataset(spec)
+    report = validate_dataset(spec, dataset)
     assert report.success
     blueprint = json.loads(Path(dataset.blueprint_path).read_text())
     assert blueprint["generator"]["name"] == "openai-compatible" and blueprint["generator"]["model"] == "adapter"
@@ -224,12 +225,12 @@ def test_openai_compatible_generator_builds_a_validated_dataset_over_http(served
 
 @pytest.mark.slow
 def test_transformers_generator_runs_the_local_model(blueprint_writer, small_framework, tmp_path):
-    from tasks.adapters.llm import blueprint_generator
+    from tasks.adapters.model.blueprint_llm import blueprint_generator
     from tasks.domain.config import LLMConfig
 
     base, adapter = blueprint_writer
     _, framework = small_framework
     cfg = LLMConfig(source=str(base), adapter=str(adapter), max_tokens=700, concurrency=2)
-    blueprint = blueprint_generator("transformers", cfg, tmp_path / "cache", tmp_path / "registry").generate(framework)
+    blueprint = blueprint_generator("transformers", cfg, tmp_path / "cache").generate(framework)
     assert blueprint.generator.name == "transformers" and len(blueprint.entries) == len(framework.principles)
     assert all(e.provenance.model.endswith("+adapter") for e in blueprint.entries)

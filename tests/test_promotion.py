@@ -66,7 +66,7 @@ def test_without_a_champion_only_absolute_bounds_apply():
 def test_shipped_gate_rejects_number_salad_and_a_model_no_better_than_its_base():
     """The floors of configs/pipeline.yaml: a first model with no champion to beat still has to
     answer in the trained shape, on held-out questions too, and beat its own base there."""
-    from tasks.adapters.configs import load_pipeline_config
+    from tasks.adapters.ops.config_files import load_pipeline_config
 
     gate = load_pipeline_config().promotion
     salad = {"loss": 4.5, "style_adherence": 0.0, "drift_kl": 0.3, "structured": 0.0, "degenerate": 1.0,

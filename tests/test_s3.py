@@ -45,8 +45,8 @@ def storage(endpoint: str, **extra):
 def test_dataset_round_trip_is_content_addressed_and_verified(moto, small_build, devops_blueprint, tmp_path):
     import boto3
 
-    from tasks.adapters.dataset_store import write_dataset
-    from tasks.adapters.s3_store import S3DatasetStore, StorageError, parse_s3_dataset_uri
+    from tasks.adapters.data.dataset_store import write_dataset
+    from tasks.adapters.data.s3_store import S3DatasetStore, StorageError, parse_s3_dataset_uri
 
     _, endpoint = moto
     local = write_dataset(small_build, devops_blueprint, config_hash="c", seed=7, root=tmp_path / "local")
@@ -78,9 +78,9 @@ def test_pipeline_on_s3_then_an_outage_fails_cleanly_and_no_credential_leaks(mot
     from prefect.client.orchestration import get_client
 
     from flows.nightly_retrain import nightly_retrain
-    from tasks.adapters import stack
-    from tasks.adapters.s3_store import StorageError
-    from tasks.adapters.settings import Paths
+    from tasks.adapters.data.s3_store import StorageError
+    from tasks.adapters.ops import stack_processes as stack
+    from tasks.adapters.ops.settings import Paths
     from tasks.domain.stack import StackConfig
 
     server, endpoint = moto

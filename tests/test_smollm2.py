@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from tasks.adapters.chat import chat_codec
-from tasks.adapters.configs import load_profile
-from tasks.adapters.dataset_store import file_sha256
-from tasks.adapters.models import PACKAGED_MARKER, base_provenance, ensure_packaged_base, load_tokenizer, packaged_gguf
+from tasks.adapters.data.dataset_store import file_sha256
+from tasks.adapters.model.base_models import PACKAGED_MARKER, base_provenance, ensure_packaged_base, load_tokenizer, packaged_gguf
+from tasks.adapters.model.chat_codec import chat_codec
+from tasks.adapters.ops.config_files import load_profile
 from tasks.domain.config import PackagedModel
 from tasks.domain.errors import ConfigError
 from tasks.domain.formatting import CHATML, IM_END
@@ -64,8 +64,8 @@ def test_chatml_codec_matches_the_models_own_template_and_masks_the_answer(smoll
 
 
 def test_lora_steps_train_and_the_adapter_answers(smollm2_base, small_build, tmp_path):
-    from tasks.adapters.inference import load_generator
-    from tasks.adapters.training import train_lora
+    from tasks.adapters.model.inference import load_generator
+    from tasks.adapters.model.training import train_lora
 
     cfg = PROFILE.training.model_copy(update={"max_steps": 3, "batch_size": 2, "save_steps": 3, "logging_steps": 1})
     summary = train_lora(smollm2_base, small_build.train[:16], [], cfg, tmp_path / "adapter", chat_format="chatml")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.adapters.stack import AGENT_TEMPLATES, load_stack_config
+from tasks.adapters.ops.stack_processes import AGENT_TEMPLATES, load_stack_config
 from tasks.domain.stack import StackConfig, agent_values, plan, redact, render_agent
 
 from conftest import REPO
@@ -110,7 +110,7 @@ def test_make_deploy_registers_schedule_pool_and_training_limit(prefect_harness)
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.adapters.stack import deploy
+    from tasks.adapters.ops.stack_processes import deploy
 
     config = StackConfig(timezone="Europe/Berlin", work_pool="rslm-test-pool")
     deploy(config, api_url=PREFECT_API_URL.value())
@@ -129,7 +129,7 @@ def test_make_deploy_registers_schedule_pool_and_training_limit(prefect_harness)
 # --- cache keys -------------------------------------------------------------------------------
 
 def test_dataset_cache_keys_follow_content_not_identity(devops_framework, devops_blueprint):
-    from tasks.adapters.configs import load_pipeline_config
+    from tasks.adapters.ops.config_files import load_pipeline_config
     from tasks.dataset_tasks import blueprint_key, dataset_key
 
     config = load_pipeline_config()
@@ -156,8 +156,8 @@ def test_dataset_cache_keys_follow_content_not_identity(devops_framework, devops
 
 
 def test_training_key_covers_dataset_bytes_and_training_config():
-    from tasks.adapters.configs import load_pipeline_config, resolve_run
-    from tasks.adapters.dataset_store import DatasetRef
+    from tasks.adapters.data.dataset_store import DatasetRef
+    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
     from tasks.stages.train import training_key
 
     def spec(**overrides):

@@ -31,7 +31,7 @@ def process_family(paths) -> list:
     """Every process the stack started, with its children (the worker's flow runs among them)."""
     import psutil
 
-    from tasks.adapters.stack import read_state
+    from tasks.adapters.ops.stack_processes import read_state
 
     family = []
     for service in read_state(paths).get("services", {}).values():
@@ -65,8 +65,8 @@ def test_stack_runs_the_nightly_deployment_and_stops_cleanly(tmp_path):
     import psutil
     from mlflow.tracking import MlflowClient
 
-    from tasks.adapters import stack
-    from tasks.adapters.settings import Paths
+    from tasks.adapters.ops import stack_processes as stack
+    from tasks.adapters.ops.settings import Paths
     from tasks.domain.stack import StackConfig
 
     paths = Paths(tmp_path / "home")
@@ -126,9 +126,9 @@ def test_same_stack_on_postgresql(tmp_path):
     import psycopg2
     from mlflow.tracking import MlflowClient
 
-    from tasks.adapters import stack
-    from tasks.adapters.prefect_admin import ensure_concurrency_limit, ensure_work_pool
-    from tasks.adapters.settings import Paths
+    from tasks.adapters.ops import stack_processes as stack
+    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
+    from tasks.adapters.ops.settings import Paths
     from tasks.domain.stack import StackConfig
 
     suffix = uuid.uuid4().hex[:8]

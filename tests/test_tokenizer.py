@@ -2,7 +2,7 @@
 import pytest
 import sentencepiece as spm
 
-from tasks.adapters.models import check_tokenizer, load_tokenizer
+from tasks.adapters.model.base_models import check_tokenizer, load_tokenizer
 from tasks.domain.errors import TokenizerRoundTripError
 
 SAMPLES = ["Why split a 10.0.0.0/16 VPC into /24 subnets for an EKS cluster?",

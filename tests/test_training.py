@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tasks.adapters.training import build_trainer, train_lora
+from tasks.adapters.model.training import build_trainer, train_lora
 from tasks.domain.config import TrainingConfig
 
 pytestmark = pytest.mark.slow

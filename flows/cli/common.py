@@ -26,10 +26,14 @@ def run_overrides(framework: str | None, profile: str | None, max_steps: int | N
     return overrides
 
 
-def setup() -> None:
-    from flows.environment import quiet_offline_defaults
+def setup(flows: bool = False) -> None:
+    """Environment defaults; `flows` for the commands that run Prefect flows (their console errors
+    are kept to one line)."""
+    from flows.environment import brief_console_errors, quiet_offline_defaults
 
     quiet_offline_defaults()
+    if flows:
+        brief_console_errors()
 
 
 config_option = click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
@@ -53,32 +57,29 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 
 def registered_generator(model_uri: str):
     """Base + adapter of a registered version, from the configured MLflow store."""
-    from tasks.adapters import tracking
-    from tasks.adapters.inference import load_registered_generator
-    from tasks.adapters.settings import paths, tracking_uri
+    from tasks.adapters.ops.settings import paths
+    from tasks.adapters.tracking.runs import Tracking
 
-    tracking.use_store(tracking_uri())
-    return load_registered_generator(model_uri, paths().registry_cache)
+    return Tracking.configured().registry.load_generator(model_uri, paths().registry_cache)
 
 
 def champion_uri(config_path: str) -> str:
     """The configured domain's champion: what `chat` and `serve` answer with when not told otherwise."""
-    from tasks.adapters import registry, tracking
-    from tasks.adapters.settings import tracking_uri
+    from tasks.adapters.tracking.registry import CHAMPION
+    from tasks.adapters.tracking.runs import Tracking
     from tasks.domain.errors import RslmError
 
     name = model_name(None, config_path)
-    tracking.use_store(tracking_uri())
-    if registry.version_for_alias(name, registry.CHAMPION) is None:
+    if Tracking.configured().registry.version_for_alias(name, CHAMPION) is None:
         raise RslmError(f"{name} has no @champion yet: run `make run` (or `rslm pipeline`), or pass --model/--adapter")
-    return f"models:/{name}@{registry.CHAMPION}"
+    return f"models:/{name}@{CHAMPION}"
 
 
 def model_name(name: str | None, config_path: str) -> str:
     """NAME as given, else the registered model of the configured framework's domain."""
     if name:
         return name
-    from tasks.adapters.configs import load_framework, load_pipeline_config
+    from tasks.adapters.ops.config_files import load_framework, load_pipeline_config
 
     config = load_pipeline_config(config_path)
     return config.tracking.registered_model(load_framework(config.framework).domain)

@@ -19,9 +19,9 @@ def dataset() -> None:
 def push(dataset_dir, config_path) -> None:
     """Upload a local dataset directory (manifest last; a no-op when already there)."""
     setup()
-    from tasks.adapters.configs import load_pipeline_config
-    from tasks.adapters.dataset_store import dataset_ref
-    from tasks.adapters.s3_store import S3DatasetStore
+    from tasks.adapters.data.dataset_store import dataset_ref
+    from tasks.adapters.data.s3_store import S3DatasetStore
+    from tasks.adapters.ops.config_files import load_pipeline_config
     from tasks.domain.errors import ConfigError
 
     config = load_pipeline_config(config_path)
@@ -36,9 +36,9 @@ def push(dataset_dir, config_path) -> None:
 def pull(uri, config_path) -> None:
     """Download s3://BUCKET/PREFIX/datasets/<domain>/<sha256>/ into $RSLM_HOME/datasets, sha256-verified."""
     setup()
-    from tasks.adapters.configs import load_pipeline_config
-    from tasks.adapters.s3_store import S3DatasetStore, parse_s3_dataset_uri
-    from tasks.adapters.settings import paths
+    from tasks.adapters.data.s3_store import S3DatasetStore, parse_s3_dataset_uri
+    from tasks.adapters.ops.config_files import load_pipeline_config
+    from tasks.adapters.ops.settings import paths
 
     bucket, prefix, domain, sha = parse_s3_dataset_uri(uri)
     config = load_pipeline_config(config_path, {"storage.backend": "s3", "storage.bucket": bucket, "storage.prefix": prefix})

@@ -13,8 +13,8 @@ def stack() -> None:
 
 def _stack_context():
     from flows.environment import quiet_offline_defaults
-    from tasks.adapters.settings import paths
-    from tasks.adapters.stack import load_stack_config
+    from tasks.adapters.ops.settings import paths
+    from tasks.adapters.ops.stack_processes import load_stack_config
 
     quiet_offline_defaults(use_stack=False)
     return load_stack_config(), paths()
@@ -23,7 +23,7 @@ def _stack_context():
 @stack.command()
 def up() -> None:
     """Start whatever is not running yet; create the work pool and the training concurrency limit."""
-    from tasks.adapters import stack as local_stack
+    from tasks.adapters.ops import stack_processes as local_stack
 
     config, where = _stack_context()
     local_stack.up(config, where)
@@ -34,7 +34,7 @@ def up() -> None:
 @stack.command()
 def down() -> None:
     """Stop exactly what `up` started (and the flow runs its worker spawned)."""
-    from tasks.adapters import stack as local_stack
+    from tasks.adapters.ops import stack_processes as local_stack
 
     _, where = _stack_context()
     stopped = local_stack.down(where)
@@ -53,7 +53,7 @@ def _print_status(rows: list[dict]) -> None:
 @stack.command()
 def status() -> None:
     """What runs, whether it answers, and where its log is."""
-    from tasks.adapters import stack as local_stack
+    from tasks.adapters.ops import stack_processes as local_stack
 
     _, where = _stack_context()
     rows = local_stack.status(where)
@@ -65,7 +65,7 @@ def status() -> None:
 @stack.command()
 def deploy() -> None:
     """Register the deployments of infra/prefect.yaml (nightly at 02:00 and the on-demand ones)."""
-    from tasks.adapters import stack as local_stack
+    from tasks.adapters.ops import stack_processes as local_stack
 
     config, where = _stack_context()
     if "PREFECT_API_URL" not in local_stack.live_endpoints(where):
@@ -82,7 +82,7 @@ def deploy() -> None:
 @click.option("--kind", type=click.Choice(["launchd", "systemd"]), help="Default: this platform's.")
 def agent(action, kind) -> None:
     """The worker as a launchd agent (macOS) or systemd user service (Linux)."""
-    from tasks.adapters import stack as local_stack
+    from tasks.adapters.ops import stack_processes as local_stack
 
     config, where = _stack_context()
     if action == "render":

@@ -20,8 +20,8 @@ def chat(question, model_uri, adapter, max_new_tokens, temperature, config_path)
     setup()
     length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if adapter:
-        from tasks.adapters.configs import load_framework, load_pipeline_config
-        from tasks.adapters.inference import load_adapter_generator
+        from tasks.adapters.model.inference import load_adapter_generator
+        from tasks.adapters.ops.config_files import load_framework, load_pipeline_config
 
         system = load_framework(load_pipeline_config(config_path).framework).system_prompt
         generator = load_adapter_generator(adapter, system)
@@ -38,11 +38,12 @@ def chat(question, model_uri, adapter, max_new_tokens, temperature, config_path)
 def evaluate(model_uri, eval_path, config_path) -> None:
     """Evaluate a registered version against the champion (loss, style, consistency, drift, stability);
     logs everything to the version's MLflow run. Promotes nothing."""
-    setup()
-    from flows.nightly_retrain import evaluate_model
-    from tasks.adapters.configs import load_pipeline_config
+    setup(flows=True)
+    from flows.on_demand import evaluate_registered
+    from tasks.adapters.ops.config_files import load_pipeline_config
+    from tasks.adapters.tracking.runs import Tracking
 
-    evaluation = evaluate_model(load_pipeline_config(config_path), model_uri, eval_path)
+    evaluation = evaluate_registered(load_pipeline_config(config_path), model_uri, Tracking.configured(), eval_path)
     click.echo(evaluation.markdown())
     click.echo(f"report: {evaluation.report_dir}")
 
@@ -55,10 +56,10 @@ def evaluate(model_uri, eval_path, config_path) -> None:
 def promote(name, version, reason, config_path) -> None:
     """Make VERSION of NAME the champion by hand (recorded; refused if its training or evaluation failed)."""
     setup()
-    from tasks.adapters.settings import tracking_uri
+    from tasks.adapters.tracking.runs import Tracking
     from tasks.stages.promote import manual_promote
 
-    promotion = manual_promote(model_name(name, config_path), version, tracking_uri(), reason)
+    promotion = manual_promote(model_name(name, config_path), version, Tracking.configured(), reason)
     click.echo(f"{promotion.name}: v{promotion.version} is champion; previous-champion: "
                f"v{promotion.aliases.get('previous-champion') or '-'}")
 
@@ -69,11 +70,11 @@ def promote(name, version, reason, config_path) -> None:
 def rollback(name, config_path) -> None:
     """Point NAME's champion back at previous-champion."""
     setup()
-    from tasks.adapters.settings import tracking_uri
+    from tasks.adapters.tracking.runs import Tracking
     from tasks.stages.promote import rollback as roll_back
 
     name = model_name(name, config_path)
-    aliases = roll_back(name, tracking_uri())
+    aliases = roll_back(name, Tracking.configured())
     click.echo(f"{name}: champion is v{aliases['champion']}; previous-champion: v{aliases['previous-champion'] or '-'}")
 
 
@@ -84,10 +85,10 @@ def rollback(name, config_path) -> None:
 def models(name, config_path, as_json) -> None:
     """List NAME's versions: aliases, key eval metrics, evaluation status and promotion decision."""
     setup()
-    from tasks.adapters.settings import tracking_uri
+    from tasks.adapters.tracking.runs import Tracking
     from tasks.stages.promote import model_table
 
-    rows = model_table(model_name(name, config_path), tracking_uri())
+    rows = model_table(model_name(name, config_path), Tracking.configured())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

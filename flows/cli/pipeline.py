@@ -29,11 +29,13 @@ from flows.cli.common import (
 @click.option("--force", is_flag=True, help="Rebuild and retrain even when nothing changed.")
 def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force) -> None:
     """Run the nightly_retrain flow once: build, validate, train, register, evaluate, promote."""
-    setup()
+    setup(flows=True)
     from flows.nightly_retrain import nightly_retrain
+    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
 
-    record = nightly_retrain(config_path=config_path, base_model=base_model, force=force,
-                             overrides=run_overrides(framework, profile, max_steps, max_samples, device))
+    overrides = run_overrides(framework, profile, max_steps, max_samples, device)
+    resolve_run(load_pipeline_config(config_path, overrides))  # a bad flag or file fails here, before any server starts
+    record = nightly_retrain(config_path=config_path, base_model=base_model, force=force, overrides=overrides)
     click.echo(json.dumps({**{k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
                                                      "registered_model", "model_version", "aliases")},
                            "eval": {k: record["evaluation"].get("metrics", {}).get(k)
@@ -41,7 +43,7 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
                            "promotion": record["promotion"].get("verdict")}, indent=2))
     if record["status"] == "unchanged":
         click.echo(f"nothing changed since v{record['model_version']}: nothing trained (use --force to retrain)")
-    from tasks.adapters.settings import paths
+    from tasks.adapters.ops.settings import paths
 
     click.echo(f"run record: {paths().last_run}")
 
@@ -57,28 +59,26 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
 @click.option("--samples", default=5, show_default=True, help="Rows shown by --preview.")
 def generate(config_path, framework, max_samples, seed, generator, preview, samples) -> None:
     """Build the dataset (blueprint -> expansion -> dedup -> split) as the build-dataset flow."""
-    setup()
-    from tasks.adapters.configs import load_pipeline_config
+    setup(flows=True)
+    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
 
     overrides = run_overrides(framework, None, None, max_samples, None)
     if seed is not None:
         overrides["seed"] = seed
     if generator:
         overrides["dataset.generator"] = generator
-    config = load_pipeline_config(config_path, overrides)
+    spec = resolve_run(load_pipeline_config(config_path, overrides))
     if preview:
-        from tasks.adapters.configs import load_framework
-        from tasks.adapters.settings import paths
+        from tasks.adapters.ops.settings import paths
         from tasks.domain.expansion import preview as preview_dataset
         from tasks.stages.build_dataset import generate_blueprint
 
-        framework_model = load_framework(config.framework)
-        blueprint = generate_blueprint(framework_model, config, paths())
-        click.echo(preview_dataset(framework_model, blueprint, config.seed, config.dataset, samples))
+        blueprint = generate_blueprint(spec.framework, spec.config, paths())
+        click.echo(preview_dataset(spec.framework, blueprint, spec.config.seed, spec.config.dataset, samples))
         return
     from flows.nightly_retrain import build_dataset
 
-    dataset = build_dataset(config)
+    dataset = build_dataset(spec)
     click.echo(json.dumps(dataset.to_dict(), indent=2))
 
 
@@ -88,17 +88,18 @@ def generate(config_path, framework, max_samples, seed, generator, preview, samp
 @framework_option
 @click.option("--out", type=click.Path(), help="Where to write the GX result and Data Docs.")
 def validate(files, config_path, framework, out) -> None:
-    """Validate dataset JSONL FILES with the Great Expectations suite (train and eval together)."""
+    """Validate dataset JSONL FILES (or dataset directories) with the Great Expectations suite (train and eval together)."""
     setup()
     from datetime import UTC, datetime
 
-    from tasks.adapters.configs import load_framework, load_pipeline_config
-    from tasks.adapters.settings import paths
+    from tasks.adapters.data.dataset_store import dataset_files
+    from tasks.adapters.ops.config_files import load_framework, load_pipeline_config
+    from tasks.adapters.ops.settings import paths
     from tasks.stages.build_dataset import require_valid, validate_files
 
     config = load_pipeline_config(config_path, run_overrides(framework, None, None, None, None))
     out_dir = Path(out) if out else paths().validations / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    report = validate_files(list(files), load_framework(config.framework), config.validation, out_dir)
+    report = validate_files(dataset_files(list(files)), load_framework(config.framework), config.validation, out_dir)
     require_valid(report)
     click.echo(f"ok: {report.summary()} (Data Docs: {report.data_docs_index})")
 
@@ -110,11 +111,11 @@ def validate(files, config_path, framework, out) -> None:
 @config_option
 def format_(file, chat_format, config_path) -> None:
     """Print, per row of FILE, the exact `prompt` and `completion` strings the trainer sees."""
-    from tasks.adapters.dataset_store import read_rows
+    from tasks.adapters.data.dataset_store import read_rows
     from tasks.domain.formatting import chat_format as format_named
 
     if chat_format is None:
-        from tasks.adapters.configs import load_pipeline_config, load_profile
+        from tasks.adapters.ops.config_files import load_pipeline_config, load_profile
 
         chat_format = load_profile(load_pipeline_config(config_path).profile).chat_format
     fmt = format_named(chat_format)
@@ -133,13 +134,14 @@ def format_(file, chat_format, config_path) -> None:
 @click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
 def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> None:
     """Validate, then train a LoRA adapter on the dataset in DATASET_DIR (tracked in MLflow, not registered)."""
-    setup()
+    setup(flows=True)
     from flows.nightly_retrain import train_adapter, validate_dataset
-    from tasks.adapters.configs import load_pipeline_config, resolve_run
-    from tasks.adapters.dataset_store import dataset_ref
+    from tasks.adapters.data.dataset_store import dataset_ref
+    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
+    from tasks.adapters.tracking.runs import Tracking
 
-    config = load_pipeline_config(config_path, run_overrides(None, profile, max_steps, None, device))
+    spec = resolve_run(load_pipeline_config(config_path, run_overrides(None, profile, max_steps, None, device)))
     dataset = dataset_ref(Path(dataset_dir))
-    report = validate_dataset(config, dataset)
-    trained = train_adapter(resolve_run(config), dataset, report, base_model)
+    report = validate_dataset(spec, dataset)
+    trained = train_adapter(spec, dataset, report, Tracking.configured(), base_model)
     click.echo(json.dumps(trained.to_dict(), indent=2))

@@ -22,8 +22,8 @@ from flows.cli.common import champion_uri, config_option, registered_generator, 
 def serve(model_uri, adapter, base, host, port, token_env, system_prompt, config_path) -> None:
     """An OpenAI-compatible server (/v1/models, /v1/chat/completions): the champion unless told otherwise."""
     setup()
-    from tasks.adapters import serve as server
-    from tasks.adapters.inference import load_adapter_generator, load_generator
+    from tasks.adapters.model import chat_server as server
+    from tasks.adapters.model.inference import load_adapter_generator, load_generator
 
     token = os.environ.get(token_env) or None
     server.check_exposure(host, token, token_env)

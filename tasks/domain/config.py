@@ -41,6 +41,13 @@ class TrainingConfig(Frozen):
     seed: int = 42
     lora: LoraSettings = LoraSettings()
 
+    @model_validator(mode="after")
+    def _steps_are_a_count_or_epochs(self) -> TrainingConfig:
+        # 0 (or -5) used to reach the trainer, which ran a single step and registered it
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be at least 1, or -1 to train for num_epochs; got {self.max_steps}")
+        return self
+
 
 class TinyModelConfig(Frozen):
     """A Mistral-architecture model built from config with a fixed seed (no download)."""

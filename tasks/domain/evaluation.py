@@ -1,5 +1,5 @@
 """What evaluation asks of a model, and how its answers become metrics. Pure: the model-facing
-part (losses, generation, KL) lives in `tasks/adapters/evaluation.py` and hands plain values back.
+part (losses, generation, KL) lives in `tasks/adapters/model/measurement.py` and hands plain values back.
 
 - loss/perplexity: mean cross-entropy per answer token over the whole held-out split;
 - style: answers to a balanced sample of held-out prompts against the framework's style;

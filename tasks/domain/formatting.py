@@ -1,7 +1,7 @@
 """Chat formats, in one place for training, evaluation, `chat` and `serve`.
 
 Two formats cover our models; the adapter picks the one the model's own tokenizer uses and checks
-our rendering against its chat template (`tasks/adapters/chat.py`).
+our rendering against its chat template (`tasks/adapters/model/chat_codec.py`).
 
 Mistral (the `tiny` and 7B profiles):
 

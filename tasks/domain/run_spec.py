@@ -1,11 +1,29 @@
 """What one pipeline run is about, resolved once at the start of the flow and passed to every
-training stage. Stages never re-read a YAML file by name, so a framework or profile edited during a
+stage. Stages never re-read a YAML file by name, so a framework or profile edited during a
 long run cannot make registration disagree with training (a different system prompt, say)."""
 from __future__ import annotations
 
-from tasks.domain.config import ModelProfile, PipelineConfig, TrainingConfig, effective_training
+from tasks.domain.config import (
+    EvaluationConfig,
+    HeldOutSet,
+    ModelProfile,
+    PipelineConfig,
+    ProbeSet,
+    TrainingConfig,
+    effective_training,
+)
 from tasks.domain.framework import Framework
 from tasks.domain.frozen import Frozen
+
+
+class EvaluationSpec(Frozen):
+    """What a version is measured with: the evaluation settings, the framework its answers are
+    judged by, the drift probes and the domain's held-out questions (None: the domain has none)."""
+
+    settings: EvaluationConfig
+    framework: Framework
+    probes: ProbeSet
+    heldout: HeldOutSet | None = None
 
 
 class RunSpec(Frozen):
@@ -13,6 +31,7 @@ class RunSpec(Frozen):
     framework: Framework
     framework_path: str  # as resolved: recorded on the registered version
     profile: ModelProfile
+    evaluation: EvaluationSpec  # read with the rest, so a missing probe file fails the run before training
 
     @property
     def training(self) -> TrainingConfig:

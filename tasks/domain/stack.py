@@ -1,5 +1,5 @@
 """The local stack as data: which processes `make up` starts, with which arguments, environment
-and health checks. Pure: `tasks/adapters/stack.py` starts and stops what this describes.
+and health checks. Pure: `tasks/adapters/ops/stack_processes.py` starts and stops what this describes.
 
     prefect-server  -> http://HOST:PREFECT_PORT (UI + API), SQLite under RSLM_HOME or PostgreSQL
     mlflow-server   -> http://HOST:MLFLOW_PORT  (UI + tracking + registry + artifact proxy)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from expectations.reasoning_dataset import SuiteSpec, flatten_rows
-from tasks.adapters.dataset_store import DatasetRef, read_dataset_files, write_dataset
-from tasks.adapters.gx_runner import ValidationReport, validate_frame
-from tasks.adapters.progress import tqdm_progress
-from tasks.adapters.settings import Paths
+from tasks.adapters.data.dataset_store import DatasetRef, read_dataset_files, write_dataset
+from tasks.adapters.data.gx_runner import ValidationReport, validate_frame
+from tasks.adapters.ops.progress import tqdm_progress
+from tasks.adapters.ops.settings import Paths
 from tasks.domain.blueprint import Blueprint
 from tasks.domain.config import PipelineConfig, ValidationConfig
 from tasks.domain.errors import DataValidationError
@@ -19,10 +19,14 @@ from tasks.domain.hashing import content_hash
 
 def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Paths) -> Blueprint:
     """The configured generator's blueprint (LLM answers come from, and go to, the disk cache)."""
-    from tasks.adapters.llm import blueprint_generator
+    from tasks.adapters.model.blueprint_llm import blueprint_generator
+    from tasks.adapters.tracking.runs import Tracking
 
-    generator = blueprint_generator(config.dataset.generator, config.llm, paths.llm_cache, paths.registry_cache,
-                                    tqdm_progress("blueprint (principles)", unit="principle"))
+    def load_registered(model_uri: str):  # llm.source as models:/NAME@ALIAS: a version in this machine's store
+        return Tracking.configured().registry.load_generator(model_uri, paths.registry_cache, device=config.llm.device)
+
+    generator = blueprint_generator(config.dataset.generator, config.llm, paths.llm_cache,
+                                    tqdm_progress("blueprint (principles)", unit="principle"), load_registered)
     return generator.generate(framework)
 
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.adapters import registry, tracking
-from tasks.adapters.configs import load_framework, load_model
-from tasks.adapters.dataset_store import file_sha256, read_dataset_files
-from tasks.adapters.settings import Paths, resolve_path
-from tasks.domain.config import EvaluationConfig, HeldOutSet, PipelineConfig, ProbeSet
+from tasks.adapters.data.dataset_store import file_sha256, read_dataset_files
+from tasks.adapters.ops.settings import Paths
+from tasks.adapters.tracking.registry import CHAMPION, ModelRegistry, VersionInfo
+from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.errors import RslmError
 from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult, HeldOutAnswer, heldout_markdown
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import KEY_METRICS, comparison_markdown
 from tasks.domain.records import Row
+from tasks.domain.run_spec import EvaluationSpec
 
 EVALUATION_STATUS = "evaluation.status"
 
@@ -47,7 +47,7 @@ class Evaluation:
         return comparison_markdown(self.metrics, self.champion_metrics)
 
 
-def _eval_rows(info: registry.VersionInfo, eval_path: str | None) -> tuple[str, list[Row]]:
+def _eval_rows(info: VersionInfo, eval_path: str | None) -> tuple[str, list[Row]]:
     path = eval_path or info.tags.get("dataset.eval_path")
     if not path:
         raise RslmError(f"{info.uri}: no eval set recorded on the version; pass --dataset DIR")
@@ -58,29 +58,19 @@ def _eval_rows(info: registry.VersionInfo, eval_path: str | None) -> tuple[str, 
     return path, rows
 
 
-def load_heldout(cfg: EvaluationConfig, domain: str) -> HeldOutSet | None:
-    """The domain's held-out questions (`<heldout_dir>/<domain>.yaml`), or None when it has none."""
-    path = resolve_path(cfg.heldout_dir) / f"{domain}.yaml"
-    if not path.is_file():
-        return None
-    heldout = load_model(HeldOutSet, path)
-    if heldout.domain != domain:
-        raise RslmError(f"{path}: held-out set is for domain {heldout.domain!r}, not {domain!r}")
-    return heldout
-
-
-def _cache_key(eval_sha: str, cfg: EvaluationConfig, probes: ProbeSet, heldout: HeldOutSet | None) -> str:
-    return content_hash({"eval": eval_sha, "evaluation": cfg.model_dump(), "probes": probes.model_dump(),
-                         "heldout": heldout.model_dump() if heldout else None,
+def _cache_key(eval_sha: str, spec: EvaluationSpec) -> str:
+    # the framework too: its word caps and key terms are what the style metrics judge by
+    return content_hash({"eval": eval_sha, "evaluation": spec.settings.model_dump(), "probes": spec.probes.model_dump(),
+                         "framework": spec.framework.model_dump(mode="json"),
+                         "heldout": spec.heldout.model_dump() if spec.heldout else None,
                          "metrics_version": METRICS_VERSION})[:16]
 
 
-def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: ProbeSet, heldout: HeldOutSet | None,
-             cfg: EvaluationConfig, paths: Paths, out_dir: Path) -> EvaluationResult:
+def _measure(info: VersionInfo, rows: list[Row], spec: EvaluationSpec, registry: ModelRegistry, paths: Paths,
+             out_dir: Path) -> EvaluationResult:
     """One version's metrics; versions are immutable, so a result for the same eval set,
     evaluation config and probes is reused (the champion is re-measured every night otherwise)."""
-    from tasks.adapters.evaluation import evaluate_generator
-    from tasks.adapters.inference import load_registered_generator
+    from tasks.adapters.model.measurement import evaluate_generator
 
     cached = out_dir / "result.json"
     if cached.exists():
@@ -88,9 +78,9 @@ def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: Pro
         answers = [AnswerRecord(**a) for a in json.loads((out_dir / "answers.json").read_text())]
         return EvaluationResult(metrics=data["metrics"], answers=answers, paraphrases=data["paraphrases"],
                                 probe_kl=data["probe_kl"], heldout=[HeldOutAnswer(**h) for h in data.get("heldout", [])])
-    generator = load_registered_generator(info.uri, paths.registry_cache)
-    questions = [q.question for q in heldout.questions] if heldout else []
-    result = evaluate_generator(generator, rows, framework, probes.probes, cfg, questions)
+    generator = registry.load_generator(info.uri, paths.registry_cache)
+    questions = [q.question for q in spec.heldout.questions] if spec.heldout else []
+    result = evaluate_generator(generator, rows, spec.framework, spec.probes.probes, spec.settings, questions)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "answers.json").write_text(json.dumps([asdict(a) for a in result.answers], indent=1))
     # result.json last: its presence marks a complete cached evaluation
@@ -100,9 +90,9 @@ def _measure(info: registry.VersionInfo, rows: list[Row], framework, probes: Pro
     return result
 
 
-def _log_to_run(evaluation: Evaluation, result: EvaluationResult) -> None:
+def _log_to_run(evaluation: Evaluation, result: EvaluationResult, tracking: Tracking) -> None:
     """Metrics (`eval/...`, the champion's as `eval_champion/...`), tables and plots on the run."""
-    from tasks.adapters.plots import comparison_chart
+    from tasks.adapters.tracking.plots import comparison_chart
 
     report = Path(evaluation.report_dir)
     chart = comparison_chart(evaluation.metrics, evaluation.champion_metrics, KEY_METRICS,
@@ -110,54 +100,51 @@ def _log_to_run(evaluation: Evaluation, result: EvaluationResult) -> None:
                              f"v{evaluation.version} vs champion "
                              f"{'v' + evaluation.champion_version if evaluation.champion_version else '(none)'}",
                              labels=("champion", f"v{evaluation.version}"))
-    loss_curve = tracking.download_run_artifact(evaluation.run_id, "plots/loss_curve.png", report)
+    loss_curve = tracking.download_artifact(evaluation.run_id, "plots/loss_curve.png", report)
     evaluation.plots = [str(p) for p in (loss_curve, chart) if p]
-    with tracking.resumed_run(evaluation.run_id):
-        tracking.log_metrics({f"eval/{k}": v for k, v in evaluation.metrics.items()})
+    with tracking.resume(evaluation.run_id) as run:
+        run.log_metrics({f"eval/{k}": v for k, v in evaluation.metrics.items()})
         if evaluation.champion_metrics:
-            tracking.log_metrics({f"eval_champion/{k}": v for k, v in evaluation.champion_metrics.items()})
+            run.log_metrics({f"eval_champion/{k}": v for k, v in evaluation.champion_metrics.items()})
         if result.answers:
-            tracking.log_table(pd.DataFrame([asdict(a) for a in result.answers]), "evaluation/answers.json")
+            run.log_table(pd.DataFrame([asdict(a) for a in result.answers]), "evaluation/answers.json")
         if result.heldout:
-            tracking.log_table(pd.DataFrame([asdict(h) for h in result.heldout]), "evaluation/heldout_answers.json")
-            tracking.log_text(evaluation.heldout_markdown, "evaluation/base_vs_tuned.md")
-        tracking.log_dict({"paraphrases": result.paraphrases}, "evaluation/paraphrases.json")
-        tracking.log_dict({"probes": result.probe_kl}, "evaluation/drift_probes.json")
-        tracking.log_text(evaluation.markdown(), "evaluation/comparison.md")
-        tracking.log_image(chart)
-        tracking.set_tags({"evaluation.eval_sha256": evaluation.eval_sha256,
+            run.log_table(pd.DataFrame([asdict(h) for h in result.heldout]), "evaluation/heldout_answers.json")
+            run.log_text(evaluation.heldout_markdown, "evaluation/base_vs_tuned.md")
+        run.log_dict({"paraphrases": result.paraphrases}, "evaluation/paraphrases.json")
+        run.log_dict({"probes": result.probe_kl}, "evaluation/drift_probes.json")
+        run.log_text(evaluation.markdown(), "evaluation/comparison.md")
+        run.log_image(chart)
+        run.set_tags({"evaluation.eval_sha256": evaluation.eval_sha256,
                            "evaluation.champion_version": evaluation.champion_version or "none"})
 
 
-def evaluate_version(model_uri: str, config: PipelineConfig, paths: Paths, tracking_uri: str,
+def evaluate_version(model_uri: str, spec: EvaluationSpec, paths: Paths, tracking: Tracking,
                      eval_path: str | None = None) -> Evaluation:
     """Evaluate a registered version (and the champion, on the same eval split) and log it all to
     the version's run. A failure tags the version `evaluation.status=failed`, which bars promotion."""
-    tracking.use_store(tracking_uri)
+    registry = tracking.registry
     info = registry.resolve(model_uri)
     try:
         path, rows = _eval_rows(info, eval_path)
-        framework = load_framework(info.tags.get("framework") or config.framework)
-        probes = load_model(ProbeSet, config.evaluation.probes)
-        heldout = load_heldout(config.evaluation, framework.domain)
         eval_sha = file_sha256(path)
-        key = _cache_key(eval_sha, config.evaluation, probes, heldout)
+        key = _cache_key(eval_sha, spec)
         report_dir = paths.evaluations / info.name / f"v{info.version}" / key
-        result = _measure(info, rows, framework, probes, heldout, config.evaluation, paths, report_dir)
+        result = _measure(info, rows, spec, registry, paths, report_dir)
         evaluation = Evaluation(name=info.name, version=info.version, run_id=info.run_id, eval_path=path,
                                 eval_sha256=eval_sha, metrics=result.metrics, report_dir=str(report_dir),
                                 heldout_markdown=heldout_markdown(result.heldout, f"{info.name} v{info.version}: base vs tuned "
                                                                   "on held-out questions") if result.heldout else "")
-        champion = registry.version_for_alias(info.name, registry.CHAMPION)
+        champion = registry.version_for_alias(info.name, CHAMPION)
         if champion and champion != info.version:
             evaluation.champion_version = champion
             try:
                 champion_info = registry.resolve(f"models:/{info.name}/{champion}")
-                evaluation.champion_metrics = _measure(champion_info, rows, framework, probes, heldout, config.evaluation, paths,
+                evaluation.champion_metrics = _measure(champion_info, rows, spec, registry, paths,
                                                        paths.evaluations / info.name / f"v{champion}" / key).metrics
             except Exception as error:  # noqa: BLE001 - the gate reports it; the challenger's numbers stand
                 evaluation.champion_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-        _log_to_run(evaluation, result)
+        _log_to_run(evaluation, result, tracking)
     except BaseException as error:
         registry.set_version_tags(info.name, info.version, {
             EVALUATION_STATUS: "failed", "evaluation.error": (str(error).splitlines() or [type(error).__name__])[0][:500]})

@@ -6,7 +6,8 @@ from __future__ import annotations
 import getpass
 from dataclasses import asdict, dataclass
 
-from tasks.adapters import registry, tracking
+from tasks.adapters.tracking.registry import CHAMPION, ModelRegistry, VersionInfo, recorded_decision
+from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import RslmError
 from tasks.domain.promotion import Check, Decision, comparison_markdown, decide, eligibility
@@ -26,9 +27,9 @@ class Promotion:
         return asdict(self)
 
 
-def _preconditions(info: registry.VersionInfo, evaluation: Evaluation) -> list[Check]:
+def _preconditions(info: VersionInfo, evaluation: Evaluation, registry: ModelRegistry) -> list[Check]:
     checks = eligibility(info.run_status, info.tags.get(EVALUATION_STATUS))
-    current = registry.version_for_alias(info.name, registry.CHAMPION)
+    current = registry.version_for_alias(info.name, CHAMPION)
     if current == info.version:
         checks.append(Check(name="not already champion", passed=False, detail=f"v{info.version} is the champion"))
     elif current != evaluation.champion_version:
@@ -40,63 +41,63 @@ def _preconditions(info: registry.VersionInfo, evaluation: Evaluation) -> list[C
     return checks
 
 
-def promote_challenger(config: PipelineConfig, evaluation: Evaluation, tracking_uri: str) -> Promotion:
+def promote_challenger(config: PipelineConfig, evaluation: Evaluation, tracking: Tracking) -> Promotion:
     """Decide by the configured gate; record the decision; move aliases only when it passes.
     Idempotent: a retry after a partial failure (aliases moved, logging failed) finishes the
     decision already recorded for this evaluation, rather than deciding again and finding the
     version "already champion"."""
-    tracking.use_store(tracking_uri)
+    registry = tracking.registry
     info = registry.resolve(f"models:/{evaluation.name}/{evaluation.version}", with_run=True)
-    earlier = registry.recorded_decision(info)
+    earlier = recorded_decision(info)
     if earlier and earlier.kind == "gate" and earlier.champion_version == evaluation.champion_version:
         decision = earlier
     else:
         decision = decide(evaluation.metrics, evaluation.champion_metrics, config.promotion,
                           challenger_version=evaluation.version, champion_version=evaluation.champion_version,
-                          preconditions=_preconditions(info, evaluation))
-    return _record(info, decision, evaluation.metrics, evaluation.champion_metrics)
+                          preconditions=_preconditions(info, evaluation, registry))
+    return _record(info, decision, evaluation.metrics, evaluation.champion_metrics, tracking)
 
 
-def _record(info: registry.VersionInfo, decision: Decision, metrics: dict, champion_metrics: dict | None) -> Promotion:
+def _record(info: VersionInfo, decision: Decision, metrics: dict, champion_metrics: dict | None,
+            tracking: Tracking) -> Promotion:
+    registry = tracking.registry
     registry.record_decision(info.name, decision)
     aliases = registry.promote(info.name, info.version) if decision.promote else registry.aliases_now(info.name)
     markdown = comparison_markdown(metrics, champion_metrics, decision)
-    with tracking.resumed_run(info.run_id):
-        tracking.set_tags({"promotion.decision": decision.verdict})
-        tracking.log_dict(decision.model_dump(mode="json"), "promotion/decision.json")
-        tracking.log_text(markdown, "promotion/decision.md")
+    with tracking.resume(info.run_id) as run:
+        run.set_tags({"promotion.decision": decision.verdict})
+        run.log_dict(decision.model_dump(mode="json"), "promotion/decision.json")
+        run.log_text(markdown, "promotion/decision.md")
     return Promotion(name=info.name, version=info.version, verdict=decision.verdict, decision=decision.model_dump(mode="json"),
                      aliases=aliases, markdown=markdown)
 
 
-def manual_promote(name: str, version: str, tracking_uri: str, reason: str = "") -> Promotion:
+def manual_promote(name: str, version: str, tracking: Tracking, reason: str = "") -> Promotion:
     """`rslm promote`: a person overrides the gate, but never for a version whose training or
     evaluation failed. Recorded like a gate decision, with who and why."""
-    tracking.use_store(tracking_uri)
+    registry = tracking.registry
     info = registry.resolve(f"models:/{name}/{version}", with_run=True)
     checks = eligibility(info.run_status, info.tags.get(EVALUATION_STATUS))
     failed = [c for c in checks if not c.passed]
     if failed:
         hint = f" (evaluate it first: rslm evaluate --model {info.uri})" if failed[-1].name.startswith("evaluation") else ""
         raise RslmError(f"{info.uri} cannot be promoted: " + "; ".join(c.detail for c in failed) + hint)
-    champion = registry.version_for_alias(name, registry.CHAMPION)
+    champion = registry.version_for_alias(name, CHAMPION)
     note = f"by {getpass.getuser()}" + (f": {reason}" if reason else "")
     decision = Decision(promote=True, kind="manual", challenger_version=info.version, champion_version=champion,
                         checks=checks, note=note)
     return _record(info, decision, {k.removeprefix("eval/"): v for k, v in info.metrics.items() if k.startswith("eval/")},
-                   None)
+                   None, tracking)
 
 
-def rollback(name: str, tracking_uri: str) -> dict[str, str | None]:
-    tracking.use_store(tracking_uri)
-    return registry.rollback(name)
+def rollback(name: str, tracking: Tracking) -> dict[str, str | None]:
+    return tracking.registry.rollback(name)
 
 
-def model_table(name: str, tracking_uri: str) -> list[dict]:
+def model_table(name: str, tracking: Tracking) -> list[dict]:
     """`rslm models`: one row per version with its aliases, key metrics and decision."""
-    tracking.use_store(tracking_uri)
     rows = []
-    for v in registry.versions(name):
+    for v in tracking.registry.versions(name):
         rows.append({"version": v.version, "aliases": ",".join(sorted(v.aliases)) or "-",
                      "eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
                      "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl"),

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.adapters import registry, tracking
-from tasks.adapters.dataset_store import DatasetRef, read_dataset_files
-from tasks.adapters.gx_runner import ValidationReport
-from tasks.adapters.models import base_model_source, base_provenance
-from tasks.adapters.settings import Paths
-from tasks.adapters.training import TrainingSummary, train_lora
+from tasks.adapters.data.dataset_store import DatasetRef, read_dataset_files
+from tasks.adapters.data.gx_runner import ValidationReport
+from tasks.adapters.model.base_models import base_model_source, base_provenance
+from tasks.adapters.model.training import TrainingSummary, train_lora
+from tasks.adapters.ops.settings import Paths
+from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import flatten_params
 from tasks.domain.hashing import content_hash
 from tasks.domain.records import Row, training_corpus
@@ -43,45 +43,43 @@ def _dataset_frame(rows: list[Row]) -> pd.DataFrame:
 
 
 def train_and_track(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, base_model: str,
-                    paths: Paths, tracking_uri: str, measure_eval_loss: bool = True) -> TrainedAdapter:
+                    paths: Paths, tracking: Tracking, measure_eval_loss: bool = True) -> TrainedAdapter:
     """One MLflow run: params from the configs, dataset inputs, the GX result, per-step loss, then
     the trained adapter's summary and loss curve. `measure_eval_loss=False` skips the trainer's
     pass over the eval split, for callers that evaluate the model on that split anyway."""
-    from tasks.adapters.plots import loss_curve
+    from tasks.adapters.tracking.plots import loss_curve
 
     config, profile, training, framework = spec.config, spec.profile, spec.training, spec.framework
     train_rows = [r for _, _, r in read_dataset_files([dataset.train_path])]
     eval_rows = [r for _, _, r in read_dataset_files([dataset.eval_path])]
     adapter_dir = paths.adapters / dataset.domain / f"{dataset.sha256[:12]}-{content_hash(training.model_dump())[:8]}"
-    tracking.use_store(tracking_uri)
     experiment = config.tracking.experiment(dataset.domain)
     tags = {"profile": profile.name, "domain": dataset.domain}
     if config.storage.backend == "s3":
-        from tasks.adapters.s3_store import location
+        from tasks.adapters.data.s3_store import location
 
         tags["dataset.uri"] = location(config.storage, dataset.domain, dataset.sha256).uri
-    with tracking.tracked_run(experiment, paths.mlflow_artifacts, run_name=f"{dataset.domain}-{profile.name}",
-                              tags=tags) as run_id:
-        tracking.log_params({**flatten_params("training", training), **flatten_params("dataset", config.dataset),
+    with tracking.run(experiment, run_name=f"{dataset.domain}-{profile.name}", tags=tags) as run:
+        run.log_params({**flatten_params("training", training), **flatten_params("dataset", config.dataset),
                              **flatten_params("model", profile.model_dump(exclude={"training"})),
                              "seed": str(config.seed), "framework": Path(spec.framework_path).name,
                              "framework.final_principles": str(len(framework.principles))})
-        tracking.log_dataset(_dataset_frame(train_rows), source=dataset.train_path, sha256=dataset.sha256,
+        run.log_dataset(_dataset_frame(train_rows), source=dataset.train_path, sha256=dataset.sha256,
                              name=f"{dataset.domain}-{dataset.sha256[:12]}", context="training")
-        tracking.log_dataset(_dataset_frame(eval_rows), source=dataset.eval_path, sha256=dataset.sha256,
+        run.log_dataset(_dataset_frame(eval_rows), source=dataset.eval_path, sha256=dataset.sha256,
                              name=f"{dataset.domain}-{dataset.sha256[:12]}-eval", context="eval")
-        tracking.log_validation(Path(report.result_path).parent)
-        tracking.log_params({f"base.{k}": str(v) for k, v in base_provenance(base_model).items()})
-        tracking.log_blueprint_provenance(Path(dataset.blueprint_path))
+        run.log_validation(Path(report.result_path).parent)
+        run.log_params({f"base.{k}": str(v) for k, v in base_provenance(base_model).items()})
+        run.log_blueprint_provenance(Path(dataset.blueprint_path))
         summary: TrainingSummary = train_lora(base_model, train_rows, eval_rows if measure_eval_loss else [],
-                                              training, adapter_dir, sink=tracking.metrics_sink(),
+                                              training, adapter_dir, sink=run.metrics_sink(),
                                               chat_format=profile.chat_format)
-        tracking.log_metrics({f"final/{k}": v for k, v in summary.metrics().items()})
-        tracking.log_dict({k: v for k, v in asdict(summary).items() if k != "history"}, "training_summary.json")
-        tracking.log_image(loss_curve(summary.history, adapter_dir / "loss_curve.png",
+        run.log_metrics({f"final/{k}": v for k, v in summary.metrics().items()})
+        run.log_dict({k: v for k, v in asdict(summary).items() if k != "history"}, "training_summary.json")
+        run.log_image(loss_curve(summary.history, adapter_dir / "loss_curve.png",
                                       f"{dataset.domain} / {profile.name}: LoRA loss"))
     summary_dict = {k: v for k, v in asdict(summary).items() if k != "history"}
-    return TrainedAdapter(run_id=run_id, experiment=experiment, adapter_dir=str(adapter_dir),
+    return TrainedAdapter(run_id=run.run_id, experiment=experiment, adapter_dir=str(adapter_dir),
                           base_model=base_model, summary=summary_dict, base_provenance=base_provenance(base_model))
 
 
@@ -95,9 +93,9 @@ def training_key(spec: RunSpec, dataset: DatasetRef, base_override: str | None =
 TRAINING_KEY_TAG = "training_key"
 
 
-def find_trained_version(spec: RunSpec, dataset: DatasetRef, key: str, tracking_uri: str) -> dict | None:
+def find_trained_version(spec: RunSpec, dataset: DatasetRef, key: str, tracking: Tracking) -> dict | None:
     """A registered version already trained with `key` whose evaluation succeeded, if any."""
-    tracking.use_store(tracking_uri)
+    registry = tracking.registry
     found = registry.find_by_tag(spec.config.tracking.registered_model(dataset.domain), TRAINING_KEY_TAG, key)
     usable = [v for v in found if v.tags.get("evaluation.status") == "succeeded"]
     if not usable:
@@ -115,16 +113,15 @@ class Registration:
     model_uri: str
 
 
-def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, paths: Paths,
-                     tracking_uri: str, key: str = "") -> Registration:
+def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, tracking: Tracking,
+                     key: str = "") -> Registration:
     """Log the adapter as a pyfunc model in the training run and register it."""
     profile = spec.profile
-    tracking.use_store(tracking_uri)
-    with tracking.tracked_run(trained.experiment, paths.mlflow_artifacts, run_id=trained.run_id):
-        model_uri = tracking.log_adapter_model(Path(trained.adapter_dir), base_source=trained.base_model,
+    with tracking.resume(trained.run_id) as run:
+        model_uri = run.log_adapter_model(Path(trained.adapter_dir), base_source=trained.base_model,
                                                log_base=profile.log_base_model, system_prompt=spec.framework.system_prompt)
     name = spec.config.tracking.registered_model(dataset.domain)
-    version, aliases = registry.register(model_uri, name, tags={
+    version, aliases = tracking.registry.register(model_uri, name, tags={
         "dataset_sha256": dataset.sha256, "dataset.eval_path": dataset.eval_path, "run_id": trained.run_id,
         "profile": profile.name, "framework": spec.framework_path, TRAINING_KEY_TAG: key})
     return Registration(name=name, version=version, aliases=aliases, model_uri=model_uri)

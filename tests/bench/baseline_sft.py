@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tasks.adapters.models import torch_dtype
+from tasks.adapters.model.base_models import torch_dtype
 from tasks.domain.formatting import INST_CLOSE
 
 

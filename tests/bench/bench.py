@@ -64,7 +64,7 @@ def median(values):
 def scaled_framework(factor: int):
     """The DevOps framework with each pattern's first plain-text slot widened `factor` times
     (distinct values), so expansion yields about factor x 3.5k distinct rows."""
-    from tasks.adapters.configs import load_framework
+    from tasks.adapters.ops.config_files import load_framework
 
     framework = load_framework(REPO / "configs/frameworks/devops.yaml")
     data = framework.model_dump(mode="json", exclude_none=True)
@@ -106,7 +106,7 @@ VARIANTS = {
 
 
 def run_ours(base: Path, rows, cfg, out_dir: Path, model=None) -> dict:
-    from tasks.adapters.training import build_trainer
+    from tasks.adapters.model.training import build_trainer
 
     trainer, _, info = build_trainer(base, rows, [], cfg, out_dir, model=model)
     started = time.perf_counter()
@@ -158,8 +158,8 @@ def training_worker(conn, variant: str, base: str, rows: list, texts: list[str])
 def bench_training(reps: int, device: str, workdir: Path) -> dict:
     import multiprocessing
 
-    from tasks.adapters.configs import load_profile
-    from tasks.adapters.models import ensure_tiny_base
+    from tasks.adapters.model.base_models import ensure_tiny_base
+    from tasks.adapters.ops.config_files import load_profile
     from tasks.domain.formatting import MISTRAL
     from tasks.domain.records import training_corpus
 
@@ -216,11 +216,11 @@ def bench_training(reps: int, device: str, workdir: Path) -> dict:
 
 def bench_stages(sizes: list[int], workdir: Path) -> dict:
     from expectations.reasoning_dataset import flatten_rows
-    from tasks.adapters.chat import chat_codec
-    from tasks.adapters.configs import load_framework, load_profile
-    from tasks.adapters.gx_runner import validate_frame
-    from tasks.adapters.models import ensure_tiny_base, load_tokenizer
-    from tasks.adapters.training import tokenize_rows
+    from tasks.adapters.data.gx_runner import validate_frame
+    from tasks.adapters.model.base_models import ensure_tiny_base, load_tokenizer
+    from tasks.adapters.model.chat_codec import chat_codec
+    from tasks.adapters.model.training import tokenize_rows
+    from tasks.adapters.ops.config_files import load_framework, load_profile
     from tasks.domain.config import ValidationConfig
     from tasks.domain.expansion import build_dataset
     from tasks.domain.records import training_corpus
@@ -279,8 +279,8 @@ QUICK_RUN = {"profile": "tiny", "dataset.max_samples": 600, "training_overrides"
 def bench_smollm2(device: str, workdir: Path, steps: int = 8) -> dict:
     """The default profile's training step on its real model, as `make run` trains it, and the same
     step without bf16 autocast: what the autocast buys on this CPU (the same batches, in order)."""
-    from tasks.adapters.configs import load_profile
-    from tasks.adapters.models import ensure_packaged_base
+    from tasks.adapters.model.base_models import ensure_packaged_base
+    from tasks.adapters.ops.config_files import load_profile
 
     profile = load_profile("smollm2-135m")
     base = ensure_packaged_base(profile.packaged, workdir / "models")
@@ -336,8 +336,8 @@ def bench_orchestration(workdir: Path, overrides: dict = QUICK_RUN) -> dict:
 
 
 def large_model_section(args, workdir: Path) -> dict:
-    from tasks.adapters.configs import load_profile
-    from tasks.adapters.models import ensure_tiny_base
+    from tasks.adapters.model.base_models import ensure_tiny_base
+    from tasks.adapters.ops.config_files import load_profile
     from tasks.domain.records import training_corpus
 
     _, build = rows_for(3000)

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tasks.adapters.configs import load_framework, load_model  # noqa: E402 - importable only after the sys.path lines above
+from tasks.adapters.ops.config_files import load_framework, load_model  # noqa: E402 - importable only after the sys.path lines above
 from tasks.domain.config import HeldOutSet  # noqa: E402 - importable only after the sys.path lines above
 from tasks.domain.metrics import is_degenerate, is_structured  # noqa: E402 - importable only after the sys.path lines above
 

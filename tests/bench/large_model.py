@@ -56,7 +56,7 @@ def build_random_model(shapes: dict, tokenizer, device: str, precision: str):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from tasks.adapters.models import torch_dtype
+    from tasks.adapters.model.base_models import torch_dtype
 
     config = MistralConfig(**shapes, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, sliding_window=None)
@@ -73,9 +73,9 @@ def bench_large_model(base: Path, rows, device: str, workdir: Path, shapes: dict
     `base` supplies the tokenizer (the bench profile's); its weights are not used."""
     import torch
 
-    from tasks.adapters.configs import load_profile
-    from tasks.adapters.models import load_tokenizer, runtime
-    from tasks.adapters.training import build_trainer
+    from tasks.adapters.model.base_models import load_tokenizer, runtime
+    from tasks.adapters.model.training import build_trainer
+    from tasks.adapters.ops.config_files import load_profile
 
     cfg = load_profile("bench").training.model_copy(update={
         "device": device, "max_steps": warmup_steps + steps, "batch_size": batch_size,

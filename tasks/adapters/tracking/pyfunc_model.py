@@ -10,7 +10,7 @@ class ReasoningAdapterModel(mlflow.pyfunc.PythonModel):
     base is the model config's `base_model` (hub id or path) and only the adapter is stored."""
 
     def load_context(self, context):
-        from tasks.adapters.inference import DEFAULT_MAX_NEW_TOKENS, load_generator
+        from tasks.adapters.model.inference import DEFAULT_MAX_NEW_TOKENS, load_generator
 
         config = context.model_config or {}
         base = context.artifacts.get("base_model") or config["base_model"]

@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tasks.adapters.configs import load_model
-from tasks.adapters.settings import REPO_ROOT, Paths
+from tasks.adapters.ops.config_files import load_model
+from tasks.adapters.ops.settings import REPO_ROOT, Paths
 from tasks.domain.errors import RslmError
 from tasks.domain.stack import AGENT_LABEL, Service, StackConfig, agent_values, env_overrides, plan, redact, render_agent
 
@@ -146,7 +146,7 @@ def up(config: StackConfig, paths: Paths, timeout: float = 120.0, only: set[str]
 
 def prepare_prefect(config: StackConfig) -> None:
     """The process work pool and the `training` global concurrency limit (idempotent)."""
-    from tasks.adapters.prefect_admin import ensure_concurrency_limit, ensure_work_pool
+    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
 
     ensure_work_pool(config.prefect_api_url, config.work_pool)
     ensure_concurrency_limit(config.prefect_api_url, "training", config.training_slots)
@@ -212,7 +212,7 @@ def live_endpoints(paths: Paths) -> dict[str, str]:
 def deploy(config: StackConfig, api_url: str | None = None, prefect_file: str = "infra/prefect.yaml") -> str:
     """Work pool + concurrency limit, then every deployment in `prefect_file`; returns the CLI output."""
     api_url = api_url or config.prefect_api_url
-    from tasks.adapters.prefect_admin import ensure_concurrency_limit, ensure_work_pool
+    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
 
     ensure_work_pool(api_url, config.work_pool)
     ensure_concurrency_limit(api_url, "training", config.training_slots)

@@ -8,11 +8,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tasks.adapters.settings import REPO_ROOT, resolve_path
-from tasks.domain.config import ModelProfile, PipelineConfig, apply_overrides
+from tasks.adapters.ops.settings import REPO_ROOT, resolve_path
+from tasks.domain.config import EvaluationConfig, HeldOutSet, ModelProfile, PipelineConfig, ProbeSet, apply_overrides
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework
-from tasks.domain.run_spec import RunSpec
+from tasks.domain.run_spec import EvaluationSpec, RunSpec
 
 Model = TypeVar("Model", bound=BaseModel)
 PIPELINE_CONFIG = "configs/pipeline.yaml"
@@ -31,13 +31,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _problems(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors())
+
+
 def _validate(model: type[Model], data: dict[str, Any], source: Path) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {_problems(error)}") from None
 
 
 def load_model(model: type[Model], path: str | Path, overrides: dict[str, Any] | None = None) -> Model:
@@ -71,13 +73,43 @@ def load_pipeline_config(path: str | Path = PIPELINE_CONFIG, overrides: dict[str
 
 
 def resolve_run(config: PipelineConfig) -> RunSpec:
-    """Read the framework and profile the config names, once, for a whole run."""
+    """Read every file the config names (framework, profile, probes, held-out questions), once,
+    for a whole run."""
     framework_path = resolve_path(config.framework)
-    return RunSpec(config=config, framework=load_framework(framework_path), framework_path=str(framework_path),
-                   profile=load_profile(config.profile))
+    framework = load_framework(framework_path)
+    spec = RunSpec(config=config, framework=framework, framework_path=str(framework_path),
+                   profile=load_profile(config.profile), evaluation=resolve_evaluation(config, framework))
+    try:  # the profile's training section with the run's overrides: checked now, not at step 0
+        spec.training  # noqa: B018 - evaluated for its validation
+    except ValidationError as error:
+        raise ConfigError(f"training ({spec.profile.name} profile + training_overrides): {_problems(error)}") from None
+    return spec
+
+
+def resolve_evaluation(config: PipelineConfig, framework: Framework) -> EvaluationSpec:
+    """The evaluation settings with the probes and the framework domain's held-out questions."""
+    return EvaluationSpec(settings=config.evaluation, framework=framework,
+                          probes=load_model(ProbeSet, config.evaluation.probes),
+                          heldout=load_heldout(config.evaluation, framework.domain))
+
+
+def load_heldout(cfg: EvaluationConfig, domain: str) -> HeldOutSet | None:
+    """The domain's held-out questions (`<heldout_dir>/<domain>.yaml`), or None when it has none."""
+    path = resolve_path(cfg.heldout_dir) / f"{domain}.yaml"
+    if not path.is_file():
+        return None
+    heldout = load_model(HeldOutSet, path)
+    if heldout.domain != domain:
+        raise ConfigError(f"{path}: held-out set is for domain {heldout.domain!r}, not {domain!r}")
+    return heldout
 
 
 def load_profile(name_or_path: str) -> ModelProfile:
     """A profile by name (configs/profiles/NAME.yaml) or by path."""
     candidate = PROFILES_DIR / f"{name_or_path}.yaml"
-    return load_model(ModelProfile, candidate if candidate.is_file() else name_or_path)
+    if candidate.is_file():
+        return load_model(ModelProfile, candidate)
+    if not resolve_path(name_or_path).is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown profile {name_or_path!r}: known profiles are {known} (or give a YAML path)")
+    return load_model(ModelProfile, name_or_path)

@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.adapters.inference import DEFAULT_MAX_NEW_TOKENS, Generator
+from tasks.adapters.model.inference import DEFAULT_MAX_NEW_TOKENS, Generator
 from tasks.domain.errors import ConfigError
 from tasks.domain.formatting import FormatError
 from tasks.domain.records import Message

@@ -80,6 +80,20 @@ def write_dataset(build: DatasetBuild, blueprint: Blueprint, *, config_hash: str
     return dataset_ref(target)
 
 
+def dataset_files(paths: list[str]) -> list[str]:
+    """Files as given; a dataset directory stands for the train and eval files in it."""
+    found: list[str] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            found.append(str(path))
+            continue
+        inside = [str(path / name) for name in (TRAIN_FILE, EVAL_FILE) if (path / name).is_file()]
+        if not inside:
+            raise RslmError(f"{path}: a directory with neither {TRAIN_FILE} nor {EVAL_FILE} in it")
+        found += inside
+    return found
+
+
 def dataset_ref(directory: Path) -> DatasetRef:
     manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
     return DatasetRef(

@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from tasks.adapters.dataset_store import file_sha256
-from tasks.adapters.tokenizer import build_tokenizer
+from tasks.adapters.data.dataset_store import file_sha256
+from tasks.adapters.model.tokenizer import build_tokenizer
 from tasks.domain.config import ModelProfile, PackagedModel, TinyModelConfig
 from tasks.domain.devices import Device, Precision, choose_device, choose_precision, weights_precision
 from tasks.domain.errors import ConfigError, TokenizerRoundTripError

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from tasks.adapters.inference import Generator
-from tasks.adapters.progress import tqdm_progress
+from tasks.adapters.model.inference import Generator
+from tasks.adapters.ops.progress import tqdm_progress
 from tasks.domain.config import EvaluationConfig, Probe
 from tasks.domain.evaluation import (
     AnswerRecord,

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.adapters.dataset_store import (
+from tasks.adapters.data.dataset_store import (
     BLUEPRINT_FILE,
     EVAL_FILE,
     MANIFEST_FILE,

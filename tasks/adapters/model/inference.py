@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.adapters.chat import ChatCodec, chat_codec
-from tasks.adapters.models import load_base_model, load_tokenizer, runtime
+from tasks.adapters.model.base_models import load_base_model, load_tokenizer, runtime
+from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
 from tasks.domain.records import Message
 
 DEFAULT_MAX_NEW_TOKENS = 96  # terse answers: 60 words fit comfortably
@@ -107,18 +107,12 @@ def load_adapter_generator(adapter_dir: str | Path, system_prompt: str, device: 
     """An adapter directory written by training, on the base its training summary names."""
     import json
 
-    from tasks.adapters.training import SUMMARY_FILE
+    from tasks.adapters.model.training import SUMMARY_FILE
 
-    summary = json.loads((Path(adapter_dir) / SUMMARY_FILE).read_text())
+    from tasks.domain.errors import RslmError
+
+    summary_file = Path(adapter_dir) / SUMMARY_FILE
+    if not summary_file.is_file():
+        raise RslmError(f"{adapter_dir}: not an adapter directory written by training (no {SUMMARY_FILE})")
+    summary = json.loads(summary_file.read_text())
     return load_generator(summary["base_model"], adapter_dir, system_prompt, device=device)
-
-
-def load_registered_generator(model_uri: str, cache_root: Path, device: str = "auto") -> Generator:
-    """Base + adapter of a registered version (`models:/NAME@ALIAS` or `models:/NAME/VERSION`):
-    the bundled base when the model carries one, else the base it references."""
-    from tasks.adapters import registry
-
-    model_dir = registry.download(registry.resolve(model_uri), cache_root)
-    config, artifacts = registry.model_files(model_dir)
-    base = artifacts.get("base_model") or config["base_model"]
-    return load_generator(base, artifacts["adapter"], config.get("system_prompt", ""), device=device)

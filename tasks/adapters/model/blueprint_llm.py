@@ -16,7 +16,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,20 +108,22 @@ class TransformersChat:
 
     backend = "transformers"
 
-    def __init__(self, cfg: LLMConfig, registry_cache: Path):
+    def __init__(self, cfg: LLMConfig, load_registered: Callable[[str], object] | None = None):
         if not cfg.source:
             raise ConfigError("llm.source is required for the transformers generator (model dir, hub id or models:/ URI)")
         self.cfg = cfg
         self.model = cfg.source + (f"+{Path(cfg.adapter).name}" if cfg.adapter else "")
-        self._registry_cache = registry_cache
+        self._load_registered = load_registered  # a models:/ source: handed in by the caller, which knows the store
         self._generator = None
         self._lock = threading.Lock()
 
     def _load(self):
-        from tasks.adapters.inference import load_generator, load_registered_generator
+        from tasks.adapters.model.inference import load_generator
 
         if self.cfg.source.startswith("models:/"):
-            return load_registered_generator(self.cfg.source, self._registry_cache, device=self.cfg.device)
+            if self._load_registered is None:
+                raise ConfigError(f"llm.source {self.cfg.source}: no model registry to load it from")
+            return self._load_registered(self.cfg.source)
         return load_generator(self.cfg.source, self.cfg.adapter, system_prompt="", device=self.cfg.device)
 
     def complete(self, messages: Sequence[Message]) -> str:
@@ -168,13 +170,13 @@ class LLMBlueprintGenerator:
 GENERATORS = ("offline", "openai-compatible", "transformers")
 
 
-def blueprint_generator(name: str, cfg: LLMConfig, cache_root: Path, registry_cache: Path,
-                        progress=None) -> BlueprintGenerator:
+def blueprint_generator(name: str, cfg: LLMConfig, cache_root: Path, progress=None,
+                        load_registered: Callable[[str], object] | None = None) -> BlueprintGenerator:
     """The generator configured as `dataset.generator`."""
     if name == "offline":
         return OfflineBlueprintGenerator()
     if name == "openai-compatible":
         return LLMBlueprintGenerator(OpenAICompatibleChat(cfg), ResponseCache(cache_root), cfg, progress)
     if name == "transformers":
-        return LLMBlueprintGenerator(TransformersChat(cfg, registry_cache), ResponseCache(cache_root), cfg, progress)
+        return LLMBlueprintGenerator(TransformersChat(cfg, load_registered), ResponseCache(cache_root), cfg, progress)
     raise ConfigError(f"unknown blueprint generator {name!r}; known: {list(GENERATORS)}")

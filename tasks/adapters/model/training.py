@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tasks.adapters.chat import ChatCodec, chat_codec
-from tasks.adapters.models import check_tokenizer, load_base_model, load_tokenizer, runtime
+from tasks.adapters.model.base_models import check_tokenizer, load_base_model, load_tokenizer, runtime
+from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
 from tasks.domain.config import TrainingConfig
 from tasks.domain.errors import RslmError
 from tasks.domain.formatting import TokenizedExample
