@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from tasks.adapters.ops.prefect_admin import LEASE_STORAGE
 from tasks.adapters.ops.settings import paths
 
 
@@ -18,10 +19,17 @@ def quiet_offline_defaults(use_stack: bool = True) -> None:
         "DO_NOT_TRACK": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per file floods the Prefect logs
+        # a tracking server that goes away fails a call in about a minute, not MLflow's default of
+        # seven retries with doubling backoff and two-minute timeouts
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "GX_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": str(paths().prefect_home),
+        # concurrency leases on disk under PREFECT_HOME, not in the server's memory: a slot held by a
+        # killed run can then be found and reclaimed by the next one, whichever server it talks to
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
     }.items():
         os.environ.setdefault(key, value)
     if use_stack:
@@ -63,3 +71,11 @@ def brief_console_errors() -> None:
     for handler in {h for logger in loggers for h in logger.handlers}:
         if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
             handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
+def stop_leftover_servers() -> None:
+    """Before a run starts its temporary Prefect server: stop those that killed runs left behind."""
+    from tasks.adapters.ops.stack_processes import stop_orphaned_temporary_servers
+
+    for pid in stop_orphaned_temporary_servers(Path(os.environ["PREFECT_HOME"]).expanduser()):
+        logging.getLogger("rslm").warning(f"stopped the temporary Prefect server (pid {pid}) of a run that was killed")

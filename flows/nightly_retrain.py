@@ -6,10 +6,13 @@
 Each stage is a sub-flow; a failed stage stops the run before anything later is trained,
 registered or promoted (a registered version whose evaluation fails is tagged and never promoted).
 Unchanged input (same dataset bytes and training config as a registered, evaluated version)
-trains nothing unless `force`. `last-run.json` and a summary artifact are written whatever happens;
-a failure also leaves a `nightly-retrain-failure` artifact and, if configured, a webhook call."""
+trains nothing unless `force`. `last-run.json` says `running` from the start and, at the end,
+`succeeded`, `unchanged`, `failed` or `interrupted` (Ctrl-C or SIGTERM); a summary artifact is written
+whatever happens, and a failure also leaves a `nightly-retrain-failure` artifact and, if configured,
+a webhook call. Each run first marks KILLED the MLflow runs a killed earlier attempt left RUNNING."""
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,15 +23,23 @@ from prefect.runtime import flow_run
 from tasks.adapters.data.dataset_store import DatasetRef
 from tasks.adapters.data.gx_runner import ValidationReport
 from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_pipeline_config, resolve_run
+from tasks.adapters.ops.run_record import write_run_record
 from tasks.adapters.ops.settings import paths, resolve_path
+from tasks.adapters.ops.signals import interruption, stop_signals_interrupt
 from tasks.adapters.tracking.runs import Tracking
 from tasks.dataset_tasks import expand_dataset_task, generate_blueprint_task, publish_dataset_task, validate_dataset_task
 from tasks.domain.config import PipelineConfig
-from tasks.domain.errors import DataValidationError
+from tasks.domain.errors import DataValidationError, first_line
 from tasks.domain.report import RunRecord
 from tasks.domain.run_spec import EvaluationSpec, RunSpec
 from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_evaluation_task, publish_promotion_task
-from tasks.model_tasks import find_trained_version_task, prepare_base_model_task, register_adapter_task, train_adapter_task
+from tasks.model_tasks import (
+    find_trained_version_task,
+    prepare_base_model_task,
+    reconcile_interrupted_runs_task,
+    register_adapter_task,
+    train_adapter_task,
+)
 from tasks.report_tasks import publish_validation_task, record_failure, write_run_record_task
 from tasks.stages.build_dataset import require_valid
 from tasks.stages.evaluate import Evaluation
@@ -120,33 +131,47 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
     config = load_pipeline_config(config_path, overrides)
     tracking = Tracking.configured()  # one MLflow store for every stage of the run
     record = RunRecord(started_at=_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
-                       mlflow_tracking_uri=tracking.uri, prefect_flow_run_id=str(flow_run.get_id() or ""))
+                       mlflow_tracking_uri=tracking.uri, prefect_flow_run_id=str(flow_run.get_id() or ""),
+                       pid=os.getpid())
+    write_run_record(record, paths().last_run)  # `running` from the start: a killed run never shows the last success
     try:
-        spec = resolve_run(config)  # every config file read once: all stages get these objects
-        dataset = build_dataset(spec, force)
-        record.update({"domain": dataset.domain, "dataset_path": dataset.train_path, "eval_dataset_path": dataset.eval_path,
-                       "dataset_sha256": dataset.sha256, "blueprint_hash": dataset.blueprint_hash})
-        try:
-            report = validate_dataset(spec, dataset, force)
-        except DataValidationError as error:
-            record.update({"validation_success": False, "validation_failures": error.failures,
-                           "data_docs": error.data_docs})
-            raise
-        record.update({"validation_success": True, "data_docs": report.data_docs_index})
-        if config.storage.backend == "s3":
-            record.update({"dataset_uri": publish_dataset_task(dataset, config)})
-        key, previous = find_trained_version_task(spec, dataset, base_model, tracking)
-        record.update({"training_key": key})
-        if previous and not force:
-            record.update({"status": "unchanged", "unchanged_version": previous, "registered_model": previous["name"],
-                           "model_version": previous["version"], "mlflow_run_id": previous["run_id"],
-                           "aliases": previous["aliases"]})
-        else:
-            _train_register_promote(spec, dataset, report, tracking, base_model, key, record)
+        with stop_signals_interrupt():
+            _run_stages(config, tracking, record, base_model, force)
     except BaseException as error:
-        record.update({"status": "failed", "error": str(error).splitlines()[0][:500]})
+        stopped = interruption(error)
+        record.update({"status": "interrupted" if stopped else "failed", "error": stopped or first_line(error)})
         raise
     finally:
         record.update({"finished_at": _now()})
-        write_run_record_task(record, str(paths().last_run))
+        if record.status == "interrupted":  # Prefect is shutting down: no more tasks, just the file
+            write_run_record(record, paths().last_run)
+        else:
+            write_run_record_task(record, str(paths().last_run))
     return record.model_dump(mode="json")
+
+
+def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, base_model: str | None,
+                force: bool) -> None:
+    spec = resolve_run(config)  # every config file read once: all stages get these objects
+    record.update({"reconciled_runs": reconcile_interrupted_runs_task(tracking, config.tracking.experiment(
+        spec.framework.domain))})
+    dataset = build_dataset(spec, force)
+    record.update({"domain": dataset.domain, "dataset_path": dataset.train_path, "eval_dataset_path": dataset.eval_path,
+                   "dataset_sha256": dataset.sha256, "blueprint_hash": dataset.blueprint_hash})
+    try:
+        report = validate_dataset(spec, dataset, force)
+    except DataValidationError as error:
+        record.update({"validation_success": False, "validation_failures": error.failures,
+                       "data_docs": error.data_docs})
+        raise
+    record.update({"validation_success": True, "data_docs": report.data_docs_index})
+    if config.storage.backend == "s3":
+        record.update({"dataset_uri": publish_dataset_task(dataset, config)})
+    key, previous = find_trained_version_task(spec, dataset, base_model, tracking)
+    record.update({"training_key": key})
+    if previous and not force:
+        record.update({"status": "unchanged", "unchanged_version": previous, "registered_model": previous["name"],
+                       "model_version": previous["version"], "mlflow_run_id": previous["run_id"],
+                       "aliases": previous["aliases"]})
+    else:
+        _train_register_promote(spec, dataset, report, tracking, base_model, key, record)

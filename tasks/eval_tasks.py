@@ -21,7 +21,7 @@ from tasks.stages import evaluate, promote
 def evaluate_model_task(model_uri: str, spec: EvaluationSpec, tracking: Tracking,
                         eval_path: str | None = None) -> evaluate.Evaluation:
     # Evaluation runs models on the same device as training: one at a time.
-    with training_slot():
+    with training_slot(spec.slot):
         return evaluate.evaluate_version(model_uri, spec, paths(), tracking, eval_path)
 
 

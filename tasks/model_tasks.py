@@ -5,28 +5,26 @@ from contextlib import contextmanager
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
 from tasks.adapters.data.dataset_store import DatasetRef
 from tasks.adapters.data.gx_runner import ValidationReport
 from tasks.adapters.ops.settings import paths
 from tasks.adapters.tracking.runs import Tracking
+from tasks.domain.config import DeviceSlotConfig
 from tasks.domain.run_spec import RunSpec
 from tasks.retry_policy import SERVICE_RETRIES
 from tasks.stages import train as stage
 
-TRAINING_SLOT = "training"  # global concurrency limit name: one training on the device at a time
-
 
 @contextmanager
-def training_slot():
-    """Hold the device: strict, so a missing limit is created (limit 1) rather than skipped, and
-    overlapping nightly and manual runs queue here instead of fighting over memory. `make up`
-    creates it too, with `training_slots` from infra/stack.yaml."""
-    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit
+def training_slot(policy: DeviceSlotConfig):
+    """The device, held for this flow run (see `device_slot`)."""
+    from prefect import get_run_logger
+    from prefect.runtime import flow_run
 
-    ensure_concurrency_limit(None, TRAINING_SLOT, 1, overwrite=False)
-    with concurrency(TRAINING_SLOT, occupy=1, strict=True, timeout_seconds=None):
+    from tasks.adapters.ops.prefect_admin import device_slot
+
+    with device_slot(policy, flow_run.get_id(), get_run_logger().info):
         yield
 
 
@@ -38,7 +36,7 @@ def prepare_base_model_task(spec: RunSpec, dataset: DatasetRef, base_override: s
 @task(name="train-adapter", cache_policy=NO_CACHE)
 def train_adapter_task(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, base_model: str,
                        tracking: Tracking, measure_eval_loss: bool = True) -> stage.TrainedAdapter:
-    with training_slot():
+    with training_slot(spec.config.device_slot):
         return stage.train_and_track(spec, dataset, report, base_model, paths(), tracking, measure_eval_loss)
 
 
@@ -54,3 +52,16 @@ def find_trained_version_task(spec: RunSpec, dataset: DatasetRef, base_override:
     """The training key, and the registered version already trained with it (None: train)."""
     key = stage.training_key(spec, dataset, base_override)
     return key, stage.find_trained_version(spec, dataset, key, tracking)
+
+
+@task(name="reconcile-interrupted-runs", cache_policy=NO_CACHE, **SERVICE_RETRIES)
+def reconcile_interrupted_runs_task(tracking: Tracking, experiment: str) -> list[str]:
+    """The tracking server answers (else the run stops here, in one line); MLflow runs that an
+    earlier, killed attempt left RUNNING are marked KILLED, with the reason."""
+    from prefect import get_run_logger
+
+    tracking.check_reachable()
+    killed = tracking.reconcile_dead_runs(experiment)
+    for run_id in killed:
+        get_run_logger().warning(f"MLflow run {run_id} was left RUNNING by a process that is gone: marked KILLED")
+    return killed

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from prefect import task
@@ -11,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.adapters.data.gx_runner import ValidationReport
+from tasks.adapters.ops.run_record import write_run_record
 from tasks.domain.report import RunRecord, summary_markdown
 
 
@@ -25,13 +24,8 @@ def publish_validation_task(report: ValidationReport) -> None:
 
 @task(name="write-run-record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def write_run_record_task(record: RunRecord, path: str) -> None:
-    """Write `last-run.json` atomically and publish the run summary as a Prefect artifact."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".last-run-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record.model_dump(mode="json"), handle, indent=2)
-    os.replace(tmp, target)
+    """Write `last-run.json` and publish the run summary as a Prefect artifact."""
+    write_run_record(record, Path(path))
     create_markdown_artifact(key="nightly-retrain-summary", markdown=summary_markdown(record),
                              description="What the nightly retrain did")
 

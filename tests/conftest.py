@@ -74,6 +74,9 @@ def rslm_home(tmp_path, monkeypatch) -> Path:
 def prefect_harness(tmp_path_factory):
     """One Prefect API for the whole session (start-up costs ~10 s)."""
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from tasks.adapters.ops.prefect_admin import LEASE_STORAGE
+
+    os.environ["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = LEASE_STORAGE  # as flows/environment.py sets it
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -74,6 +74,12 @@ def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_numbe
     replies = model.predict(pd.DataFrame({"prompt": ["Why pin the nginx image by digest?"]}), params={"max_new_tokens": 8})
     assert len(replies) == 1 and isinstance(replies[0], str)
 
+    # The registry holds safetensors, JSON and code: no pickle, no training checkpoint.
+    files = [p for p in Path(mlflow.artifacts.download_artifacts("models:/reasoning-slm-devops/1")).rglob("*") if p.is_file()]
+    assert any(p.name == "adapter_model.safetensors" for p in files)
+    assert not [p for p in files if p.suffix in {".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt"} or "checkpoint" in str(p)]
+    assert not list(Path(record["adapter_dir"]).parent.glob(".*.partial")), "the staging directory was published"
+
 
 
 def _steps(n: int) -> dict:
@@ -265,13 +271,15 @@ def test_training_slot_makes_overlapping_runs_take_turns(prefect_harness):
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks.model_tasks import TRAINING_SLOT, training_slot
+    from tasks.adapters.ops.prefect_admin import TRAINING_SLOT
+    from tasks.domain.config import DeviceSlotConfig
+    from tasks.model_tasks import training_slot
 
     held: list[tuple[float, float]] = []
 
     @flow
     def hold_the_device():
-        with training_slot():
+        with training_slot(DeviceSlotConfig(poll_seconds=0.5)):
             start = time.monotonic()
             time.sleep(1.5)
             held.append((start, time.monotonic()))

@@ -25,7 +25,8 @@ for command in (pipeline.pipeline, pipeline.generate, pipeline.validate, pipelin
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as error:
         error.show()
@@ -33,10 +34,10 @@ def main() -> None:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if os.environ.get("RSLM_DEBUG"):
             raise
-        from tasks.domain.errors import RslmError
+        from tasks.domain.errors import RslmError, first_line
 
         code = error.exit_code if isinstance(error, RslmError) else 1
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error, limit=2000)
         prefix = "" if isinstance(error, RslmError) else f"{type(error).__name__}: "
         click.echo(f"error: {prefix}{message}", err=True)
         sys.exit(code)

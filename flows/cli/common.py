@@ -29,10 +29,11 @@ def run_overrides(framework: str | None, profile: str | None, max_steps: int | N
 def setup(flows: bool = False) -> None:
     """Environment defaults; `flows` for the commands that run Prefect flows (their console errors
     are kept to one line)."""
-    from flows.environment import brief_console_errors, quiet_offline_defaults
+    from flows.environment import brief_console_errors, quiet_offline_defaults, stop_leftover_servers
 
     quiet_offline_defaults()
     if flows:
+        stop_leftover_servers()
         brief_console_errors()
 
 

@@ -58,6 +58,12 @@ def status() -> None:
     _, where = _stack_context()
     rows = local_stack.status(where)
     _print_status(rows)
+    api_url = local_stack.live_endpoints(where).get("PREFECT_API_URL")
+    if api_url:
+        from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, slot_leases
+
+        leases = slot_leases(api_url, TRAINING_SLOT)
+        click.echo(f"{TRAINING_SLOT} slot: " + ("; ".join(f"held by {lease.describe()}" for lease in leases) or "free"))
     if rows and not all(r["healthy"] for r in rows):
         sys.exit(3)
 

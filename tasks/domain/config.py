@@ -216,6 +216,18 @@ class NotificationsConfig(Frozen):
     timeout_s: float = Field(default=10.0, gt=0, le=60)
 
 
+class DeviceSlotConfig(Frozen):
+    """The `training` global concurrency slot: one training or evaluation on the device at a time."""
+
+    # A holder renews its lease while it runs; a killed one stops, and its slot is reclaimed this
+    # long after its last renewal.
+    lease_seconds: int = Field(default=60, ge=60)  # 60 s is the least Prefect grants
+    # How long a run waits for another to finish before it gives up with an error (a 7B training takes hours).
+    wait_seconds: float = Field(default=12 * 3600, gt=0)
+    # While waiting: how often to say who holds the slot, and to reclaim it if its holder died.
+    poll_seconds: float = Field(default=30, gt=0)
+
+
 class PipelineConfig(Frozen):
     framework: str = "configs/frameworks/devops.yaml"
     profile: str = "smollm2-135m"
@@ -228,6 +240,7 @@ class PipelineConfig(Frozen):
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionGate = PromotionGate()
     notifications: NotificationsConfig = NotificationsConfig()
+    device_slot: DeviceSlotConfig = DeviceSlotConfig()
     # Per-run adjustments on top of the profile's training section (e.g. max_steps for a smoke run).
     training_overrides: dict[str, Any] = Field(default_factory=dict)
 

@@ -36,3 +36,13 @@ class DataValidationError(RslmError):
 
 class TokenizerRoundTripError(RslmError):
     """The Hugging Face tokenizer does not reproduce SentencePiece's own encoding (transformers 5 trap)."""
+
+
+def first_line(error: BaseException, limit: int = 500) -> str:
+    """An error as one line: its message's first line, or its type when it has no message
+    (KeyboardInterrupt has none).
+
+    >>> first_line(ValueError("bad\\nmore")), first_line(KeyboardInterrupt())
+    ('bad', 'KeyboardInterrupt')
+    """
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

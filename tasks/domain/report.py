@@ -45,6 +45,8 @@ class RunRecord(BaseModel):
     evaluation: dict[str, Any] = {}
     promotion: dict[str, Any] = {}
     prefect_flow_run_id: str | None = None
+    pid: int | None = None  # the process running it: a record left `running` by a dead pid was killed
+    reconciled_runs: list[str] = []  # MLflow runs of killed earlier attempts, marked KILLED by this run
 
     def update(self, fields: dict[str, Any]) -> None:
         """Fill in what a stage produced, in place (so a later failure keeps what came before)."""

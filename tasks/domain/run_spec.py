@@ -4,6 +4,7 @@ long run cannot make registration disagree with training (a different system pro
 from __future__ import annotations
 
 from tasks.domain.config import (
+    DeviceSlotConfig,
     EvaluationConfig,
     HeldOutSet,
     ModelProfile,
@@ -24,6 +25,7 @@ class EvaluationSpec(Frozen):
     framework: Framework
     probes: ProbeSet
     heldout: HeldOutSet | None = None
+    slot: DeviceSlotConfig = DeviceSlotConfig()  # evaluation runs models on the device too
 
 
 class RunSpec(Frozen):

@@ -13,7 +13,7 @@ from tasks.adapters.data.dataset_store import file_sha256, read_dataset_files
 from tasks.adapters.ops.settings import Paths
 from tasks.adapters.tracking.registry import CHAMPION, ModelRegistry, VersionInfo
 from tasks.adapters.tracking.runs import Tracking
-from tasks.domain.errors import RslmError
+from tasks.domain.errors import RslmError, first_line
 from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult, HeldOutAnswer, heldout_markdown
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import KEY_METRICS, comparison_markdown
@@ -143,11 +143,11 @@ def evaluate_version(model_uri: str, spec: EvaluationSpec, paths: Paths, trackin
                 evaluation.champion_metrics = _measure(champion_info, rows, spec, registry, paths,
                                                        paths.evaluations / info.name / f"v{champion}" / key).metrics
             except Exception as error:  # noqa: BLE001 - the gate reports it; the challenger's numbers stand
-                evaluation.champion_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                evaluation.champion_error = f"{type(error).__name__}: {first_line(error, 300)}"
         _log_to_run(evaluation, result, tracking)
     except BaseException as error:
         registry.set_version_tags(info.name, info.version, {
-            EVALUATION_STATUS: "failed", "evaluation.error": (str(error).splitlines() or [type(error).__name__])[0][:500]})
+            EVALUATION_STATUS: "failed", "evaluation.error": first_line(error)})
         raise
     registry.set_version_tags(info.name, info.version, {EVALUATION_STATUS: "succeeded",
                                                         "evaluation.eval_sha256": eval_sha})

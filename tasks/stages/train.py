@@ -10,7 +10,8 @@ import pandas as pd
 from tasks.adapters.data.dataset_store import DatasetRef, read_dataset_files
 from tasks.adapters.data.gx_runner import ValidationReport
 from tasks.adapters.model.base_models import base_model_source, base_provenance
-from tasks.adapters.model.training import TrainingSummary, train_lora
+from tasks.adapters.model.training import CHECKPOINTS, TrainingSummary, train_lora
+from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
 from tasks.adapters.ops.settings import Paths
 from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import flatten_params
@@ -53,6 +54,9 @@ def train_and_track(spec: RunSpec, dataset: DatasetRef, report: ValidationReport
     train_rows = [r for _, _, r in read_dataset_files([dataset.train_path])]
     eval_rows = [r for _, _, r in read_dataset_files([dataset.eval_path])]
     adapter_dir = paths.adapters / dataset.domain / f"{dataset.sha256[:12]}-{content_hash(training.model_dump())[:8]}"
+    # trained in a staging directory keyed like the adapter: a killed attempt's checkpoints are
+    # picked up by the next attempt with the same data and settings, and by nothing else
+    work_dir = staging_dir(adapter_dir)
     experiment = config.tracking.experiment(dataset.domain)
     tags = {"profile": profile.name, "domain": dataset.domain}
     if config.storage.backend == "s3":
@@ -72,12 +76,13 @@ def train_and_track(spec: RunSpec, dataset: DatasetRef, report: ValidationReport
         run.log_params({f"base.{k}": str(v) for k, v in base_provenance(base_model).items()})
         run.log_blueprint_provenance(Path(dataset.blueprint_path))
         summary: TrainingSummary = train_lora(base_model, train_rows, eval_rows if measure_eval_loss else [],
-                                              training, adapter_dir, sink=run.metrics_sink(),
+                                              training, work_dir, sink=run.metrics_sink(),
                                               chat_format=profile.chat_format)
         run.log_metrics({f"final/{k}": v for k, v in summary.metrics().items()})
         run.log_dict({k: v for k, v in asdict(summary).items() if k != "history"}, "training_summary.json")
-        run.log_image(loss_curve(summary.history, adapter_dir / "loss_curve.png",
-                                      f"{dataset.domain} / {profile.name}: LoRA loss"))
+        run.log_image(loss_curve(summary.history, work_dir / "loss_curve.png",
+                                 f"{dataset.domain} / {profile.name}: LoRA loss"))
+        publish_directory(work_dir, adapter_dir, leave_out=(CHECKPOINTS,))
     summary_dict = {k: v for k, v in asdict(summary).items() if k != "history"}
     return TrainedAdapter(run_id=run.run_id, experiment=experiment, adapter_dir=str(adapter_dir),
                           base_model=base_model, summary=summary_dict, base_provenance=base_provenance(base_model))

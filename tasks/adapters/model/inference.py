@@ -108,7 +108,6 @@ def load_adapter_generator(adapter_dir: str | Path, system_prompt: str, device: 
     import json
 
     from tasks.adapters.model.training import SUMMARY_FILE
-
     from tasks.domain.errors import RslmError
 
     summary_file = Path(adapter_dir) / SUMMARY_FILE

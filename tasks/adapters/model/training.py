@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from tasks.domain.records import Row
 
 MetricsSink = Callable[[dict[str, float], int], None]
 SUMMARY_FILE = "training_summary.json"
+CHECKPOINTS = "checkpoints"  # under the training directory: local only (optimizer and RNG states are pickles)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class TrainingSummary:
     loss_tokens_per_second: float
     duration_s: float
     history: list[dict] = field(default_factory=list)
+    resumed_from_step: int = 0  # 0: trained from the start; N: picked up from checkpoint N of an interrupted attempt
 
     def metrics(self) -> dict[str, float]:
         """The numeric summary, for MLflow."""
@@ -132,7 +135,7 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(out_dir / CHECKPOINTS),
         max_steps=cfg.max_steps, num_train_epochs=cfg.num_epochs,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -157,16 +160,31 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
                                 "examples": len(train_examples), "counter": counter}
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint the trainer finished writing (it writes trainer_state.json last); a
+    checkpoint cut short by a kill is deleted, so the trainer never resumes from half of one."""
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    for partial in [p for p in found if not (p / "trainer_state.json").is_file()]:
+        shutil.rmtree(partial, ignore_errors=True)
+    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
 def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
                cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
                chat_format: str | None = None) -> TrainingSummary:
     """Train, evaluate once on the eval split, and save the adapter, tokenizer and summary:
-    `adapter_config.json`, `adapter_model.safetensors`, `tokenizer/`, `training_summary.json`."""
+    `adapter_config.json`, `adapter_model.safetensors`, `tokenizer/`, `training_summary.json`.
+    Checkpoints go to `out_dir/checkpoints/`; when `out_dir` holds one from an interrupted attempt
+    (same data and settings: the caller keys `out_dir` by them), training resumes from it: model,
+    optimizer, scheduler, RNG and position in the data."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    resume = last_complete_checkpoint(out_dir / CHECKPOINTS)
     trainer, tokenizer, info = build_trainer(base_source, train_rows, eval_rows, cfg, out_dir, sink, chat_format=chat_format)
     counter: _CountingCollator = info["counter"]
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     duration = time.perf_counter() - started
     eval_loss = None
     if trainer.eval_dataset is not None:
@@ -190,6 +208,7 @@ def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Se
         tokens_per_second=counter.tokens / duration if duration else 0.0,
         loss_tokens_per_second=counter.loss_tokens / duration if duration else 0.0,
         duration_s=duration, history=[h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h],
+        resumed_from_step=int(resume.name.split("-")[-1]) if resume else 0,
     )
     (out_dir / SUMMARY_FILE).write_text(summary.to_json())
     return summary

@@ -90,7 +90,7 @@ def resolve_evaluation(config: PipelineConfig, framework: Framework) -> Evaluati
     """The evaluation settings with the probes and the framework domain's held-out questions."""
     return EvaluationSpec(settings=config.evaluation, framework=framework,
                           probes=load_model(ProbeSet, config.evaluation.probes),
-                          heldout=load_heldout(config.evaluation, framework.domain))
+                          heldout=load_heldout(config.evaluation, framework.domain), slot=config.device_slot)
 
 
 def load_heldout(cfg: EvaluationConfig, domain: str) -> HeldOutSet | None:

@@ -1,9 +1,18 @@
 """Idempotent Prefect set-up: the process work pool for the local agent and the global concurrency
-limit that lets one training at a time use the device."""
+limit that lets one training at a time use the device; who holds that limit, and reclaiming the
+slots of holders that died."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+from tasks.domain.config import DeviceSlotConfig
 
 
 @contextmanager
@@ -53,3 +62,129 @@ def ensure_concurrency_limit(api_url: str | None, name: str, limit: int, overwri
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
             return True
         return False
+
+
+# Where Prefect's server keeps concurrency leases once `PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE`
+# names the filesystem storage (flows/environment.py and the stack set it): under PREFECT_HOME, so
+# a lease outlives the temporary server that granted it and any process here can read it.
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+@dataclass(frozen=True)
+class SlotLease:
+    """One holder of a concurrency slot, as Prefect's lease storage records it."""
+
+    lease_id: str
+    holder: str  # "flow_run <uuid>", or "unknown" for a lease taken without a holder
+    since: datetime
+    expires: datetime
+
+    @property
+    def expired(self) -> bool:
+        """A live holder renews its lease well before this; an expired one was killed."""
+        return self.expires < datetime.now(UTC)
+
+    def describe(self) -> str:
+        age = int((datetime.now(UTC) - self.since).total_seconds())
+        state = "expired" if self.expired else f"renewed until {self.expires:%H:%M:%S} UTC"
+        return f"{self.holder} since {self.since:%Y-%m-%d %H:%M:%S} UTC ({age} s; lease {state})"
+
+
+def _lease_dir() -> Path:
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home) / "concurrency_leases"
+
+
+def slot_leases(api_url: str | None, name: str) -> list[SlotLease]:
+    """The leases held on the limit `name`, oldest first (none when it does not exist)."""
+    from prefect.exceptions import ObjectNotFound
+
+    with _client(api_url) as client:
+        try:
+            limit_id = str(client.read_global_concurrency_limit_by_name(name).id)
+        except ObjectNotFound:
+            return []
+    leases = []
+    for path in _lease_dir().glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written or removed right now
+            continue
+        if path.name == "expirations.json" or limit_id not in data.get("resource_ids", []):
+            continue
+        holder = (data.get("metadata") or {}).get("holder") or {}
+        leases.append(SlotLease(lease_id=data["id"], since=datetime.fromisoformat(data["created_at"]),
+                                expires=datetime.fromisoformat(data["expiration"]),
+                                holder=f"{holder['type'].replace('_', ' ')} {holder['id']}" if holder else "unknown"))
+    return sorted(leases, key=lambda lease: lease.since)
+
+
+def reclaim_dead_slots(api_url: str | None, name: str) -> list[str]:
+    """Give back the slots of `name` whose holders died: expired leases (a killed process stops
+    renewing), and slots counted with no lease at all (taken before leases were kept on disk, or
+    by a server that kept them in memory). Prefect's own lease reaper does not run in its temporary
+    server, so this runs before every wait. Returns what was reclaimed, for the log."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    reclaimed = []
+    with _client(api_url) as client:
+        for lease in (lease for lease in slot_leases(api_url, name) if lease.expired):
+            client.release_concurrency_slots_with_lease(UUID(lease.lease_id))
+            reclaimed.append(f"expired lease of {lease.describe()}")
+        try:
+            active = client.read_global_concurrency_limit_by_name(name).active_slots
+        except ObjectNotFound:
+            return reclaimed
+        leased = len(slot_leases(api_url, name))
+        if active > leased:
+            time.sleep(1.0)  # a slot being granted right now is counted a moment before its lease is written
+            active = client.read_global_concurrency_limit_by_name(name).active_slots
+            leased = len(slot_leases(api_url, name))
+            if active > leased:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=leased))
+                reclaimed.append(f"{active - leased} slot(s) held with no lease")
+    return reclaimed
+
+
+TRAINING_SLOT = "training"  # global concurrency limit name: one training (or evaluation) on the device at a time
+
+
+@contextmanager
+def device_slot(policy: DeviceSlotConfig, holder_id: str | None, log: Callable[[str], None],
+                name: str = TRAINING_SLOT) -> Iterator[None]:
+    """Hold the device. Strict, so a missing limit is created (limit 1) rather than skipped, and
+    overlapping nightly and manual runs queue here instead of fighting over memory (`make up`
+    creates the limit too, with `training_slots` from infra/stack.yaml).
+
+    The slot is a lease the holder renews while it runs: a killed holder's slot is reclaimed once
+    its lease lapses. While waiting this says who holds the slot, every `poll_seconds`, and gives
+    up after `wait_seconds` with an error naming the holder."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency.sync import concurrency
+
+    from tasks.domain.errors import RslmError
+
+    ensure_concurrency_limit(None, name, 1, overwrite=False)
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(holder_id)) if holder_id else None
+    deadline = time.monotonic() + policy.wait_seconds
+    with ExitStack() as held:
+        while True:
+            for what in reclaim_dead_slots(None, name):
+                log(f"{name} slot: reclaimed the {what}")
+            try:
+                held.enter_context(concurrency(
+                    name, occupy=1, strict=True, holder=holder, lease_duration=policy.lease_seconds,
+                    timeout_seconds=max(1.0, min(policy.poll_seconds, deadline - time.monotonic())),
+                    # a Prefect server hiccup during a long training must not kill it; the lease
+                    # then lapses and the slot may be shared for a while, which is the lesser harm
+                    raise_on_lease_renewal_failure=False))
+                break
+            except TimeoutError:
+                holders = "; ".join(lease.describe() for lease in slot_leases(None, name)) or "a holder without a lease"
+                if time.monotonic() >= deadline:
+                    raise RslmError(f"{name} slot: still held after {policy.wait_seconds:.0f} s by {holders}; "
+                                    "raise device_slot.wait_seconds, or stop that run") from None
+                log(f"waiting for the {name} slot, held by {holders}")
+        yield

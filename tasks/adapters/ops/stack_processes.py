@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tasks.adapters.ops.config_files import load_model
 from tasks.adapters.ops.settings import REPO_ROOT, Paths
-from tasks.domain.errors import RslmError
+from tasks.domain.errors import RslmError, first_line
 from tasks.domain.stack import AGENT_LABEL, Service, StackConfig, agent_values, env_overrides, plan, redact, render_agent
 
 STACK_CONFIG = "infra/stack.yaml"
@@ -97,7 +97,7 @@ def ensure_postgres_databases(config: StackConfig) -> None:
         connection = psycopg2.connect(config.postgres_url, dbname="postgres", connect_timeout=5)
     except psycopg2.OperationalError as error:
         raise RslmError(f"PostgreSQL at {redact(config.postgres_url)} is not reachable: "
-                        f"{str(error).strip().splitlines()[0]}") from None
+                        f"{first_line(error)}") from None
     connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
     try:
         with connection.cursor() as cursor:
@@ -146,10 +146,10 @@ def up(config: StackConfig, paths: Paths, timeout: float = 120.0, only: set[str]
 
 def prepare_prefect(config: StackConfig) -> None:
     """The process work pool and the `training` global concurrency limit (idempotent)."""
-    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
+    from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, ensure_concurrency_limit, ensure_work_pool
 
     ensure_work_pool(config.prefect_api_url, config.work_pool)
-    ensure_concurrency_limit(config.prefect_api_url, "training", config.training_slots)
+    ensure_concurrency_limit(config.prefect_api_url, TRAINING_SLOT, config.training_slots)
 
 
 def _stop_tree(pid: int, grace: float) -> None:
@@ -212,10 +212,10 @@ def live_endpoints(paths: Paths) -> dict[str, str]:
 def deploy(config: StackConfig, api_url: str | None = None, prefect_file: str = "infra/prefect.yaml") -> str:
     """Work pool + concurrency limit, then every deployment in `prefect_file`; returns the CLI output."""
     api_url = api_url or config.prefect_api_url
-    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
+    from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, ensure_concurrency_limit, ensure_work_pool
 
     ensure_work_pool(api_url, config.work_pool)
-    ensure_concurrency_limit(api_url, "training", config.training_slots)
+    ensure_concurrency_limit(api_url, TRAINING_SLOT, config.training_slots)
     env = {**os.environ, "PREFECT_API_URL": api_url, "RSLM_REPO": str(REPO_ROOT), "RSLM_WORK_POOL": config.work_pool,
            "RSLM_TIMEZONE": config.timezone, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     result = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
@@ -275,3 +275,33 @@ def _agent_commands(kind: str, target: Path, install: bool) -> list[list[str]]:
                 else [["launchctl", "bootout", f"{domain}/{AGENT_LABEL}"]])
     return ([["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", target.stem]]
             if install else [["systemctl", "--user", "disable", "--now", target.stem]])
+
+
+def orphaned_temporary_servers(prefect_home: Path) -> list[int]:
+    """Prefect's temporary API servers on `prefect_home` whose run is gone. A run starts one as its
+    child; killed with -9, the run cannot stop it, and it serves on. Told apart from the stack's
+    own server (`make up`) by the environment Prefect gives only temporary servers."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        try:
+            if "prefect.server.api.server:create_app" not in " ".join(process.info["cmdline"] or []):
+                continue
+            if psutil.pid_exists(process.info["ppid"]) and process.info["ppid"] != 1:
+                continue  # its run is alive
+            environ = process.environ()
+            same_home = Path(environ.get("PREFECT_HOME", "~/.prefect")).expanduser().resolve() == prefect_home.resolve()
+            if environ.get("PREFECT__SERVER_EPHEMERAL") == "1" and same_home:
+                found.append(process.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_orphaned_temporary_servers(prefect_home: Path) -> list[int]:
+    """Stop what `orphaned_temporary_servers` finds; returns their pids."""
+    found = orphaned_temporary_servers(prefect_home)
+    for pid in found:
+        _stop_tree(pid, grace=5.0)
+    return found

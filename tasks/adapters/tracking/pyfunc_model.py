@@ -2,6 +2,7 @@
 returns something whose `predict` answers prompts with base + adapter."""
 from __future__ import annotations
 
+import mlflow.models
 import mlflow.pyfunc
 
 
@@ -27,3 +28,8 @@ class ReasoningAdapterModel(mlflow.pyfunc.PythonModel):
             prompts = [str(p) for p in model_input]
         max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
         return self.generator.reply(prompts, max_new_tokens=max_new)
+
+
+# Logged as code, not pickled: MLflow copies this file into the model and runs it on load, so no
+# registry artifact holds a pickle (MLflow's "models from code").
+mlflow.models.set_model(ReasoningAdapterModel())

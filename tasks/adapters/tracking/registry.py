@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.adapters.tracking.mlflow_store import bind_store
-from tasks.domain.errors import RslmError
+from tasks.domain.errors import RslmError, first_line
 from tasks.domain.evaluation import parse_model_uri
 from tasks.domain.promotion import Decision, after_promotion, after_rollback, aliases_for, format_history, parse_history
 
@@ -23,9 +23,28 @@ HISTORY_TAG = "champion.history"
 
 
 def _missing(error: Exception) -> bool:
+    """MLflow saying the model, version or alias does not exist (and not: the server is down)."""
     from mlflow.exceptions import MlflowException
 
-    return isinstance(error, MlflowException)
+    if not isinstance(error, MlflowException):
+        return False
+    return error.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        error.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(error))
+
+
+def _server_down(error: Exception) -> bool:
+    """A request to a tracking server that failed: refused, timed out, or retried out."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and error.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE") \
+        and "API request to" in str(error)
+
+
+def unreachable(uri: str, error: Exception) -> RslmError:
+    """One line for a store that did not answer, naming it (its password hidden)."""
+    from tasks.domain.stack import redact
+
+    return RslmError(f"MLflow at {redact(uri)} did not answer: {first_line(error, 300)}")
 
 
 @dataclass
@@ -105,6 +124,8 @@ class ModelRegistry:
         except Exception as error:  # noqa: BLE001 - a missing alias or model is an answer, not a failure
             if _missing(error):
                 return None
+            if _server_down(error):
+                raise unreachable(self.uri, error) from None
             raise
 
     def resolve(self, uri: str, with_run: bool = False) -> VersionInfo:
@@ -119,6 +140,8 @@ class ModelRegistry:
         except Exception as error:  # noqa: BLE001 - MLflow raises its own types for a missing version; others re-raise
             if _missing(error):
                 raise RslmError(f"{uri}: no such registered model version or alias") from None
+            if _server_down(error):
+                raise unreachable(self.uri, error) from None
             raise
         return self._info(mv, with_run)
 

@@ -7,6 +7,8 @@ handle a stage logs through while its run is open."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,10 +61,57 @@ class Tracking(Frozen):
     @contextmanager
     def run(self, experiment: str, *, run_name: str | None = None,
             tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
-        """Start a run. A failure inside marks it FAILED."""
+        """Start a run, tagged with the process that runs it. A failure inside marks it FAILED; a
+        killed process leaves it RUNNING until `reconcile_dead_runs` finds the process gone."""
         experiment_id = self.ensure_experiment(experiment)
-        with _mlflow().start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        owner = {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()), OWNER_STARTED: str(_process_started())}
+        with _mlflow().start_run(experiment_id=experiment_id, run_name=run_name, tags={**(tags or {}), **owner}) as run:
             yield TrackedRun(run.info.run_id)
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """A tracking server that does not answer fails the run now, in one line naming it, rather
+        than after minutes of retries in the middle of training. Local stores always answer."""
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        import urllib.error
+        import urllib.request
+
+        from tasks.domain.errors import RslmError
+        from tasks.domain.stack import redact
+
+        try:
+            with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=timeout) as response:
+                if response.status == 200:
+                    return
+                problem = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as error:
+            problem = str(getattr(error, "reason", error))
+        raise RslmError(f"MLflow at {redact(self.uri)} is not reachable ({problem}): start it (make up) "
+                        "or unset MLFLOW_TRACKING_URI to use the local store")
+
+    def reconcile_dead_runs(self, experiment: str) -> list[str]:
+        """Runs of `experiment` left RUNNING by a process of this machine that no longer exists
+        (killed, or the machine restarted) are marked KILLED, with the reason as a tag. Returns
+        their ids. Runs of other machines and of live processes are left alone."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        killed = []
+        for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=200):
+            tags = run.data.tags
+            if tags.get(OWNER_HOST) != socket.gethostname() or OWNER_PID not in tags:
+                continue
+            if _process_alive(int(tags[OWNER_PID]), tags.get(OWNER_STARTED, "")):
+                continue
+            client.set_tag(run.info.run_id, "rslm.killed_reason",
+                           f"process {tags[OWNER_PID]} on {tags[OWNER_HOST]} ended without closing the run "
+                           f"(killed, or the machine stopped); found by process {os.getpid()}")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+        return killed
 
     @contextmanager
     def resume(self, run_id: str) -> Iterator[TrackedRun]:
@@ -84,6 +133,27 @@ class Tracking(Frozen):
             return None
 
 
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "rslm.host", "rslm.pid", "rslm.pid_started"
+
+
+def _process_started(pid: int | None = None) -> float:
+    import psutil
+
+    return psutil.Process(pid).create_time()
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    """The process is running and is the one that started the run (pids are reused)."""
+    import psutil
+
+    try:
+        return not started or abs(_process_started(pid) - float(started)) < 1.0
+    except psutil.AccessDenied:  # someone else's process: alive, and not ours to judge
+        return True
+    except (psutil.NoSuchProcess, ValueError):  # gone (a zombie counts as gone)
+        return False
+
+
 @dataclass(frozen=True)
 class TrackedRun:
     """The open run a stage logs into (only while its `Tracking.run`/`resume` block is open)."""
@@ -98,7 +168,9 @@ class TrackedRun:
         mlflow = _mlflow()
 
         def sink(metrics: dict[str, float], step: int) -> None:
-            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
+            # queued and sent in the background: a slow or absent server never stalls a training
+            # step; the queue is flushed when the run closes, and a failure surfaces there
+            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step, synchronous=False)
 
         return sink
 
@@ -137,7 +209,7 @@ class TrackedRun:
         from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
         from tasks.adapters.model.inference import DEFAULT_MAX_NEW_TOKENS
-        from tasks.adapters.tracking.pyfunc_model import ReasoningAdapterModel
+        from tasks.adapters.tracking import pyfunc_model
 
         artifacts = {"adapter": str(adapter_dir)}
         if log_base:
@@ -146,7 +218,7 @@ class TrackedRun:
                                    params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]))
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=ReasoningAdapterModel(),
+            python_model=pyfunc_model.__file__,  # models from code: no pickle in the registry
             artifacts=artifacts,
             model_config={"base_model": str(base_source), "system_prompt": system_prompt,
                           "max_new_tokens": DEFAULT_MAX_NEW_TOKENS},

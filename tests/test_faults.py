@@ -1,0 +1,209 @@
+"""The fault suite: processes killed, servers gone, runs overlapping. Each case asserts that
+nothing is lost or left locked, and that the next run goes on without a manual step."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, device_slot, slot_leases
+from tasks.domain.config import DeviceSlotConfig
+from tasks.domain.errors import RslmError
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.integration]
+QUICK_SLOT = DeviceSlotConfig(lease_seconds=60, poll_seconds=2, wait_seconds=150)
+
+
+def _active_slots() -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(TRAINING_SLOT).active_slots
+
+
+def _hold_slot_in_a_process(holder: str) -> subprocess.Popen:
+    """Another run's process holding the device slot, as a real OS process we can kill -9."""
+    from prefect.settings import PREFECT_API_URL
+
+    code = textwrap.dedent(f"""
+        import time
+        from tasks.adapters.ops.prefect_admin import device_slot
+        from tasks.domain.config import DeviceSlotConfig
+        with device_slot(DeviceSlotConfig(lease_seconds=60), {holder!r}, print):
+            print("held", flush=True)
+            time.sleep(600)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_killed_holders_slot_is_reclaimed_and_the_waiter_says_who_held_it(prefect_harness):
+    holder = str(uuid.uuid4())
+    process = _hold_slot_in_a_process(holder)
+    assert [lease.holder for lease in slot_leases(None, TRAINING_SLOT)] == [f"flow run {holder}"]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    said: list[str] = []
+    start = time.monotonic()
+    with device_slot(QUICK_SLOT, str(uuid.uuid4()), said.append):
+        waited = time.monotonic() - start
+        assert _active_slots() == 1
+    assert _active_slots() == 0
+    assert waited < 100, "reclaimed once the dead holder's 60 s lease lapsed"
+    assert any(f"waiting for the training slot, held by flow run {holder}" in line for line in said), said
+    assert any("reclaimed the expired lease of flow run " + holder in line for line in said), said
+
+
+def test_a_slot_counted_without_a_lease_is_reclaimed(prefect_harness):
+    """The leak from before leases were kept on disk: active_slots stuck at 1 with no holder."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit
+
+    ensure_concurrency_limit(None, TRAINING_SLOT, 1, overwrite=False)
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(TRAINING_SLOT, GlobalConcurrencyLimitUpdate(active_slots=1))
+    said: list[str] = []
+    with device_slot(QUICK_SLOT, None, said.append):
+        pass
+    assert said == ["training slot: reclaimed the 1 slot(s) held with no lease"] and _active_slots() == 0
+
+
+def test_a_live_holder_is_waited_for_then_the_waiter_gives_up_naming_it(prefect_harness):
+    holder, released = str(uuid.uuid4()), threading.Event()
+    took = threading.Event()
+
+    def hold():
+        with device_slot(QUICK_SLOT, holder, lambda _: None):
+            took.set()
+            released.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert took.wait(30)
+    try:
+        with pytest.raises(RslmError, match=f"training slot: still held after 3 s by flow run {holder}"):
+            with device_slot(QUICK_SLOT.model_copy(update={"wait_seconds": 3}), None, lambda _: None):
+                pass
+    finally:
+        released.set()
+        thread.join(30)
+    assert _active_slots() == 0
+
+
+def test_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
+        tiny_base, small_build, tmp_path):
+    """kill -9 a real training process right after it saved checkpoint 8 of 12; training again in
+    the same directory picks up at step 8 (model, optimizer, scheduler, RNG, data position) and
+    ends with the adapter an uninterrupted run gives."""
+    from safetensors.torch import load_file
+
+    from tasks.adapters.model.training import CHECKPOINTS, train_lora
+    from tasks.domain.config import TrainingConfig
+
+    from conftest import write_rows
+
+    cfg = TrainingConfig(device="cpu", max_steps=12, save_steps=4, save_total_limit=2, batch_size=4,
+                         learning_rate=5e-3, max_length=128, warmup_ratio=0.0)
+    rows = write_rows(tmp_path / "rows.jsonl", small_build.train[:96])
+    uninterrupted = train_lora(tiny_base, small_build.train[:96], [], cfg, tmp_path / "uninterrupted")
+
+    interrupted = tmp_path / "interrupted"
+    code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from transformers import TrainerCallback
+        import tasks.adapters.model.training as training
+        from tasks.adapters.data.dataset_store import read_dataset_files
+        from tasks.domain.config import TrainingConfig
+
+        class StopAfterCheckpoint8(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == 8:
+                    print("saved 8", flush=True)
+                    time.sleep(600)  # killed here
+
+        build = training.build_trainer
+        def build_with_pause(*args, **kwargs):
+            trainer, tokenizer, info = build(*args, **kwargs)
+            trainer.add_callback(StopAfterCheckpoint8())
+            return trainer, tokenizer, info
+        training.build_trainer = build_with_pause
+        rows = [row for _, _, row in read_dataset_files([{str(rows)!r}])]
+        training.train_lora({str(tiny_base)!r}, rows, [], TrainingConfig.model_validate_json({cfg.model_dump_json()!r}),
+                            Path({str(interrupted)!r}))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        said = (line.strip() for line in iter(process.stdout.readline, ""))
+        assert "saved 8" in said, "the trainer stopped before checkpoint 8"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (interrupted / "adapter_model.safetensors").exists(), "killed before it finished"
+
+    resumed = train_lora(tiny_base, small_build.train[:96], [], cfg, interrupted)
+    assert resumed.resumed_from_step == 8 and resumed.steps == 12
+    assert sorted(p.name for p in (interrupted / CHECKPOINTS).glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+    expected = load_file(tmp_path / "uninterrupted" / "adapter_model.safetensors")
+    got = load_file(interrupted / "adapter_model.safetensors")
+    assert expected.keys() == got.keys()
+    worst = max(float((expected[k] - got[k]).abs().max()) for k in expected)
+    assert worst < 1e-5, f"resumed adapter differs from the uninterrupted one by {worst:g}"
+    assert resumed.train_loss_last == pytest.approx(uninterrupted.train_loss_last, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_during_training_is_followed_by_a_run_that_resumes_and_finishes(tmp_path):
+    """`rslm pipeline --force` killed with -9 mid-training, as a user or the OOM killer would, then
+    run again: no manual step. The second run stops the first one's orphaned Prefect server, marks
+    its MLflow run KILLED, reclaims the training slot once the dead run's lease lapses, resumes from
+    the last checkpoint and registers a version."""
+    import json
+
+    import psutil
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "home"
+    config = tmp_path / "pipeline.yaml"
+    base = yaml.safe_load((REPO / "configs/pipeline.yaml").read_text())
+    base.update({"profile": "tiny", "training_overrides": {"max_steps": 160, "save_steps": 20},
+                 "dataset": {**base["dataset"], "max_samples": 600},
+                 "evaluation": {**base["evaluation"], "max_generations": 4, "loss_rows": 16, "consistency_groups": 2},
+                 "promotion": {}})
+    config.write_text(yaml.safe_dump(base))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))},
+           "RSLM_HOME": str(home)}
+    command = [sys.executable, "-m", "flows.cli", "pipeline", "--config", str(config), "--force"]
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(home.glob("adapters/devops/.*.partial/checkpoints/checkpoint-*/trainer_state.json")):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never reached a checkpoint"
+        time.sleep(0.5)
+    server = [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert json.loads((home / "last-run.json").read_text())["status"] == "running", "a killed run shows no old success"
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    record = json.loads((home / "last-run.json").read_text())
+    assert record["status"] == "succeeded" and record["model_version"] == "1"
+    assert 20 <= record["training"]["resumed_from_step"] < 160 and record["training"]["steps"] == 160
+    assert not [pid for pid in server if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    uri = record["mlflow_tracking_uri"]
+    killed = MlflowClient(tracking_uri=uri).get_run(record["reconciled_runs"][0])
+    assert killed.info.status == "KILLED" and "ended without closing the run" in killed.data.tags["rslm.killed_reason"]
+    assert not list(home.glob("adapters/devops/.*.partial")), "published, nothing half-written left"
