@@ -79,3 +79,18 @@ def stop_leftover_servers() -> None:
 
     for pid in stop_orphaned_temporary_servers(Path(os.environ["PREFECT_HOME"]).expanduser()):
         logging.getLogger("rslm").warning(f"stopped the temporary Prefect server (pid {pid}) of a run that was killed")
+
+
+def temporary_prefect_server() -> None:
+    """Without a local stack, the run's own Prefect server, started here in a session of its own
+    (see `start_temporary_prefect_server`) and stopped when the command exits, however it exits
+    short of kill -9."""
+    import atexit
+
+    from tasks.adapters.ops.stack_processes import start_temporary_prefect_server, stop_process
+
+    if os.environ.get("PREFECT_API_URL"):
+        return  # the stack's server (make up), or one the user named
+    url, pid = start_temporary_prefect_server(Path(os.environ["PREFECT_HOME"]).expanduser())
+    os.environ["PREFECT_API_URL"] = url
+    atexit.register(stop_process, pid)

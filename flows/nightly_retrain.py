@@ -111,13 +111,17 @@ def _train_register_promote(spec: RunSpec, dataset: DatasetRef, report: Validati
     registration = register_adapter(spec, dataset, trained, tracking, key)
     record.update({"registered_model": registration.name, "model_version": registration.version,
                    "aliases": registration.aliases, "model_uri": registration.model_uri})
-    evaluation = evaluate_model(spec.evaluation, f"models:/{registration.name}/{registration.version}", tracking)
+    _evaluate_promote(spec, registration.name, registration.version, tracking, record)
+
+
+def _evaluate_promote(spec: RunSpec, name: str, version: str, tracking: Tracking, record: RunRecord) -> None:
+    evaluation = evaluate_model(spec.evaluation, f"models:/{name}/{version}", tracking)
     record.update({"evaluation": {
         "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
         "champion_metrics": evaluation.champion_metrics, "eval_path": evaluation.eval_path,
         "report_dir": evaluation.report_dir}})
     promotion = promote_model(spec.config, evaluation, tracking)
-    aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == registration.version)})
+    aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == version)})
     record.update({"promotion": {"verdict": promotion.verdict, **promotion.decision}, "aliases": aliases,
                    "status": "succeeded"})
 
@@ -169,7 +173,11 @@ def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, b
         record.update({"dataset_uri": publish_dataset_task(dataset, config)})
     key, previous = find_trained_version_task(spec, dataset, base_model, tracking)
     record.update({"training_key": key})
-    if previous and not force:
+    if previous and previous["pending_evaluation"] and not force:  # trained and registered, then stopped
+        record.update({"registered_model": previous["name"], "model_version": previous["version"],
+                       "mlflow_run_id": previous["run_id"], "resumed_evaluation": True})
+        _evaluate_promote(spec, previous["name"], previous["version"], tracking, record)
+    elif previous and not force:
         record.update({"status": "unchanged", "unchanged_version": previous, "registered_model": previous["name"],
                        "model_version": previous["version"], "mlflow_run_id": previous["run_id"],
                        "aliases": previous["aliases"]})

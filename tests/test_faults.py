@@ -8,6 +8,7 @@ import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -46,21 +47,32 @@ def _hold_slot_in_a_process(holder: str) -> subprocess.Popen:
     return process
 
 
-def test_a_killed_holders_slot_is_reclaimed_and_the_waiter_says_who_held_it(prefect_harness):
+@pytest.mark.parametrize("known_process", [True, False], ids=["holder-process-known", "lease-expiry-only"])
+def test_a_killed_holders_slot_is_reclaimed(prefect_harness, known_process):
+    """kill -9 of the run holding the device. Its process recorded beside the lease: the slot is
+    reclaimed at once. Without that record (a holder on another machine), once its 60 s lease lapses."""
+    from tasks.adapters.ops.prefect_admin import _holders_dir
+
     holder = str(uuid.uuid4())
     process = _hold_slot_in_a_process(holder)
     assert [lease.holder for lease in slot_leases(None, TRAINING_SLOT)] == [f"flow run {holder}"]
     process.send_signal(signal.SIGKILL)
     process.wait()
+    if not known_process:
+        (_holders_dir() / f"{holder}.json").unlink()
     said: list[str] = []
     start = time.monotonic()
     with device_slot(QUICK_SLOT, str(uuid.uuid4()), said.append):
         waited = time.monotonic() - start
         assert _active_slots() == 1
     assert _active_slots() == 0
-    assert waited < 100, "reclaimed once the dead holder's 60 s lease lapsed"
-    assert any(f"waiting for the training slot, held by flow run {holder}" in line for line in said), said
-    assert any("reclaimed the expired lease of flow run " + holder in line for line in said), said
+    if known_process:
+        assert waited < 10 and said == [f"training slot: reclaimed the lease of {said[0].split('lease of ')[1]}"]
+        assert said[0].endswith("its process has ended") and f"flow run {holder}" in said[0]
+    else:
+        assert 30 < waited < 100, "reclaimed once the dead holder's 60 s lease lapsed"
+        assert any(f"waiting for the training slot, held by flow run {holder}" in line for line in said), said
+        assert any(f"reclaimed the expired lease of flow run {holder}" in line for line in said), said
 
 
 def test_a_slot_counted_without_a_lease_is_reclaimed(prefect_harness):
@@ -91,10 +103,13 @@ def test_a_live_holder_is_waited_for_then_the_waiter_gives_up_naming_it(prefect_
     thread = threading.Thread(target=hold)
     thread.start()
     assert took.wait(30)
+    said: list[str] = []
     try:
         with pytest.raises(RslmError, match=f"training slot: still held after 3 s by flow run {holder}"):
-            with device_slot(QUICK_SLOT.model_copy(update={"wait_seconds": 3}), None, lambda _: None):
+            with device_slot(QUICK_SLOT.model_copy(update={"wait_seconds": 3, "poll_seconds": 1}), None, said.append):
                 pass
+        assert said and all(line.startswith(f"waiting for the training slot, held by flow run {holder} since ")
+                            for line in said), said
     finally:
         released.set()
         thread.join(30)
@@ -163,17 +178,10 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_an_unin
     assert resumed.train_loss_last == pytest.approx(uninterrupted.train_loss_last, rel=1e-4)
 
 
-@pytest.mark.slow
-def test_a_pipeline_killed_during_training_is_followed_by_a_run_that_resumes_and_finishes(tmp_path):
-    """`rslm pipeline --force` killed with -9 mid-training, as a user or the OOM killer would, then
-    run again: no manual step. The second run stops the first one's orphaned Prefect server, marks
-    its MLflow run KILLED, reclaims the training slot once the dead run's lease lapses, resumes from
-    the last checkpoint and registers a version."""
-    import json
-
-    import psutil
+def _tiny_pipeline(tmp_path) -> tuple[list[str], dict, Path]:
+    """`rslm pipeline --force` on the tiny profile, long enough (160 steps, a checkpoint every 20)
+    to be interrupted mid-training, in its own RSLM_HOME; returns the command, environment and home."""
     import yaml
-    from mlflow.tracking import MlflowClient
 
     home = tmp_path / "home"
     config = tmp_path / "pipeline.yaml"
@@ -185,13 +193,65 @@ def test_a_pipeline_killed_during_training_is_followed_by_a_run_that_resumes_and
     config.write_text(yaml.safe_dump(base))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))},
            "RSLM_HOME": str(home)}
-    command = [sys.executable, "-m", "flows.cli", "pipeline", "--config", str(config), "--force"]
+    return [sys.executable, "-m", "flows.cli", "pipeline", "--config", str(config), "--force"], env, home
 
-    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def _wait_for_a_checkpoint(process: subprocess.Popen, home) -> None:
     deadline = time.monotonic() + 240
     while not list(home.glob("adapters/devops/.*.partial/checkpoints/checkpoint-*/trainer_state.json")):
-        assert first.poll() is None and time.monotonic() < deadline, "the first run never reached a checkpoint"
+        assert process.poll() is None and time.monotonic() < deadline, "the run never reached a checkpoint"
         time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_run_stopped_during_training_says_so_and_leaves_nothing_running(tmp_path, stop):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) or SIGTERM to the run (a worker
+    cancelling it): one stop is enough; last-run.json says `interrupted`, the MLflow run is closed,
+    the temporary Prefect server is gone and the device slot is free."""
+    import json
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    command, env, home = _tiny_pipeline(tmp_path)
+    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    _wait_for_a_checkpoint(run, home)
+    family = [p.pid for p in psutil.Process(run.pid).children(recursive=True)]
+    if stop == "ctrl-c":
+        os.killpg(run.pid, signal.SIGINT)
+    else:
+        run.send_signal(signal.SIGTERM)
+    stderr = run.communicate(timeout=120)[1]
+    assert run.returncode == 130, stderr[-2000:]
+    assert "error: interrupted" in stderr.splitlines(), stderr[-2000:]
+    record = json.loads((home / "last-run.json").read_text())
+    assert record["status"] == "interrupted" and record["finished_at"]
+    assert record["error"] == ("interrupted by SIGINT (Ctrl-C)" if stop == "ctrl-c" else "interrupted by SIGTERM")
+    client = MlflowClient(tracking_uri=record["mlflow_tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("reasoning-slm-devops").experiment_id])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    time.sleep(2)
+    assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    leases = [p for p in (home / "prefect" / "concurrency_leases").glob("*.json") if p.name != "expirations.json"]
+    assert not leases, "the training slot's lease was given back"
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_during_training_is_followed_by_a_run_that_resumes_and_finishes(tmp_path):
+    """`rslm pipeline --force` killed with -9 mid-training, as a user or the OOM killer would, then
+    run again: no manual step. The second run stops the first one's orphaned Prefect server, marks
+    its MLflow run KILLED, reclaims the training slot once the dead run's lease lapses, resumes from
+    the last checkpoint and registers a version."""
+    import json
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    command, env, home = _tiny_pipeline(tmp_path)
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_a_checkpoint(first, home)
     server = [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -207,3 +267,75 @@ def test_a_pipeline_killed_during_training_is_followed_by_a_run_that_resumes_and
     killed = MlflowClient(tracking_uri=uri).get_run(record["reconciled_runs"][0])
     assert killed.info.status == "KILLED" and "ended without closing the run" in killed.data.tags["rslm.killed_reason"]
     assert not list(home.glob("adapters/devops/.*.partial")), "published, nothing half-written left"
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_during_evaluation_is_followed_by_a_run_that_evaluates_that_version(tmp_path):
+    """kill -9 after registration, while the version is being evaluated: it stays unpromoted (no
+    evaluation status, so no gate passes it), and the next run, unforced, evaluates and promotes
+    that same version instead of training again."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    command, env, home = _tiny_pipeline(tmp_path)
+    command = [c for c in command if c != "--force"]
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(home.glob("evaluations/reasoning-slm-devops/v1/*")):  # evaluation under way
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never reached evaluation"
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", registry_uri=f"sqlite:///{home / 'mlflow.db'}")
+    assert "evaluation.status" not in client.get_model_version("reasoning-slm-devops", "1").tags
+    assert not client.get_registered_model("reasoning-slm-devops").aliases.get("champion")
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    record = json.loads((home / "last-run.json").read_text())
+    assert record["status"] == "succeeded" and record["resumed_evaluation"] and record["model_version"] == "1"
+    assert record["adapter_dir"] is None, "nothing trained again"
+    assert client.get_model_version("reasoning-slm-devops", "1").tags["evaluation.status"] == "succeeded"
+    assert len(client.search_model_versions("name = 'reasoning-slm-devops'")) == 1
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_goes_away_neither_stalls_training_nor_reads_as_a_missing_version(
+        tmp_path, monkeypatch):
+    """The MLflow server killed mid-run: per-step metrics are queued, so a training step never
+    waits on it; the failure surfaces, bounded, when the run closes; and afterwards the registry
+    says the server did not answer, not that the version does not exist."""
+    from tasks.adapters.ops import stack_processes as stack
+    from tasks.adapters.ops.settings import Paths
+    from tasks.adapters.tracking.runs import Tracking
+    from tasks.domain.stack import StackConfig
+
+    from conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    paths = Paths(tmp_path / "home")
+    config = StackConfig(prefect_port=free_port(), mlflow_port=free_port())
+    try:
+        stack.up(config, paths, only={"mlflow-server"})
+        tracking = Tracking(uri=config.mlflow_url, artifact_root=tmp_path / "artifacts")
+        tracking.check_reachable()
+        started = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017 - whichever MLflow raises on closing the run is fine
+            with tracking.run("outage") as run:
+                sink = run.metrics_sink()
+                sink({"loss": 3.0}, 0)
+                os.killpg(stack.read_state(paths)["services"]["mlflow-server"]["pid"], signal.SIGKILL)
+                time.sleep(0.5)
+                steps_started = time.monotonic()
+                for step in range(1, 50):
+                    sink({"loss": 3.0 - step / 50}, step)
+                assert time.monotonic() - steps_started < 2.0, "a training step waited on the dead server"
+        assert time.monotonic() - started < 120, "the outage surfaced within a bounded time"
+        with pytest.raises(RslmError, match=f"MLflow at {config.mlflow_url} is not reachable"):
+            tracking.check_reachable()
+        with pytest.raises(RslmError, match=f"MLflow at {config.mlflow_url} did not answer"):
+            tracking.registry.resolve("models:/reasoning-slm-devops/1")
+    finally:
+        stack.down(paths)

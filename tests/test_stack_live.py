@@ -4,9 +4,12 @@ on PostgreSQL when one listens on 127.0.0.1:5432."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -93,12 +96,23 @@ def test_stack_runs_the_nightly_deployment_and_stops_cleanly(tmp_path):
         assert record["status"] == "unchanged" and record["unchanged_version"]["version"] == "1"
         assert len(client.search_model_versions("name = 'reasoning-slm-devops'")) == 1, "nothing new registered"
 
+        # Bookkeeping that matches reality: the MLflow server's leader killed alone leaves its
+        # workers serving. Status says it runs, `up` keeps every service in its state (it used to
+        # drop some), and `down` below stops the whole group.
+        family = process_family(paths)
+        leader = stack.read_state(paths)["services"]["mlflow-server"]["pid"]
+        os.kill(leader, signal.SIGKILL)
+        time.sleep(1.0)
+        rows = {r["service"]: r for r in stack.status(paths)}
+        assert rows["mlflow-server"]["running"] and rows["mlflow-server"]["healthy"], rows
+        stack.up(config, paths)
+        assert set(stack.read_state(paths)["services"]) == {"prefect-server", "mlflow-server", "prefect-worker"}
+
         if CHROMIUM:
             dom = browse(f"http://127.0.0.1:{config.prefect_port}/deployments", "prefect-deployments.png", tmp_path / "c1")
             assert "nightly-retrain" in dom and "At 02:00 AM every day" in dom
             dom = browse(f"{config.mlflow_url}/#/models/reasoning-slm-devops", "mlflow-model.png", tmp_path / "c2")
             assert "reasoning-slm-devops" in dom and "champion" in dom and "challenger" in dom
-        family = process_family(paths)
         assert len(family) >= 3
     finally:
         stopped = stack.down(paths)

@@ -27,14 +27,22 @@ def run_overrides(framework: str | None, profile: str | None, max_steps: int | N
 
 
 def setup(flows: bool = False) -> None:
-    """Environment defaults; `flows` for the commands that run Prefect flows (their console errors
-    are kept to one line)."""
-    from flows.environment import brief_console_errors, quiet_offline_defaults, stop_leftover_servers
+    """Environment defaults; `flows` for the commands that run Prefect flows (see `start_flows`)."""
+    from flows.environment import quiet_offline_defaults
 
     quiet_offline_defaults()
     if flows:
-        stop_leftover_servers()
-        brief_console_errors()
+        start_flows()
+
+
+def start_flows() -> None:
+    """Before a command runs flows: stop the Prefect servers killed runs left behind, start this
+    command's own (unless a stack runs), and keep console errors to one line."""
+    from flows.environment import brief_console_errors, stop_leftover_servers, temporary_prefect_server
+
+    stop_leftover_servers()
+    temporary_prefect_server()
+    brief_console_errors()
 
 
 config_option = click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,

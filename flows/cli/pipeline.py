@@ -15,6 +15,7 @@ from flows.cli.common import (
     profile_option,
     run_overrides,
     setup,
+    start_flows,
 )
 
 
@@ -29,12 +30,14 @@ from flows.cli.common import (
 @click.option("--force", is_flag=True, help="Rebuild and retrain even when nothing changed.")
 def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force) -> None:
     """Run the nightly_retrain flow once: build, validate, train, register, evaluate, promote."""
-    setup(flows=True)
-    from flows.nightly_retrain import nightly_retrain
+    setup()
     from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
 
     overrides = run_overrides(framework, profile, max_steps, max_samples, device)
     resolve_run(load_pipeline_config(config_path, overrides))  # a bad flag or file fails here, before any server starts
+    start_flows()
+    from flows.nightly_retrain import nightly_retrain
+
     record = nightly_retrain(config_path=config_path, base_model=base_model, force=force, overrides=overrides)
     click.echo(json.dumps({**{k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
                                                      "registered_model", "model_version", "aliases")},

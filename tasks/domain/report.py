@@ -42,6 +42,7 @@ class RunRecord(BaseModel):
     aliases: list[str] = []
     training_key: str | None = None
     unchanged_version: dict[str, Any] | None = None  # set when nothing changed and nothing was trained
+    resumed_evaluation: bool = False  # the version was trained by an earlier run stopped while evaluating it
     evaluation: dict[str, Any] = {}
     promotion: dict[str, Any] = {}
     prefect_flow_run_id: str | None = None

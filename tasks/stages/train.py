@@ -99,15 +99,18 @@ TRAINING_KEY_TAG = "training_key"
 
 
 def find_trained_version(spec: RunSpec, dataset: DatasetRef, key: str, tracking: Tracking) -> dict | None:
-    """A registered version already trained with `key` whose evaluation succeeded, if any."""
+    """The newest registered version already trained with `key` whose evaluation succeeded or
+    never finished (`pending_evaluation`: the run that registered it was stopped while evaluating,
+    so the next run evaluates it instead of training it again). None: train."""
     registry = tracking.registry
     found = registry.find_by_tag(spec.config.tracking.registered_model(dataset.domain), TRAINING_KEY_TAG, key)
-    usable = [v for v in found if v.tags.get("evaluation.status") == "succeeded"]
+    usable = [v for v in found if v.tags.get("evaluation.status") in ("succeeded", None)]
     if not usable:
         return None
     newest = registry.resolve(max(usable, key=lambda v: int(v.version)).uri)  # search results lack aliases
     return {"name": newest.name, "version": newest.version, "run_id": newest.run_id,
-            "aliases": sorted(newest.aliases), "training_key": key}
+            "aliases": sorted(newest.aliases), "training_key": key,
+            "pending_evaluation": newest.tags.get("evaluation.status") is None}
 
 
 @dataclass

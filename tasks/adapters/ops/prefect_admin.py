@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
+from tasks.adapters.ops.processes import is_gone, this_process
 from tasks.domain.config import DeviceSlotConfig
 
 
@@ -75,19 +76,50 @@ class SlotLease:
     """One holder of a concurrency slot, as Prefect's lease storage records it."""
 
     lease_id: str
-    holder: str  # "flow_run <uuid>", or "unknown" for a lease taken without a holder
+    holder: str  # "flow run <uuid>", or "unknown" for a lease taken without a holder
     since: datetime
     expires: datetime
+    holder_gone: bool = False  # its process, on this machine, has ended (recorded by `device_slot`)
 
     @property
     def expired(self) -> bool:
         """A live holder renews its lease well before this; an expired one was killed."""
         return self.expires < datetime.now(UTC)
 
+    @property
+    def dead(self) -> bool:
+        return self.expired or self.holder_gone
+
     def describe(self) -> str:
         age = int((datetime.now(UTC) - self.since).total_seconds())
         state = "expired" if self.expired else f"renewed until {self.expires:%H:%M:%S} UTC"
         return f"{self.holder} since {self.since:%Y-%m-%d %H:%M:%S} UTC ({age} s; lease {state})"
+
+
+def _holders_dir() -> Path:
+    """Which process holds a slot, by holder id: Prefect's lease knows the flow run, not the process."""
+    return _lease_dir().parent / "rslm-slot-holders"
+
+
+def _holder_process_gone(holder_id: str) -> bool:
+    try:
+        return is_gone(json.loads((_holders_dir() / f"{holder_id}.json").read_text()))
+    except (OSError, ValueError):
+        return False  # unknown: only the lease's expiry can tell
+
+
+@contextmanager
+def _holder_recorded(holder_id: str | None) -> Iterator[None]:
+    if holder_id is None:
+        yield
+        return
+    record = _holders_dir() / f"{holder_id}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(this_process()))
+    try:
+        yield
+    finally:
+        record.unlink(missing_ok=True)
 
 
 def _lease_dir() -> Path:
@@ -116,7 +148,8 @@ def slot_leases(api_url: str | None, name: str) -> list[SlotLease]:
         holder = (data.get("metadata") or {}).get("holder") or {}
         leases.append(SlotLease(lease_id=data["id"], since=datetime.fromisoformat(data["created_at"]),
                                 expires=datetime.fromisoformat(data["expiration"]),
-                                holder=f"{holder['type'].replace('_', ' ')} {holder['id']}" if holder else "unknown"))
+                                holder=f"{holder['type'].replace('_', ' ')} {holder['id']}" if holder else "unknown",
+                                holder_gone=bool(holder) and _holder_process_gone(holder["id"])))
     return sorted(leases, key=lambda lease: lease.since)
 
 
@@ -130,9 +163,10 @@ def reclaim_dead_slots(api_url: str | None, name: str) -> list[str]:
 
     reclaimed = []
     with _client(api_url) as client:
-        for lease in (lease for lease in slot_leases(api_url, name) if lease.expired):
+        for lease in (lease for lease in slot_leases(api_url, name) if lease.dead):
             client.release_concurrency_slots_with_lease(UUID(lease.lease_id))
-            reclaimed.append(f"expired lease of {lease.describe()}")
+            reclaimed.append(f"{'expired ' if lease.expired else ''}lease of {lease.describe()}"
+                             + ("; its process has ended" if lease.holder_gone else ""))
         try:
             active = client.read_global_concurrency_limit_by_name(name).active_slots
         except ObjectNotFound:
@@ -158,8 +192,9 @@ def device_slot(policy: DeviceSlotConfig, holder_id: str | None, log: Callable[[
     overlapping nightly and manual runs queue here instead of fighting over memory (`make up`
     creates the limit too, with `training_slots` from infra/stack.yaml).
 
-    The slot is a lease the holder renews while it runs: a killed holder's slot is reclaimed once
-    its lease lapses. While waiting this says who holds the slot, every `poll_seconds`, and gives
+    The slot is a lease the holder renews while it runs: a killed holder's slot is reclaimed at
+    once when its process ran on this machine (recorded beside the lease), else once its lease
+    lapses. While waiting this says who holds the slot, every `poll_seconds`, and gives
     up after `wait_seconds` with an error naming the holder."""
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.concurrency.sync import concurrency
@@ -180,6 +215,7 @@ def device_slot(policy: DeviceSlotConfig, holder_id: str | None, log: Callable[[
                     # a Prefect server hiccup during a long training must not kill it; the lease
                     # then lapses and the slot may be shared for a while, which is the lesser harm
                     raise_on_lease_renewal_failure=False))
+                held.enter_context(_holder_recorded(holder_id))
                 break
             except TimeoutError:
                 holders = "; ".join(lease.describe() for lease in slot_leases(None, name)) or "a holder without a lease"

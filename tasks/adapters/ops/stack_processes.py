@@ -112,18 +112,17 @@ def ensure_postgres_databases(config: StackConfig) -> None:
 def up(config: StackConfig, paths: Paths, timeout: float = 120.0, only: set[str] | None = None) -> dict:
     """Start whatever of the stack is not already running (or of `only` those services)."""
     state = read_state(paths)
-    running = {name: s for name, s in state.get("services", {}).items() if _ours(s["pid"], s["argv"])}
+    running = {name: s for name, s in state.get("services", {}).items() if _alive(s)}
     ensure_postgres_databases(config)
     logs = state_dir(paths) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (paths.home / "prefect").mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
-    services = {}
+    services = dict(running)  # whatever still runs stays in the state, even if starting another fails
     for service in plan(config, paths.home, bin_dir, REPO_ROOT):
         if only is not None and service.name not in only:
             continue
         if service.name in running:
-            services[service.name] = running[service.name]
             continue
         port = service.url and int(service.url.rsplit(":", 1)[1])
         if port and not _port_free(config.host, port):
@@ -174,24 +173,50 @@ def _stop_tree(pid: int, grace: float) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def _group(pgid: int) -> list[int]:
+    """The live processes of the session `up` started a service in (its leader's pid is the
+    group id): a server's workers keep serving after their leader is killed."""
+    import psutil
+
+    members = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(process.info["pid"]) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.info["pid"])
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return members
+
+
+def _alive(service: dict) -> bool:
+    """The service's leader runs, or some process of its group does (a leader killed alone)."""
+    return _ours(service["pid"], service["argv"]) or bool(_group(service["pid"]))
+
+
 def down(paths: Paths, grace: float = 15.0) -> list[str]:
-    """Stop what `up` started (worker first, so no run is left half-talking to a server)."""
+    """Stop what `up` started (worker first, so no run is left half-talking to a server): each
+    service's whole process group, so no child outlives a leader that was killed before."""
     state = read_state(paths)
     stopped = []
     for name, service in reversed(list(state.get("services", {}).items())):
+        members = _group(service["pid"])
         if _ours(service["pid"], service["argv"]):
             _stop_tree(service["pid"], grace)
+        for pid in (pid for pid in members if pid != service["pid"]):
+            _stop_tree(pid, grace=5.0)
+        if members:
             stopped.append(name)
     _state_file(paths).unlink(missing_ok=True)
     return stopped
 
 
 def status(paths: Paths) -> list[dict]:
+    """Each service: running when any process of its group is, healthy when its port answers."""
     state = read_state(paths)
     rows = []
     for name, service in state.get("services", {}).items():
-        alive = _ours(service["pid"], service["argv"])
-        healthy = alive and (service.get("health_url") is None or _healthy(service["health_url"]))
+        alive = _alive(service)
+        healthy = _healthy(service["health_url"]) if service.get("health_url") else alive
         rows.append({"service": name, "pid": service["pid"], "running": alive, "healthy": healthy,
                      "url": service.get("url") or "-", "log": service["log"]})
     return rows
@@ -204,7 +229,7 @@ def live_endpoints(paths: Paths) -> dict[str, str]:
     endpoints = {}
     for name, variable, suffix in (("prefect-server", "PREFECT_API_URL", "/api"), ("mlflow-server", "MLFLOW_TRACKING_URI", "")):
         service = services.get(name)
-        if service and _ours(service["pid"], service["argv"]):
+        if service and _alive(service):
             endpoints[variable] = service["url"] + suffix
     return endpoints
 
@@ -305,3 +330,36 @@ def stop_orphaned_temporary_servers(prefect_home: Path) -> list[int]:
     for pid in found:
         _stop_tree(pid, grace=5.0)
     return found
+
+
+def start_temporary_prefect_server(prefect_home: Path, timeout: float = 120.0) -> tuple[str, int]:
+    """A Prefect API server for one command, as Prefect's own temporary server but in a session of
+    its own: Ctrl-C in the terminal then reaches only the run, which can still report to the server
+    that it was interrupted (Prefect's server, sharing the terminal's process group, died with the
+    same Ctrl-C and left the run retrying against it). Returns the API URL and the server's pid;
+    stop it with `stop_process`. A run killed with -9 leaves it behind, and the next run stops it
+    (`stop_orphaned_temporary_servers`: it carries Prefect's temporary-server environment)."""
+    import importlib.util
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
+    argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory", "prefect.server.api.server:create_app",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1"}
+    log = prefect_home / "temporary-server.log"
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as handle:
+        process = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    _wait_healthy(Service(name="temporary Prefect server", argv=argv, env={}, url=url, health_url=f"{url}/health"),
+                  process, log, timeout)
+    return url, process.pid
+
+
+def stop_process(pid: int, grace: float = 10.0) -> None:
+    _stop_tree(pid, grace)

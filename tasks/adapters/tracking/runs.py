@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.adapters.ops.processes import is_gone, this_process
 from tasks.adapters.ops.settings import REPO_ROOT
 from tasks.adapters.tracking.mlflow_store import bind_store
 from tasks.adapters.tracking.registry import ModelRegistry
@@ -64,7 +64,7 @@ class Tracking(Frozen):
         """Start a run, tagged with the process that runs it. A failure inside marks it FAILED; a
         killed process leaves it RUNNING until `reconcile_dead_runs` finds the process gone."""
         experiment_id = self.ensure_experiment(experiment)
-        owner = {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()), OWNER_STARTED: str(_process_started())}
+        owner = {OWNER_TAGS[key]: value for key, value in this_process().items()}
         with _mlflow().start_run(experiment_id=experiment_id, run_name=run_name, tags={**(tags or {}), **owner}) as run:
             yield TrackedRun(run.info.run_id)
 
@@ -95,19 +95,19 @@ class Tracking(Frozen):
         their ids. Runs of other machines and of live processes are left alone."""
         from mlflow.tracking import MlflowClient
 
+        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+            return []  # no store yet, so no run in it (and looking would create one)
         client = MlflowClient(tracking_uri=self.uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             return []
         killed = []
         for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=200):
-            tags = run.data.tags
-            if tags.get(OWNER_HOST) != socket.gethostname() or OWNER_PID not in tags:
-                continue
-            if _process_alive(int(tags[OWNER_PID]), tags.get(OWNER_STARTED, "")):
+            owner = {key: run.data.tags.get(tag, "") for key, tag in OWNER_TAGS.items()}
+            if not is_gone(owner):
                 continue
             client.set_tag(run.info.run_id, "rslm.killed_reason",
-                           f"process {tags[OWNER_PID]} on {tags[OWNER_HOST]} ended without closing the run "
+                           f"process {owner['pid']} on {owner['host']} ended without closing the run "
                            f"(killed, or the machine stopped); found by process {os.getpid()}")
             client.set_terminated(run.info.run_id, status="KILLED")
             killed.append(run.info.run_id)
@@ -133,25 +133,7 @@ class Tracking(Frozen):
             return None
 
 
-OWNER_HOST, OWNER_PID, OWNER_STARTED = "rslm.host", "rslm.pid", "rslm.pid_started"
-
-
-def _process_started(pid: int | None = None) -> float:
-    import psutil
-
-    return psutil.Process(pid).create_time()
-
-
-def _process_alive(pid: int, started: str) -> bool:
-    """The process is running and is the one that started the run (pids are reused)."""
-    import psutil
-
-    try:
-        return not started or abs(_process_started(pid) - float(started)) < 1.0
-    except psutil.AccessDenied:  # someone else's process: alive, and not ours to judge
-        return True
-    except (psutil.NoSuchProcess, ValueError):  # gone (a zombie counts as gone)
-        return False
+OWNER_TAGS = {"host": "rslm.host", "pid": "rslm.pid", "started": "rslm.pid_started"}  # the process running the run
 
 
 @dataclass(frozen=True)
