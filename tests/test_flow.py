@@ -165,6 +165,7 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     reevaluated = runner.invoke(cli, ["evaluate", "--model", f"models:/{name}/3"])
     assert reevaluated.exit_code == 0, reevaluated.output
     assert client.get_model_version(name, "3").tags["evaluation.status"] == "succeeded"
+    assert "evaluation.error" not in client.get_model_version(name, "3").tags, "the old failure is cleared"
 
     # Rollback restores the previous champion; a manual promotion is recorded as such.
     rolled = runner.invoke(cli, ["rollback", name])

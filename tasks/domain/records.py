@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.domain.errors import DatasetFormatError
+from tasks.domain.hashing import content_hash
 
 Role = Literal["system", "user", "assistant"]
 
@@ -38,15 +39,45 @@ class RowMetadata(_Strict):
 
 
 class Row(_Strict):
+    """One conversation. Our own rows carry an id and metadata (domain, principle, paraphrase group);
+    a user's rows in the plain OpenAI format may carry `messages` alone: the id is then derived from
+    the content, and the checks that need metadata are skipped (and say so)."""
+
     id: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    metadata: RowMetadata
+    metadata: RowMetadata | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_from_content(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "id" not in data and isinstance(data.get("messages"), list):
+            return {**data, "id": derived_id(data["messages"])}
+        return data
 
     def turns(self, role: Role) -> list[str]:
         return [m.content for m in self.messages if m.role == role]
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
+
+
+def derived_id(messages: list) -> str:
+    """A stable id for a row that brings none: the same conversation always gets the same id.
+
+    >>> derived_id([{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "1. Because."}])
+    'msg-b811f31a70ff8f98'
+    """
+    return "msg-" + content_hash(messages)[:16]
+
+
+def require_metadata(rows: Iterable[tuple[str, int, Row]], purpose: str) -> None:
+    """Training and evaluation here still split, weigh and group rows by their metadata: plain
+    `messages` rows are refused for them with the first such line named, rather than failing
+    deep inside. (Validation and formatting accept them.)"""
+    for file, line, row in rows:
+        if row.metadata is None:
+            raise DatasetFormatError(file, [f"line {line}: a plain `messages` row without metadata; {purpose} "
+                                            "needs rows with metadata (domain, principle_path, pattern_id, group)"])
 
 
 def training_corpus(rows: Iterable[Row]) -> list[str]:

@@ -17,7 +17,7 @@ from tasks.domain.errors import RslmError, first_line
 from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult, HeldOutAnswer, heldout_markdown
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import KEY_METRICS, comparison_markdown
-from tasks.domain.records import Row
+from tasks.domain.records import Row, require_metadata
 from tasks.domain.run_spec import EvaluationSpec
 
 EVALUATION_STATUS = "evaluation.status"
@@ -52,7 +52,9 @@ def _eval_rows(info: VersionInfo, eval_path: str | None) -> tuple[str, list[Row]
     if not path:
         raise RslmError(f"{info.uri}: no eval set recorded on the version; pass --dataset DIR")
     path = str(Path(path) / "reasoning_dataset.eval.jsonl") if Path(path).is_dir() else path
-    rows = [row for _, _, row in read_dataset_files([path])]
+    located = read_dataset_files([path])
+    require_metadata(located, "evaluation")
+    rows = [row for _, _, row in located]
     if not rows:
         raise RslmError(f"{path}: the eval set is empty")
     return path, rows
@@ -151,4 +153,6 @@ def evaluate_version(model_uri: str, spec: EvaluationSpec, paths: Paths, trackin
         raise
     registry.set_version_tags(info.name, info.version, {EVALUATION_STATUS: "succeeded",
                                                         "evaluation.eval_sha256": eval_sha})
+    if "evaluation.error" in info.tags:  # from an earlier, failed attempt: no longer true
+        registry.delete_version_tag(info.name, info.version, "evaluation.error")
     return evaluation

@@ -16,7 +16,7 @@ from tasks.adapters.ops.settings import Paths
 from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import flatten_params
 from tasks.domain.hashing import content_hash
-from tasks.domain.records import Row, training_corpus
+from tasks.domain.records import Row, require_metadata, training_corpus
 from tasks.domain.run_spec import RunSpec
 
 
@@ -51,8 +51,10 @@ def train_and_track(spec: RunSpec, dataset: DatasetRef, report: ValidationReport
     from tasks.adapters.tracking.plots import loss_curve
 
     config, profile, training, framework = spec.config, spec.profile, spec.training, spec.framework
-    train_rows = [r for _, _, r in read_dataset_files([dataset.train_path])]
-    eval_rows = [r for _, _, r in read_dataset_files([dataset.eval_path])]
+    located = read_dataset_files([dataset.train_path, dataset.eval_path])
+    require_metadata(located, "training")
+    train_rows = [r for file, _, r in located if file == dataset.train_path]
+    eval_rows = [r for file, _, r in located if file == dataset.eval_path]
     adapter_dir = paths.adapters / dataset.domain / f"{dataset.sha256[:12]}-{content_hash(training.model_dump())[:8]}"
     # trained in a staging directory keyed like the adapter: a killed attempt's checkpoints are
     # picked up by the next attempt with the same data and settings, and by nothing else

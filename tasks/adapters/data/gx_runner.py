@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from expectations.reasoning_dataset import SUITE_NAME, SuiteSpec, build_suite
+from expectations.reasoning_dataset import SUITE_NAME, SuiteSpec, build_suite, skipped_rules
 
 MAX_IDS_SHOWN = 20
 
@@ -21,10 +21,12 @@ class ValidationReport:
     failures: list[dict] = field(default_factory=list)
     result_path: str | None = None
     data_docs_index: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # rule -> why it could not be checked
 
     def summary(self) -> str:
         if self.success:
-            return f"{self.rows} rows passed {self.evaluated} expectations"
+            not_checked = "".join(f"; not checked: {rule} ({reason})" for rule, reason in self.skipped.items())
+            return f"{self.rows} rows passed {self.evaluated} expectations{not_checked}"
         parts = []
         for failure in self.failures:
             where = ", ".join(failure["rows"][:5]) or failure.get("detail", "")
@@ -76,7 +78,8 @@ def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> Valid
     })
     batch = (context.data_sources.add_pandas("reasoning")
              .add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all"))
-    suite = context.suites.add(build_suite(spec))
+    skipped = skipped_rules(frame)
+    suite = context.suites.add(build_suite(spec, skipped))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name=f"{SUITE_NAME}-checkpoint",
@@ -88,7 +91,7 @@ def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> Valid
     (result,) = outcome.run_results.values()
     failures = [_failure(r, frame) for r in result.results if not r.success]
     result_path = out_dir / "result.json"
-    result_path.write_text(json.dumps(result.describe_dict(), indent=2, default=str))
+    result_path.write_text(json.dumps({**result.describe_dict(), "skipped_rules": skipped}, indent=2, default=str))
     (out_dir / "suite.json").write_text(json.dumps(suite.to_json_dict(), indent=2, default=str))
     index = docs_dir / "index.html"
     return ValidationReport(
@@ -98,4 +101,5 @@ def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> Valid
         failures=failures,
         result_path=str(result_path),
         data_docs_index=str(index) if index.exists() else None,
+        skipped=skipped,
     )

@@ -211,6 +211,9 @@ class ModelRegistry:
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
 
+    def delete_version_tag(self, name: str, version: str, key: str) -> None:
+        self._client().delete_model_version_tag(name, version, key)
+
     def download(self, info: VersionInfo, cache_root: Path) -> Path:
         """The version's MLflow model directory, downloaded once (versions are immutable)."""
         import mlflow
