@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tasks.domain.config import ValidationConfig
+from tasks.domain.contamination import NGRAM, overlap_with
 from tasks.domain.records import Row
 from tasks.domain.secret_patterns import SECRET_PATTERNS
 
@@ -32,10 +33,14 @@ class SuiteSpec:
     banned_phrases: tuple[str, ...]
     final_principles: tuple[str, ...]
     validation: ValidationConfig
+    heldout_questions: tuple[str, ...] = ()  # the domain's held-out set: no row may contain one
 
 
-def flatten_rows(rows: Sequence[tuple[str, int, Row]]) -> pd.DataFrame:
-    """(file, line, row) -> one flat record per conversation."""
+def flatten_rows(rows: Sequence[tuple[str, int, Row]], heldout_questions: Sequence[str] = ()) -> pd.DataFrame:
+    """(file, line, row) -> one flat record per conversation. `heldout_overlap`: the largest share
+    of one held-out question's 8-word runs found in the row's user and assistant turns."""
+    dialogue = ["\n".join(row.turns("user") + row.turns("assistant")) for _, _, row in rows]
+    overlaps = overlap_with(dialogue, heldout_questions) if heldout_questions else [0.0] * len(rows)
     records = []
     for file, line, row in rows:
         users, answers = row.turns("user"), row.turns("assistant")
@@ -57,6 +62,7 @@ def flatten_rows(rows: Sequence[tuple[str, int, Row]]) -> pd.DataFrame:
             "answer_words_min": min((len(a.split()) for a in answers), default=0),
             "answer_text": "\n".join(answers),
             "text": "\n".join(contents),
+            "heldout_overlap": overlaps[len(records)],
         })
     return pd.DataFrame.from_records(records)
 
@@ -116,6 +122,11 @@ def build_suite(spec: SuiteSpec, skipped: dict[str, str] | None = None):
         gxe.ExpectColumnDistinctValuesToContainSet(column="final_principle", value_set=list(spec.final_principles),
                                                    meta=rule(COVERAGE_RULE)),
     ]
+    if spec.heldout_questions:
+        expectations.append(gxe.ExpectColumnValuesToBeBetween(
+            column="heldout_overlap", max_value=v.max_heldout_overlap,
+            meta=rule(f"no row contains a held-out question (at most {v.max_heldout_overlap:.0%} of one "
+                      f"question's {NGRAM}-word runs)")))
     if spec.banned_phrases:
         expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(
             column="answer_text", regex_list=_hedging_regexes(spec.banned_phrases),

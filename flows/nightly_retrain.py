@@ -65,9 +65,10 @@ def build_dataset(spec: RunSpec, force: bool = False) -> DatasetRef:
 def validate_dataset(spec: RunSpec, dataset: DatasetRef, force: bool = False) -> ValidationReport:
     config, framework = spec.config, spec.framework
     out_dir = f"{dataset.directory}/validation"
-    report = validate_dataset_task.with_options(refresh_cache=force)(dataset, framework, config, out_dir)
+    heldout = spec.evaluation.heldout  # decontamination: no row may contain a held-out question
+    report = validate_dataset_task.with_options(refresh_cache=force)(dataset, framework, config, out_dir, heldout)
     if report.result_path and not Path(report.result_path).exists():  # cached, then deleted
-        report = validate_dataset_task.with_options(refresh_cache=True)(dataset, framework, config, out_dir)
+        report = validate_dataset_task.with_options(refresh_cache=True)(dataset, framework, config, out_dir, heldout)
     publish_validation_task(report)
     require_valid(report)
     return report

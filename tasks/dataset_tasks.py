@@ -14,7 +14,7 @@ from tasks.adapters.data.dataset_store import DatasetRef, file_sha256
 from tasks.adapters.data.gx_runner import ValidationReport
 from tasks.adapters.ops.settings import paths
 from tasks.domain.blueprint import Blueprint
-from tasks.domain.config import PipelineConfig
+from tasks.domain.config import HeldOutSet, PipelineConfig
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.llm_blueprint import PROMPT_VERSION as LLM_PROMPT_VERSION
@@ -48,7 +48,7 @@ def validation_key(context, parameters) -> str:
     config: PipelineConfig = parameters["config"]
     return "validation-" + content_hash({
         "train": file_sha256(dataset.train_path), "eval": file_sha256(dataset.eval_path),
-        "suite": repr(stage.suite_spec(parameters["framework"], config.validation)),
+        "suite": repr(stage.suite_spec(parameters["framework"], config.validation, parameters.get("heldout"))),
         "out": parameters["out_dir"]})
 
 
@@ -63,8 +63,10 @@ def expand_dataset_task(framework: Framework, blueprint: Blueprint, config: Pipe
 
 
 @task(name="validate-dataset", cache_key_fn=validation_key, **CACHED)
-def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: PipelineConfig, out_dir: str) -> ValidationReport:
-    return stage.validate_files([dataset.train_path, dataset.eval_path], framework, config.validation, Path(out_dir))
+def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: PipelineConfig, out_dir: str,
+                          heldout: HeldOutSet | None = None) -> ValidationReport:
+    return stage.validate_files([dataset.train_path, dataset.eval_path], framework, config.validation, Path(out_dir),
+                                heldout)
 
 
 @task(name="publish-dataset", cache_policy=NO_CACHE)

@@ -60,6 +60,8 @@ def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_numbe
     run = client.get_run(record["mlflow_run_id"])
     assert run.data.params["training.lora.r"] == "16" and run.data.params["training.lora.alpha"] == "32"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3
+    assert run.data.metrics["validation/heldout_questions"] == 20  # decontamination figures, on the run
+    assert run.data.metrics["validation/rows_over_heldout_threshold"] == 0
     assert run.inputs.dataset_inputs and run.data.tags["dataset.training.sha256"] == record["dataset_sha256"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"validation", "plots", "training_summary.json", "dataset"} <= artifacts

@@ -136,3 +136,29 @@ def test_plain_messages_rows_print_in_both_chat_formats_with_derived_ids(tmp_pat
     validated = runner.invoke(cli, ["validate", str(path)])
     assert validated.exit_code == 0, validated.output  # three rows cover few principles: that rule is skipped, and said
     assert "not checked: every final principle of the framework is represented" in validated.output
+
+
+def test_a_row_holding_a_heldout_question_fails_decontamination_and_the_default_data_passes(
+        tmp_path, small_build, devops_framework):
+    """The held-out questions are the one test no framework pattern wrote: planting one in a
+    training answer fails validation, naming the row; the shipped dataset shares no 8-word run."""
+    from tasks.adapters.ops.config_files import load_heldout, load_pipeline_config
+
+    heldout = load_heldout(load_pipeline_config().evaluation, "devops")
+    clean = [str(write_rows(tmp_path / "train.jsonl", small_build.train)),
+             str(write_rows(tmp_path / "eval.jsonl", small_build.eval))]
+    report = validate_files(clean, devops_framework, ValidationConfig(), tmp_path / "out", heldout)
+    assert report.success, report.summary()
+    assert report.contamination["heldout_questions"] == len(heldout.questions) == 20
+    assert report.contamination["rows_over_heldout_threshold"] == 0 and report.contamination["heldout_overlap_max"] < 0.5
+
+    planted = small_build.train[:40]
+    victim = planted[17]
+    answer = victim.turns("assistant")[-1]
+    leaked = with_messages(victim, [*victim.messages[:-1], Message(
+        role="assistant", content=answer.replace("2. ", f"2. As in '{heldout.questions[3].question}': ", 1))])
+    path = write_rows(tmp_path / "planted.jsonl", [*planted[:17], leaked, *planted[18:]])
+    failed = validate_files([str(path)], devops_framework, ValidationConfig(), tmp_path / "out2", heldout)
+    (failure,) = [f for f in failed.failures if f["column"] == "heldout_overlap"]
+    assert failure["rows"] == [f"{victim.id} (planted.jsonl:18)"] and "held-out question" in failure["rule"]
+    assert failed.contamination["heldout_overlap_max"] == 1.0 and failed.contamination["rows_over_heldout_threshold"] == 1

@@ -96,13 +96,15 @@ def validate(files, config_path, framework, out) -> None:
     from datetime import UTC, datetime
 
     from tasks.adapters.data.dataset_store import dataset_files
-    from tasks.adapters.ops.config_files import load_framework, load_pipeline_config
+    from tasks.adapters.ops.config_files import load_framework, load_heldout, load_pipeline_config
     from tasks.adapters.ops.settings import paths
     from tasks.stages.build_dataset import require_valid, validate_files
 
     config = load_pipeline_config(config_path, run_overrides(framework, None, None, None, None))
     out_dir = Path(out) if out else paths().validations / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    report = validate_files(dataset_files(list(files)), load_framework(config.framework), config.validation, out_dir)
+    framework_model = load_framework(config.framework)
+    report = validate_files(dataset_files(list(files)), framework_model, config.validation, out_dir,
+                            load_heldout(config.evaluation, framework_model.domain))
     require_valid(report)
     click.echo(f"ok: {report.summary()} (Data Docs: {report.data_docs_index})")
 

@@ -122,6 +122,8 @@ class ValidationConfig(Frozen):
     min_prompt_chars: int = Field(default=8, ge=1)
     max_prompt_chars: int = Field(default=2000, ge=1)
     max_conversation_chars: int = Field(default=8000, ge=1)
+    # Decontamination: the largest share of one held-out question's 8-word runs a row may contain.
+    max_heldout_overlap: float = Field(default=0.5, ge=0, le=1)
 
 
 class StorageConfig(Frozen):

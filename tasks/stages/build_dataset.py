@@ -10,7 +10,7 @@ from tasks.adapters.data.gx_runner import ValidationReport, validate_frame
 from tasks.adapters.ops.progress import tqdm_progress
 from tasks.adapters.ops.settings import Paths
 from tasks.domain.blueprint import Blueprint
-from tasks.domain.config import PipelineConfig, ValidationConfig
+from tasks.domain.config import HeldOutSet, PipelineConfig, ValidationConfig
 from tasks.domain.errors import DataValidationError
 from tasks.domain.expansion import build_dataset
 from tasks.domain.framework import Framework
@@ -39,17 +39,21 @@ def expand_dataset(framework: Framework, blueprint: Blueprint, config: PipelineC
     return write_dataset(build, blueprint, config_hash=config_hash, seed=config.seed, root=root)
 
 
-def suite_spec(framework: Framework, validation: ValidationConfig) -> SuiteSpec:
+def suite_spec(framework: Framework, validation: ValidationConfig, heldout: HeldOutSet | None = None) -> SuiteSpec:
     return SuiteSpec(max_answer_words=framework.style.max_answer_words,
                      min_answer_words=framework.style.min_answer_words,
                      banned_phrases=tuple(framework.style.banned_phrases),
-                     final_principles=tuple(framework.final_principle_ids()), validation=validation)
+                     final_principles=tuple(framework.final_principle_ids()), validation=validation,
+                     heldout_questions=tuple(q.question for q in heldout.questions) if heldout else ())
 
 
-def validate_files(files: list[str], framework: Framework, validation: ValidationConfig, out_dir: Path) -> ValidationReport:
-    """Validate train and eval files together (so a prompt in both counts as a duplicate)."""
-    frame = flatten_rows(read_dataset_files(files))
-    return validate_frame(frame, suite_spec(framework, validation), out_dir)
+def validate_files(files: list[str], framework: Framework, validation: ValidationConfig, out_dir: Path,
+                   heldout: HeldOutSet | None = None) -> ValidationReport:
+    """Validate train and eval files together (so a prompt in both counts as a duplicate), and
+    against the domain's held-out questions (decontamination) when it has them."""
+    spec = suite_spec(framework, validation, heldout)
+    frame = flatten_rows(read_dataset_files(files), spec.heldout_questions)
+    return validate_frame(frame, spec, out_dir)
 
 
 def require_valid(report: ValidationReport) -> None:

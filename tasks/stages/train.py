@@ -75,6 +75,7 @@ def train_and_track(spec: RunSpec, dataset: DatasetRef, report: ValidationReport
         run.log_dataset(_dataset_frame(eval_rows), source=dataset.eval_path, sha256=dataset.sha256,
                              name=f"{dataset.domain}-{dataset.sha256[:12]}-eval", context="eval")
         run.log_validation(Path(report.result_path).parent)
+        run.log_metrics({f"validation/{k}": v for k, v in report.contamination.items()})
         run.log_params({f"base.{k}": str(v) for k, v in base_provenance(base_model).items()})
         run.log_blueprint_provenance(Path(dataset.blueprint_path))
         summary: TrainingSummary = train_lora(base_model, train_rows, eval_rows if measure_eval_loss else [],

@@ -22,6 +22,7 @@ class ValidationReport:
     result_path: str | None = None
     data_docs_index: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # rule -> why it could not be checked
+    contamination: dict[str, float] = field(default_factory=dict)  # held-out overlap figures (MLflow metrics)
 
     def summary(self) -> str:
         if self.success:
@@ -102,4 +103,15 @@ def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> Valid
         result_path=str(result_path),
         data_docs_index=str(index) if index.exists() else None,
         skipped=skipped,
+        contamination=contamination_figures(frame, spec),
     )
+
+
+def contamination_figures(frame: pd.DataFrame, spec: SuiteSpec) -> dict[str, float]:
+    """How close the dataset came to the held-out questions (none checked: no figures)."""
+    if not spec.heldout_questions or frame.empty:
+        return {}
+    overlap = frame["heldout_overlap"]
+    return {"heldout_questions": float(len(spec.heldout_questions)), "heldout_overlap_max": float(overlap.max()),
+            "rows_sharing_heldout_ngrams": float((overlap > 0).sum()),
+            "rows_over_heldout_threshold": float((overlap > spec.validation.max_heldout_overlap).sum())}
