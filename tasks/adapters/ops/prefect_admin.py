@@ -154,8 +154,9 @@ def slot_leases(api_url: str | None, name: str) -> list[SlotLease]:
 
 
 def reclaim_dead_slots(api_url: str | None, name: str) -> list[str]:
-    """Give back the slots of `name` whose holders died: expired leases (a killed process stops
-    renewing), and slots counted with no lease at all (taken before leases were kept on disk, or
+    """Give back the slots of `name` whose holders died: leases whose holder's process on this
+    machine has ended, expired leases (a killed process stops renewing), and slots counted with no
+    lease at all (taken before leases were kept on disk, or
     by a server that kept them in memory). Prefect's own lease reaper does not run in its temporary
     server, so this runs before every wait. Returns what was reclaimed, for the log."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
