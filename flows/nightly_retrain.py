@@ -27,7 +27,13 @@ from tasks.adapters.ops.run_record import write_run_record
 from tasks.adapters.ops.settings import paths, resolve_path
 from tasks.adapters.ops.signals import interruption, stop_signals_interrupt
 from tasks.adapters.tracking.runs import Tracking
-from tasks.dataset_tasks import expand_dataset_task, generate_blueprint_task, publish_dataset_task, validate_dataset_task
+from tasks.dataset_tasks import (
+    expand_dataset_task,
+    generate_blueprint_task,
+    publish_dataset_task,
+    validate_dataset_task,
+    write_dataset_card_task,
+)
 from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import DataValidationError, first_line
 from tasks.domain.report import RunRecord
@@ -70,6 +76,7 @@ def validate_dataset(spec: RunSpec, dataset: DatasetRef, force: bool = False) ->
     if report.result_path and not Path(report.result_path).exists():  # cached, then deleted
         report = validate_dataset_task.with_options(refresh_cache=True)(dataset, framework, config, out_dir, heldout)
     publish_validation_task(report)
+    write_dataset_card_task(dataset, report, config)  # pass or fail: a rejected dataset's card says why
     require_valid(report)
     return report
 

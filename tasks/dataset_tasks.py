@@ -69,6 +69,11 @@ def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: Pip
                                 heldout)
 
 
+@task(name="write-dataset-card", cache_policy=NO_CACHE)
+def write_dataset_card_task(dataset: DatasetRef, report: ValidationReport, config: PipelineConfig) -> str:
+    return stage.write_card(dataset, report, config)
+
+
 @task(name="publish-dataset", cache_policy=NO_CACHE)
 def publish_dataset_task(dataset: DatasetRef, config: PipelineConfig) -> str:
     """Upload a validated dataset to S3 (a no-op when already there); returns its s3:// URI.

@@ -30,6 +30,9 @@ def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_numbe
     record = json.loads((rslm_home / "last-run.json").read_text())
     assert record == first and record["status"] == "succeeded" and record["validation_success"] is True
     assert file_sha256(record["dataset_path"]) == record["dataset_sha256"]
+    card = (Path(record["dataset_path"]).parent / "README.md").read_text()  # the dataset card, HF style
+    assert card.startswith("---\nlicense: cc-by-4.0\n") and "## Rows per final principle" in card
+    assert "suite `reasoning_dataset`: **passed**" in card and "Checked against 20 held-out questions" in card
     assert Path(record["data_docs"]).exists() and Path(record["base_model_dir"]).exists()
     assert record["mlflow_tracking_uri"] == f"sqlite:///{rslm_home / 'mlflow.db'}"
     assert (record["registered_model"], record["model_version"]) == ("reasoning-slm-devops", "1")
@@ -266,6 +269,8 @@ def test_failed_validation_trains_and_registers_nothing(prefect_harness, rslm_ho
     assert record["validation_failures"][0]["row_ids"]
     assert not (rslm_home / "adapters").exists() and not (rslm_home / "mlflow.db").exists()
     assert Path(record["dataset_path"]).exists(), "the rejected dataset is kept for inspection"
+    card = (Path(record["dataset_path"]).parent / "README.md").read_text()
+    assert "**FAILED**" in card and "answers are terse" in card, "its card says why"
 
 
 def test_training_slot_makes_overlapping_runs_take_turns(prefect_harness):

@@ -93,6 +93,7 @@ class DatasetConfig(Frozen):
     generator: str = "offline"
     eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     max_samples: int = Field(default=0, ge=0, description="0 keeps every sample")
+    license: str = "cc-by-4.0"  # SPDX-style id for the dataset card (the data is written from your framework)
 
 
 class LLMConfig(Frozen):

@@ -2,15 +2,17 @@
 the domain and the IO adapters; Prefect tasks wrap them, `rslm generate` and `rslm validate` call them."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from expectations.reasoning_dataset import SuiteSpec, flatten_rows
-from tasks.adapters.data.dataset_store import DatasetRef, read_dataset_files, write_dataset
+from tasks.adapters.data.dataset_store import DatasetRef, read_dataset_files, write_dataset, write_dataset_card
 from tasks.adapters.data.gx_runner import ValidationReport, validate_frame
 from tasks.adapters.ops.progress import tqdm_progress
 from tasks.adapters.ops.settings import Paths
 from tasks.domain.blueprint import Blueprint
 from tasks.domain.config import HeldOutSet, PipelineConfig, ValidationConfig
+from tasks.domain.dataset_card import dataset_card
 from tasks.domain.errors import DataValidationError
 from tasks.domain.expansion import build_dataset
 from tasks.domain.framework import Framework
@@ -61,3 +63,16 @@ def require_valid(report: ValidationReport) -> None:
         docs = f" (Data Docs: {report.data_docs_index})" if report.data_docs_index else ""
         raise DataValidationError(f"dataset validation failed: {report.summary()}{docs}",
                                   report.failures, report.data_docs_index)
+
+
+def write_card(dataset: DatasetRef, report: ValidationReport, config: PipelineConfig) -> str:
+    """The dataset card (README.md beside the JSONL): counts, sources, the validation outcome and
+    the contamination figures. Written after validation, pass or fail, so a rejected dataset kept
+    for inspection says why. Returns its path."""
+    manifest = json.loads(Path(dataset.manifest_path).read_text(encoding="utf-8"))
+    blueprint = Blueprint.model_validate_json(Path(dataset.blueprint_path).read_text(encoding="utf-8"))
+    sources = sorted({e.provenance.label() for e in blueprint.entries if e.provenance}) or ["framework"]
+    text = dataset_card(manifest, license_id=config.dataset.license, sources=sources, validation={
+        "success": report.success, "summary": report.summary(), "skipped": report.skipped,
+        "contamination": report.contamination})
+    return str(write_dataset_card(dataset, text))

@@ -80,6 +80,19 @@ def write_dataset(build: DatasetBuild, blueprint: Blueprint, *, config_hash: str
     return dataset_ref(target)
 
 
+CARD_FILE = "README.md"  # the dataset card, written after validation (a dataset's files stay as built)
+
+
+def write_dataset_card(dataset: DatasetRef, text: str) -> Path:
+    """The card beside the dataset, replaced whole (a reader never sees half of it)."""
+    target = Path(dataset.directory) / CARD_FILE
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".card-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, target)
+    return target
+
+
 def dataset_files(paths: list[str]) -> list[str]:
     """Files as given; a dataset directory stands for the train and eval files in it."""
     found: list[str] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tasks.adapters.data.dataset_store import (
     BLUEPRINT_FILE,
+    CARD_FILE,
     EVAL_FILE,
     MANIFEST_FILE,
     TRAIN_FILE,
@@ -94,8 +95,11 @@ class S3DatasetStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         remote = self.location(dataset.domain, dataset.sha256)
-        files = {TRAIN_FILE: dataset.train_path, EVAL_FILE: dataset.eval_path, BLUEPRINT_FILE: dataset.blueprint_path,
-                 MANIFEST_FILE: dataset.manifest_path}
+        files = {TRAIN_FILE: dataset.train_path, EVAL_FILE: dataset.eval_path, BLUEPRINT_FILE: dataset.blueprint_path}
+        card = Path(dataset.directory) / CARD_FILE
+        if card.is_file():
+            files[CARD_FILE] = str(card)
+        files[MANIFEST_FILE] = dataset.manifest_path
         try:
             if self._exists(remote.key_prefix + MANIFEST_FILE):
                 return remote
