@@ -109,7 +109,7 @@ def test_response_cache_is_keyed_by_everything_that_shapes_the_answer(tmp_path):
     assert ResponseCache.key("openai-compatible", "m2", messages, {"temperature": 0.0}) != key
     assert ResponseCache.key("openai-compatible", "m", messages, {"temperature": 0.5}) != key
     assert ResponseCache.key("transformers", "m", messages, {"temperature": 0.0}) != key
-    assert not list(tmp_path.rglob(".partial-*"))
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [f"{key}.json"], "no temporary left behind"
 
 
 # --- end to end ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.adapters.ops.atomic_files import write_text_atomically
 from tasks.domain.blueprint import Blueprint
 from tasks.domain.errors import RslmError
 from tasks.domain.expansion import DatasetBuild
@@ -85,12 +86,7 @@ CARD_FILE = "README.md"  # the dataset card, written after validation (a dataset
 
 def write_dataset_card(dataset: DatasetRef, text: str) -> Path:
     """The card beside the dataset, replaced whole (a reader never sees half of it)."""
-    target = Path(dataset.directory) / CARD_FILE
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".card-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, target)
-    return target
+    return write_text_atomically(Path(dataset.directory) / CARD_FILE, text)
 
 
 def dataset_files(paths: list[str]) -> list[str]:

@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tasks.adapters.ops.atomic_files import write_text_atomically
 from tasks.domain.blueprint import Blueprint, BlueprintGenerator, GeneratorInfo, OfflineBlueprintGenerator
 from tasks.domain.config import LLMConfig
 from tasks.domain.errors import ConfigError, RslmError
@@ -55,12 +55,7 @@ class ResponseCache:
         return json.loads(path.read_text(encoding="utf-8"))["reply"] if path.exists() else None
 
     def put(self, key: str, reply: str, meta: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"reply": reply, **meta}, handle, ensure_ascii=False)
-        os.replace(tmp, path)
+        write_text_atomically(self._path(key), json.dumps({"reply": reply, **meta}, ensure_ascii=False))
 
 
 class OpenAICompatibleChat:

@@ -1,8 +1,9 @@
-"""Directories published whole: a reader sees the old one or the new one, never half of either."""
+"""Files and directories published whole: a reader sees the old one or the new one, never half of either."""
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -24,3 +25,18 @@ def publish_directory(staging: Path, final: Path, leave_out: tuple[str, ...] = (
     os.replace(staging, final)
     shutil.rmtree(previous, ignore_errors=True)
     return final
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write `path` through a temporary file beside it and a rename; a crash leaves the old file
+    (or none), and no stray temporary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
+from tasks.adapters.ops.atomic_files import write_text_atomically
 from tasks.adapters.ops.processes import is_gone, this_process
 from tasks.domain.config import DeviceSlotConfig
 
@@ -113,9 +114,7 @@ def _holder_recorded(holder_id: str | None) -> Iterator[None]:
     if holder_id is None:
         yield
         return
-    record = _holders_dir() / f"{holder_id}.json"
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(this_process()))
+    record = write_text_atomically(_holders_dir() / f"{holder_id}.json", json.dumps(this_process()))
     try:
         yield
     finally:

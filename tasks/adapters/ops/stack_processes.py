@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tasks.adapters.ops.atomic_files import write_text_atomically
 from tasks.adapters.ops.config_files import load_model
 from tasks.adapters.ops.settings import REPO_ROOT, Paths
 from tasks.domain.errors import RslmError, first_line
@@ -41,11 +42,7 @@ def read_state(paths: Paths) -> dict:
 
 
 def _write_state(paths: Paths, state: dict) -> None:
-    path = _state_file(paths)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    write_text_atomically(_state_file(paths), json.dumps(state, indent=2))
 
 
 def _ours(pid: int, argv: list[str]) -> bool:
