@@ -6,7 +6,7 @@ import pytest
 from tasks.adapters.ops.config_files import load_framework
 from tasks.domain.framework import Pattern
 
-from conftest import REPO
+from conftest import REPO, write_rows
 
 
 def slot_values(framework, pattern_id, slot):
@@ -50,6 +50,97 @@ def test_physics_is_a_four_layer_curriculum_with_correct_numbers():
         assert r["i"] == pytest.approx(r["v"] / r["ohm"], abs=0.01) and r["w"] == round(r["v"] ** 2 / r["ohm"])
     for light in slot_values(physics, "photon-energy", "l"):
         assert light["ev"] == pytest.approx(1239.84 / light["nm"], abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def finance():
+    return load_framework(REPO / "configs/frameworks/finance.yaml")
+
+
+@pytest.fixture(scope="module")
+def cs():
+    return load_framework(REPO / "configs/frameworks/cs.yaml")
+
+
+@pytest.mark.parametrize("name", ["finance", "cs"])
+def test_new_domains_are_complete_and_build_1500_valid_samples(name, tmp_path):
+    from tasks.adapters.ops.config_files import load_heldout
+    from tasks.domain.blueprint import OfflineBlueprintGenerator
+    from tasks.domain.config import EvaluationConfig, ValidationConfig
+    from tasks.domain.expansion import build_dataset
+    from tasks.stages.build_dataset import validate_files
+
+    framework = load_framework(REPO / f"configs/frameworks/{name}.yaml")
+    assert framework.domain == name and len(framework.layers) == 4 and len(framework.principles) >= 6
+    patterns = [p for _, block in framework.blocks() for p in block.patterns]
+    assert all(len(p.questions) >= 2 for p in patterns), "every pattern has paraphrases"
+    build = build_dataset(OfflineBlueprintGenerator().generate(framework), seed=13, eval_fraction=0.1, max_samples=0)
+    assert len(build.train) + len(build.eval) >= 1500
+    assert set(build.counts) == set(framework.final_principle_ids())
+    files = [write_rows(tmp_path / "train.jsonl", build.train), write_rows(tmp_path / "eval.jsonl", build.eval)]
+    heldout = load_heldout(EvaluationConfig(heldout_dir=str(REPO / "configs/probes/heldout")), name)
+    assert heldout is not None and len(heldout.questions) >= 20
+    report = validate_files([str(f) for f in files], framework, ValidationConfig(), tmp_path / "gx", heldout)
+    assert report.success, report.summary()
+
+
+def test_finance_numbers(finance):
+    for g in slot_values(finance, "grow-savings", "g"):
+        fv = g["p"] * (1 + g["r"] / 100) ** g["n"]
+        assert (g["fv"], g["gain"], g["simple"]) == (round(fv), round(fv) - g["p"], g["p"] + round(g["p"] * g["r"] * g["n"] / 100)), g
+        assert 0 < g["r"] < 100  # the answer prints the growth factor as 1.{r:02d}
+    for p in slot_values(finance, "npv-verdict", "p"):
+        pv = p["cf"] * (1 - (1 + p["r"] / 100) ** -p["n"]) / (p["r"] / 100)
+        assert p["pv"] == round(pv) and p["npv"] == round(pv - p["cost"]), p
+        assert p["verdict"] == ("accept" if p["npv"] > 0 else "reject"), p
+    verdicts = {p["verdict"] for p in slot_values(finance, "npv-verdict", "p")}
+    assert verdicts == {"accept", "reject"}, "both decisions are taught"
+    for b in slot_values(finance, "break-even-units", "b"):
+        assert b["margin"] == b["price"] - b["var"] > 0 and b["units"] == math.ceil(b["fixed"] / b["margin"]), b
+    for f in slot_values(finance, "real-return-why", "f"):
+        assert f["real"] == pytest.approx(100 * ((1 + f["nom"] / 100) / (1 + f["inf"] / 100) - 1), abs=0.05), f
+    for d in slot_values(finance, "diversify", "d"):
+        assert d["pvol"] == pytest.approx(d["vol"] / math.sqrt(d["n"]), abs=0.05), d
+    for r in slot_values(finance, "runway-months-left", "r"):
+        assert r["months"] == r["cash"] // r["burn"], r
+    for c in slot_values(finance, "coverage-ratio", "c"):
+        assert c["cover"] == pytest.approx(c["ebit"] / c["interest"], abs=0.05), c
+        assert c["verdict"] == ("weak" if c["cover"] < 2 else "adequate" if c["cover"] < 5 else "strong"), c
+    for loan in slot_values(finance, "monthly-payment", "l"):
+        r, n = loan["rate"] / 1200, loan["years"] * 12
+        payment = loan["p"] * r / (1 - (1 + r) ** -n)
+        assert loan["pay"] == round(payment) and loan["interest"] == round(payment * n - loan["p"]), loan
+    for e in slot_values(finance, "fee-cost", "e"):
+        net, gross = (e["start"] * (1 + rate / 100) ** e["years"] for rate in (e["gross"] - e["fee"], e["gross"]))
+        assert (e["net"], e["nofee"], e["lost"]) == (round(net), round(gross), round(gross) - round(net)), e
+
+
+def test_cs_numbers(cs):
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    for a in slot_values(cs, "address-limit", "a"):
+        number, unit = a["size"].split()
+        assert int(number) * 1024 ** units.index(unit) == 2 ** a["bits"] and int(number) < 1024, a
+    for m in slot_values(cs, "array-footprint", "m"):
+        width = {"int8": 1, "int16": 2, "int32": 4, "int64": 8, "float32": 4, "float64": 8, "complex128": 16}[m["type"]]
+        assert m["b"] == width and m["bytes"] == m["n"] * width, m
+        assert m["mib"] == pytest.approx(m["bytes"] / 2 ** 20, abs=0.05), m
+    for s in slot_values(cs, "search-steps", "s"):
+        assert s["steps"] == s["n"].bit_length(), s  # floor(log2 n) + 1, exact in integers
+    for o in slot_values(cs, "sort-choice", "o"):
+        assert o["nlogn"] == round(o["n"] * math.log2(o["n"])) and o["n2"] == o["n"] ** 2 // 2, o
+        assert o["ratio"] == round(o["n2"] / (o["n"] * math.log2(o["n"]))), o
+    for c in slot_values(cs, "average-latency", "c"):
+        hits, misses = c["h"] * c["c"], (100 - c["h"]) * c["m"]
+        assert c["miss"] == pytest.approx(100 - c["h"]) and c["eat"] == pytest.approx((hits + misses) / 100, abs=0.051), c
+        assert c["share"] == round(100 * misses / (hits + misses)) and c["gain"] == pytest.approx((c["m"] - c["c"]) / 100), c
+    for t in slot_values(cs, "index-depth", "t"):
+        assert t["f"] ** t["depth"] >= t["n"] > t["f"] ** (t["depth"] - 1), t  # the fewest levels that reach n
+    for a in slot_values(cs, "speedup-limit", "a"):
+        p = a["p"] / 100
+        assert a["s"] == pytest.approx(1 / ((1 - p) + p / a["n"]), abs=0.05), a
+        assert a["cap"] == pytest.approx(1 / (1 - p), abs=0.05) and a["s"] < a["cap"], a
+    for w in slot_values(cs, "copy-time", "w"):
+        assert w["gbit"] == w["gb"] * 8 and w["secs"] == round(w["gbit"] / w["link"]), w
 
 
 def test_pattern_rejects_a_slot_missing_from_a_question():
