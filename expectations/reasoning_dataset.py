@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tasks.domain.config import ValidationConfig
-from tasks.domain.contamination import NGRAM, overlap_with
+from tasks.domain.contamination import NGRAM, nearest_overlap, overlap_with
 from tasks.domain.records import Row
 from tasks.domain.secret_patterns import SECRET_PATTERNS
 
@@ -41,6 +41,7 @@ def flatten_rows(rows: Sequence[tuple[str, int, Row]], heldout_questions: Sequen
     of one held-out question's 8-word runs found in the row's user and assistant turns."""
     dialogue = ["\n".join(row.turns("user") + row.turns("assistant")) for _, _, row in rows]
     overlaps = overlap_with(dialogue, heldout_questions) if heldout_questions else [0.0] * len(rows)
+    eval_overlaps = _eval_overlaps([row for _, _, row in rows])
     records = []
     for file, line, row in rows:
         users, answers = row.turns("user"), row.turns("assistant")
@@ -49,6 +50,8 @@ def flatten_rows(rows: Sequence[tuple[str, int, Row]], heldout_questions: Sequen
             "id": row.id,
             "file": file,
             "line": line,
+            # an imported row's place in the user's own file, which a failure quotes
+            "origin": row.metadata.source if row.metadata and row.metadata.generator == "imported" else "",
             "split": (row.metadata.split or "") if row.metadata else "",
             "final_principle": row.metadata.final_principle if row.metadata else "",
             "has_metadata": row.metadata is not None,
@@ -63,8 +66,26 @@ def flatten_rows(rows: Sequence[tuple[str, int, Row]], heldout_questions: Sequen
             "answer_text": "\n".join(answers),
             "text": "\n".join(contents),
             "heldout_overlap": overlaps[len(records)],
+            "eval_overlap": eval_overlaps[len(records)],
         })
     return pd.DataFrame.from_records(records)
+
+
+def _split_of(row: Row) -> str:
+    return (row.metadata.split or "") if row.metadata else ""
+
+
+def _eval_overlaps(rows: Sequence[Row]) -> list[float]:
+    """Per eval row, the share of its question's 8-word runs found in the closest single training
+    row's questions (0 for training rows, and for files without a split)."""
+    train = ["\n".join(r.turns("user")) for r in rows if _split_of(r) == "train"]
+    evaluated = [i for i, r in enumerate(rows) if _split_of(r) == "eval"]
+    shares = [0.0] * len(rows)
+    if train and evaluated:
+        for i, share in zip(evaluated, nearest_overlap(["\n".join(rows[i].turns("user")) for i in evaluated], train),
+                            strict=True):
+            shares[i] = share
+    return shares
 
 
 def _hedging_regexes(phrases: Sequence[str]) -> list[str]:
@@ -127,6 +148,10 @@ def build_suite(spec: SuiteSpec, skipped: dict[str, str] | None = None):
             column="heldout_overlap", max_value=v.max_heldout_overlap,
             meta=rule(f"no row contains a held-out question (at most {v.max_heldout_overlap:.0%} of one "
                       f"question's {NGRAM}-word runs)")))
+    expectations.append(gxe.ExpectColumnValuesToBeBetween(
+        column="eval_overlap", max_value=v.max_eval_overlap,
+        meta=rule(f"no eval question is copied into a training row (at most {v.max_eval_overlap:.0%} of its "
+                  f"{NGRAM}-word runs in one)")))
     if spec.banned_phrases:
         expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(
             column="answer_text", regex_list=_hedging_regexes(spec.banned_phrases),

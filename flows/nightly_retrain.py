@@ -20,9 +20,10 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.resolution import resolve_pipeline
 from tasks.adapters.data.dataset_store import DatasetRef
 from tasks.adapters.data.gx_runner import ValidationReport
-from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_pipeline_config, resolve_run
+from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_pipeline_config
 from tasks.adapters.ops.run_record import write_run_record
 from tasks.adapters.ops.settings import paths, resolve_path
 from tasks.adapters.ops.signals import interruption, stop_signals_interrupt
@@ -30,6 +31,7 @@ from tasks.adapters.tracking.runs import Tracking
 from tasks.dataset_tasks import (
     expand_dataset_task,
     generate_blueprint_task,
+    import_dataset_task,
     publish_dataset_task,
     validate_dataset_task,
     write_dataset_card_task,
@@ -60,6 +62,8 @@ def _now() -> str:
 @flow(name="build-dataset")
 def build_dataset(spec: RunSpec, force: bool = False) -> DatasetRef:
     config, framework = spec.config, spec.framework
+    if config.dataset.source:  # the user's own rows: imported, not generated
+        return import_dataset_task(framework, config, str(paths().datasets))
     blueprint = generate_blueprint_task.with_options(refresh_cache=force)(framework, config)
     dataset = expand_dataset_task.with_options(refresh_cache=force)(framework, blueprint, config, str(paths().datasets))
     if not (Path(dataset.train_path).exists() and Path(dataset.eval_path).exists()):  # cached, then deleted
@@ -162,9 +166,33 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
     return record.model_dump(mode="json")
 
 
+@flow(name="nightly-domains")
+def nightly_domains(frameworks: list[str], config_path: str = PIPELINE_CONFIG,
+                    overrides: dict[str, Any] | None = None, force: bool = False) -> dict[str, dict]:
+    """Retrain several domains in turn: each is its own nightly-retrain flow run (named after its
+    framework) with its own registered model, and they queue on the training slot. One domain's
+    failure does not stop the others; this run fails at the end, naming every failed domain."""
+    results: dict[str, dict] = {}
+    for framework in frameworks:
+        retrain = nightly_retrain.with_options(flow_run_name=f"nightly-retrain-{Path(framework).stem}")
+        try:
+            record = retrain(config_path=config_path, overrides={**(overrides or {}), "framework": framework}, force=force)
+        except Exception as error:  # Ctrl-C and SIGTERM are not Exceptions: they stop every domain
+            results[framework] = {"status": "failed", "error": first_line(error)}
+            continue
+        results[framework] = {key: record.get(key) for key in
+                              ("status", "domain", "registered_model", "model_version", "aliases")}
+    failed = [name for name, result in results.items() if result["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(frameworks)} domains failed: "
+                           + "; ".join(f"{name}: {results[name]['error']}" for name in failed))
+    return results
+
+
 def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, base_model: str | None,
                 force: bool) -> None:
-    spec = resolve_run(config)  # every config file read once: all stages get these objects
+    spec = resolve_pipeline(config)  # every config file read once: all stages get these objects
+    record.update({"framework_path": spec.framework_path})
     record.update({"reconciled_runs": reconcile_interrupted_runs_task(tracking, config.tracking.experiment(
         spec.framework.domain))})
     dataset = build_dataset(spec, force)

@@ -7,7 +7,8 @@ from typing import Any
 from prefect import flow
 
 from flows.nightly_retrain import build_dataset, evaluate_model, promote_model
-from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_framework, load_pipeline_config, resolve_evaluation, resolve_run
+from flows.resolution import resolve_pipeline
+from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_framework, load_pipeline_config, resolve_evaluation
 from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import PipelineConfig
 from tasks.stages.evaluate import Evaluation
@@ -17,7 +18,7 @@ from tasks.stages.evaluate import Evaluation
 def build_dataset_on_demand(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any] | None = None,
                             force: bool = False) -> dict:
     """Build (or reuse) the dataset the pipeline config describes; returns where it lies."""
-    return build_dataset(resolve_run(load_pipeline_config(config_path, overrides)), force).to_dict()
+    return build_dataset(resolve_pipeline(load_pipeline_config(config_path, overrides)), force).to_dict()
 
 
 def evaluate_registered(config: PipelineConfig, model_uri: str, tracking: Tracking,

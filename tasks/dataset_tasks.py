@@ -62,6 +62,12 @@ def expand_dataset_task(framework: Framework, blueprint: Blueprint, config: Pipe
     return stage.expand_dataset(framework, blueprint, config, Path(root))
 
 
+@task(name="import-dataset", cache_policy=NO_CACHE)
+def import_dataset_task(framework: Framework, config: PipelineConfig, root: str) -> DatasetRef:
+    """A user's own dataset (`dataset.source`); an identical import reuses its directory."""
+    return stage.import_dataset(framework, config, Path(root))
+
+
 @task(name="validate-dataset", cache_key_fn=validation_key, **CACHED)
 def validate_dataset_task(dataset: DatasetRef, framework: Framework, config: PipelineConfig, out_dir: str,
                           heldout: HeldOutSet | None = None) -> ValidationReport:

@@ -42,6 +42,34 @@ def test_answers_are_scored_against_their_own_principle(small_build, devops_fram
     assert good.principle == "/".join(row.metadata.principle_path)
 
 
+def test_numbers_right_sees_wrong_arithmetic_and_pasted_figures_that_the_shape_metrics_pass(small_build):
+    """A well-shaped answer with one computed number wrong, or with a figure pasted from another
+    template, is structured and within the cap, and not right."""
+    from tasks.adapters.ops.config_files import load_framework
+    from tasks.domain.blueprint import OfflineBlueprintGenerator
+    from tasks.domain.evaluation import compare_heldout, heldout_metrics, style_metrics
+    from tasks.domain.expansion import build_dataset
+
+    from conftest import REPO
+
+    finance = load_framework(REPO / "configs/frameworks/finance.yaml")
+    rows = [r for r in build_dataset(OfflineBlueprintGenerator().generate(finance), seed=1, eval_fraction=0.1,
+                                     max_samples=0).eval if r.metadata.pattern_id == "grow-savings"][:2]
+    right, wrong = (r.turns("assistant")[-1] for r in rows)
+    gain = wrong.split("the gain is $")[1].split(",")[0]  # the thousands of the true gain
+    miscounted = wrong.replace(f"the gain is ${gain},", f"the gain is ${int(gain) + 1},", 1)
+    exact, off = score_answers(rows, [right, miscounted], finance)
+    assert exact.structured and off.structured and off.within_cap, "the shape metrics cannot tell them apart"
+    assert (exact.numbers_missing, exact.numbers_invented) == ([], [])
+    assert off.numbers_missing and off.numbers_invented
+    assert style_metrics([exact, off])["numbers_right"] == 0.5
+
+    (pasted,) = compare_heldout(["Why keep database backups in another region?"], ["Backups."],
+                                ["1. Blast radius: a bad build hits 5% of users, not all. 2. Rollback is cheap."])
+    assert pasted.tuned_structured and pasted.tuned_new_numbers == ["5"]
+    assert heldout_metrics([pasted])["heldout/new_numbers"] == 1.0
+
+
 @pytest.mark.slow
 def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tiny_base, small_build,
                                                                              devops_framework, tmp_path):

@@ -302,3 +302,27 @@ def test_training_slot_makes_overlapping_runs_take_turns(prefect_harness):
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(TRAINING_SLOT)
     assert (limit.limit, limit.active, limit.active_slots) == (1, True, 0)
+
+
+def test_nightly_domains_retrains_each_domain_as_its_own_run_and_model(prefect_harness, rslm_home):
+    """Two domains and one missing framework: each domain gets its own flow run and registered
+    model; the missing one fails alone, and the parent run names it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+
+    from flows.nightly_retrain import nightly_domains
+
+    frameworks = ["configs/frameworks/finance.yaml", "configs/frameworks/missing.yaml", "configs/frameworks/cs.yaml"]
+    state = nightly_domains(frameworks, overrides=tiny_run(4, **NO_FLOORS), return_state=True)
+    assert state.is_failed() and "1 of 3 domains failed: configs/frameworks/missing.yaml" in state.message
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{rslm_home / 'mlflow.db'}")
+    for domain in ("finance", "cs"):
+        (version,) = client.search_model_versions(f"name='reasoning-slm-{domain}'")
+        assert version.tags["framework"].endswith(f"configs/frameworks/{domain}.yaml")
+    with get_client(sync_client=True) as prefect:
+        children = prefect.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=False)))
+    names = {run.name for run in children}
+    assert {"nightly-retrain-finance", "nightly-retrain-missing", "nightly-retrain-cs"} <= names

@@ -87,7 +87,8 @@ def test_new_domains_are_complete_and_build_1500_valid_samples(name, tmp_path):
 def test_finance_numbers(finance):
     for g in slot_values(finance, "grow-savings", "g"):
         fv = g["p"] * (1 + g["r"] / 100) ** g["n"]
-        assert (g["fv"], g["gain"], g["simple"]) == (round(fv), round(fv) - g["p"], g["p"] + round(g["p"] * g["r"] * g["n"] / 100)), g
+        simple = g["p"] + round(g["p"] * g["r"] * g["n"] / 100)
+        assert (g["fv"], g["gain"], g["simple"]) == (round(fv), round(fv) - g["p"], simple), g
         assert 0 < g["r"] < 100  # the answer prints the growth factor as 1.{r:02d}
     for p in slot_values(finance, "npv-verdict", "p"):
         pv = p["cf"] * (1 - (1 + p["r"] / 100) ** -p["n"]) / (p["r"] / 100)

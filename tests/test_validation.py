@@ -162,3 +162,27 @@ def test_a_row_holding_a_heldout_question_fails_decontamination_and_the_default_
     (failure,) = [f for f in failed.failures if f["column"] == "heldout_overlap"]
     assert failure["rows"] == [f"{victim.id} (planted.jsonl:18)"] and "held-out question" in failure["rule"]
     assert failed.contamination["heldout_overlap_max"] == 1.0 and failed.contamination["rows_over_heldout_threshold"] == 1
+
+
+def test_an_eval_question_pasted_into_training_fails_and_the_shipped_splits_pass(tmp_path, small_build, devops_framework):
+    """Eval questions share template runs with training by design (siblings with other slot
+    values); one copied into a training prompt is a leak, named by its eval row."""
+    clean = [str(write_rows(tmp_path / "train.jsonl", small_build.train)),
+             str(write_rows(tmp_path / "eval.jsonl", small_build.eval))]
+    report = validate_files(clean, devops_framework, ValidationConfig(), tmp_path / "out")
+    assert report.success, report.summary()
+    figures = report.contamination
+    assert figures["eval_questions"] == len(small_build.eval) and figures["eval_questions_over_threshold"] == 0
+    assert 0.5 < figures["eval_overlap_max"] <= 0.95 and figures["eval_questions_over_half"] > 0, figures
+
+    target = small_build.eval[5]
+    victim = small_build.train[9]
+    question = f"Context from the runbook: {target.turns('user')[-1]} Answer for our setup."
+    leaked = with_messages(victim, [Message(role=m.role, content=question if m.role == "user" else m.content)
+                                    for m in victim.messages])
+    train = [*small_build.train[:9], leaked, *small_build.train[10:]]
+    paths = [str(write_rows(tmp_path / "leaky.jsonl", train)), clean[1]]
+    failed = validate_files(paths, devops_framework, ValidationConfig(), tmp_path / "out2")
+    (failure,) = [f for f in failed.failures if f["column"] == "eval_overlap"]
+    assert failure["rows"] == [f"{target.id} (eval.jsonl:6)"] and "eval question is copied" in failure["rule"]
+    assert failed.contamination["eval_overlap_max"] == 1.0 and failed.contamination["eval_questions_over_threshold"] == 1

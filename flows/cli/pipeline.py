@@ -28,13 +28,19 @@ from flows.cli.common import (
 @device_option
 @click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
 @click.option("--force", is_flag=True, help="Rebuild and retrain even when nothing changed.")
-def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force) -> None:
-    """Run the nightly_retrain flow once: build, validate, train, register, evaluate, promote."""
+@click.option("--dataset", "dataset_source", type=click.Path(exists=True),
+              help="Train on your own dataset instead of generating one: a JSONL file of {\"messages\": [...]} rows, "
+                   "a parquet file or a Hugging Face `datasets` directory (dataset.source; style from dataset.imported).")
+def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force, dataset_source) -> None:
+    """Run the nightly_retrain flow once: build (or import), validate, train, register, evaluate, promote."""
     setup()
-    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
+    from flows.resolution import resolve_pipeline
+    from tasks.adapters.ops.config_files import load_pipeline_config
 
     overrides = run_overrides(framework, profile, max_steps, max_samples, device)
-    resolve_run(load_pipeline_config(config_path, overrides))  # a bad flag or file fails here, before any server starts
+    if dataset_source:
+        overrides["dataset.source"] = str(Path(dataset_source).resolve())
+    resolve_pipeline(load_pipeline_config(config_path, overrides))  # a bad flag, file or row fails here, before any server starts
     start_flows()
     from flows.nightly_retrain import nightly_retrain
 
@@ -63,14 +69,17 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
 def generate(config_path, framework, max_samples, seed, generator, preview, samples) -> None:
     """Build the dataset (blueprint -> expansion -> dedup -> split) as the build-dataset flow."""
     setup(flows=True)
-    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
+    from flows.resolution import resolve_pipeline
+    from tasks.adapters.ops.config_files import load_pipeline_config
 
     overrides = run_overrides(framework, None, None, max_samples, None)
     if seed is not None:
         overrides["seed"] = seed
     if generator:
         overrides["dataset.generator"] = generator
-    spec = resolve_run(load_pipeline_config(config_path, overrides))
+    spec = resolve_pipeline(load_pipeline_config(config_path, overrides))
+    if preview and spec.config.dataset.source:
+        raise click.UsageError("--preview shows a framework's expansion; dataset.source imports rows as they are")
     if preview:
         from tasks.adapters.ops.settings import paths
         from tasks.domain.expansion import preview as preview_dataset
@@ -141,11 +150,12 @@ def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> N
     """Validate, then train a LoRA adapter on the dataset in DATASET_DIR (tracked in MLflow, not registered)."""
     setup(flows=True)
     from flows.nightly_retrain import train_adapter, validate_dataset
+    from flows.resolution import resolve_pipeline
     from tasks.adapters.data.dataset_store import dataset_ref
-    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
+    from tasks.adapters.ops.config_files import load_pipeline_config
     from tasks.adapters.tracking.runs import Tracking
 
-    spec = resolve_run(load_pipeline_config(config_path, run_overrides(None, profile, max_steps, None, device)))
+    spec = resolve_pipeline(load_pipeline_config(config_path, run_overrides(None, profile, max_steps, None, device)))
     dataset = dataset_ref(Path(dataset_dir))
     report = validate_dataset(spec, dataset)
     trained = train_adapter(spec, dataset, report, Tracking.configured(), base_model)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from tasks.domain.framework import Slug
 from tasks.domain.frozen import Frozen
 from tasks.domain.promotion import PromotionGate
 
@@ -89,8 +90,23 @@ class ModelProfile(Frozen):
     training: TrainingConfig = TrainingConfig()
 
 
+class ImportedDatasetConfig(Frozen):
+    """How a user's own dataset (`dataset.source`) is judged, in place of a framework's style."""
+
+    domain: Slug = "custom"  # names the experiment, the registered model and the held-out set (<heldout_dir>/<domain>.yaml)
+    system_prompt: str | None = None  # None: the rows' most common system turn
+    max_answer_words: int = Field(default=200, ge=1, le=2000)  # a longer answer fails validation, by row
+    min_answer_words: int = Field(default=1, ge=1)
+    banned_phrases: list[str] = Field(default_factory=list)
+    key_terms: list[str] = Field(default_factory=list)  # empty: the answers' most frequent content words
+
+
 class DatasetConfig(Frozen):
     generator: str = "offline"
+    # A user's own dataset instead of one generated from the framework: a JSONL file of
+    # {"messages": [...]} rows, a parquet file, or a Hugging Face `datasets` directory (save_to_disk).
+    source: str | None = None
+    imported: ImportedDatasetConfig = ImportedDatasetConfig()
     eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     max_samples: int = Field(default=0, ge=0, description="0 keeps every sample")
     license: str = "cc-by-4.0"  # SPDX-style id for the dataset card (the data is written from your framework)
@@ -125,6 +141,9 @@ class ValidationConfig(Frozen):
     max_conversation_chars: int = Field(default=8000, ge=1)
     # Decontamination: the largest share of one held-out question's 8-word runs a row may contain.
     max_heldout_overlap: float = Field(default=0.5, ge=0, le=1)
+    # Decontamination of the eval split: the largest share of one eval question's 8-word runs that
+    # a single training row may contain (a copy scores 1.0; the shipped datasets peak at 0.93).
+    max_eval_overlap: float = Field(default=0.95, ge=0, le=1)
 
 
 class StorageConfig(Frozen):

@@ -3,9 +3,14 @@ words. The held-out questions are the one test no framework pattern wrote; train
 shares word runs with them would make their answers look learned when they were copied.
 
 8-word runs, as open-r1 uses: the held-out questions are about 13 words long, so lm-eval-harness'
-13-gram would barely fit inside one. The eval split is not checked this way: it pairs the training
-templates with new slot values by design, so most of its questions share 8-word runs with training
-text (measured: 322 of 355 on the default DevOps dataset) without any one being a copy."""
+13-gram would barely fit inside one.
+
+The eval split is checked differently. It pairs the training templates with new slot values by
+design, so most of its questions share some 8-word runs with training text (322 of 355 on the
+default DevOps dataset) without any one being a copy. What would be a copy is one training row
+holding (nearly) all of an eval question: `nearest_overlap` measures that, per eval question,
+against the single closest training row. A template sibling differs in at least one slot value
+and so loses every run crossing it (the shipped datasets peak at 0.93); a pasted question scores 1.0."""
 from __future__ import annotations
 
 import re
@@ -42,4 +47,35 @@ def overlap_with(texts: Sequence[str], questions: Sequence[str], n: int = NGRAM)
     for text in texts:
         by_size = {size: ngrams(text, size) for size in {size for size, _ in probes}}
         shares.append(max((len(grams & by_size[size]) / len(grams) for size, grams in probes), default=0.0))
+    return shares
+
+
+def nearest_overlap(queries: Sequence[str], corpus: Sequence[str], n: int = NGRAM) -> list[float]:
+    """For each query, the largest share of its n-grams that one single corpus text contains. A
+    copy, or a query pasted inside a longer text, scores 1.0; a template sibling that differs in
+    one slot value loses every run crossing that value. An index from n-gram to texts keeps it
+    linear in the text, not quadratic in the rows.
+
+    >>> nearest_overlap(["why split a vpc into subnets for the data platform team",
+    ...                  "why split a vpc into subnets for the billing service team"],
+    ...                 ["context: why split a vpc into subnets for the data platform team today"], 8)
+    [1.0, 0.25]
+    """
+    index: dict[tuple[str, ...], list[int]] = {}
+    for position, text in enumerate(corpus):
+        for gram in ngrams(text, n):
+            index.setdefault(gram, []).append(position)
+    shares = []
+    for query in queries:
+        size = min(n, len(_WORD.findall(query)))
+        grams = ngrams(query, size) if size else set()
+        if size < n:  # a short query is compared whole, against the texts' runs of its own length
+            grams_found = [i for i, text in enumerate(corpus) if grams & ngrams(text, size)]
+            shares.append(1.0 if grams_found else 0.0)
+            continue
+        hits: dict[int, int] = {}
+        for gram in grams:
+            for position in set(index.get(gram, ())):
+                hits[position] = hits.get(position, 0) + 1
+        shares.append(max(hits.values(), default=0) / len(grams) if grams else 0.0)
     return shares

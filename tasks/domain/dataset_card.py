@@ -57,10 +57,16 @@ def dataset_card(manifest: dict[str, Any], *, license_id: str, sources: list[str
         lines.append(f"- not checked: {rule} ({reason})")
     figures = validation.get("contamination") or {}
     if figures:
-        lines += ["", "## Contamination", "",
-                  f"Checked against {int(figures['heldout_questions'])} held-out questions in 8-word runs: "
-                  f"{int(figures['rows_sharing_heldout_ngrams'])} rows share any run, "
-                  f"{int(figures['rows_over_heldout_threshold'])} exceed the threshold; "
-                  f"the largest share of one question found in a row is {figures['heldout_overlap_max']:.2f}."]
+        lines += ["", "## Contamination", ""]
+    if "heldout_questions" in figures:
+        lines.append(f"- Checked against {int(figures['heldout_questions'])} held-out questions in 8-word runs: "
+                     f"{int(figures['rows_sharing_heldout_ngrams'])} rows share any run, "
+                     f"{int(figures['rows_over_heldout_threshold'])} exceed the threshold; "
+                     f"the largest share of one question found in a row is {figures['heldout_overlap_max']:.2f}.")
+    if "eval_questions" in figures:
+        lines.append(f"- Eval split against training rows: of {int(figures['eval_questions'])} eval questions, "
+                     f"{int(figures['eval_questions_over_half'])} have more than half of their 8-word runs in one "
+                     f"training row (template siblings), {int(figures['eval_questions_over_threshold'])} exceed the "
+                     f"threshold; largest {figures['eval_overlap_max']:.2f}, mean {figures['eval_overlap_mean']:.2f}.")
     lines += ["", "## License", "", f"`{license_id}`.", ""]
     return "\n".join(lines)

@@ -17,12 +17,12 @@ class ConfigError(RslmError):
 class DatasetFormatError(RslmError):
     """A JSONL dataset has lines that are not valid rows. `problems` holds one entry per bad line."""
 
-    def __init__(self, path: str, problems: list[str]):
+    def __init__(self, path: str, problems: list[str], unit: str = "line"):
         self.path = path
         self.problems = problems
         shown = "; ".join(problems[:5])
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-        super().__init__(f"{path}: {len(problems)} malformed line(s): {shown}{more}")
+        super().__init__(f"{path}: {len(problems)} malformed {unit}(s): {shown}{more}")
 
 
 class DataValidationError(RslmError):

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import (
     StyleScore,
+    check_numbers,
     consistency,
     is_degenerate,
     is_structured,
     mean,
+    numbers_in,
     perplexity,
     spread,
     style_score,
@@ -35,6 +37,7 @@ from tasks.domain.promotion import (
     HELDOUT_GAIN,
     HELDOUT_STRUCTURED,
     LOSS,
+    NUMBERS_RIGHT,
     PERPLEXITY,
     STYLE_STD,
 )
@@ -42,7 +45,7 @@ from tasks.domain.records import Message, Row
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
-METRICS_VERSION = 3  # 3: structure, repetition, degenerate answers earn no style or consistency
+METRICS_VERSION = 4  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -137,6 +140,8 @@ class AnswerRecord:
     repetition: float = 0.0
     degenerate: bool = True
     loss: float | None = None
+    numbers_missing: list[str] = field(default_factory=list)  # computed by the reference, absent here
+    numbers_invented: list[str] = field(default_factory=list)  # in neither the question nor the reference
 
 
 def score_answers(rows: Sequence[Row], answers: Sequence[str], framework: Framework) -> list[AnswerRecord]:
@@ -147,18 +152,24 @@ def score_answers(rows: Sequence[Row], answers: Sequence[str], framework: Framew
         score = style_score(answer, max_words=style.max_answer_words, min_words=style.min_answer_words,
                             key_terms=terms.get(tuple(row.metadata.principle_path), []),
                             banned_phrases=style.banned_phrases)
+        prompt, expected = row.turns("user")[-1], row.turns("assistant")[-1]
+        numbers = check_numbers(prompt, expected, answer)
         records.append(AnswerRecord(
-            row_id=row.id, principle="/".join(row.metadata.principle_path), prompt=row.turns("user")[-1],
-            expected=row.turns("assistant")[-1], answer=answer, words=score.words, within_cap=score.within_cap,
+            row_id=row.id, principle="/".join(row.metadata.principle_path), prompt=prompt,
+            expected=expected, answer=answer, words=score.words, within_cap=score.within_cap,
             key_term_coverage=score.coverage, hedges=list(score.hedges), style=score.score,
-            structured=score.structured, repetition=score.repetition, degenerate=score.degenerate))
+            structured=score.structured, repetition=score.repetition, degenerate=score.degenerate,
+            numbers_missing=list(numbers.missing), numbers_invented=list(numbers.invented)))
     return records
 
 
 def style_metrics(records: Sequence[AnswerRecord]) -> dict[str, float]:
-    return style_summary([StyleScore(words=r.words, within_cap=r.within_cap, coverage=r.key_term_coverage,
-                                     hedges=tuple(r.hedges), structured=r.structured, repetition=r.repetition,
-                                     degenerate=r.degenerate) for r in records])
+    """Style and shape, plus `numbers_right`: the share of answers whose numbers are the
+    reference's (none missing, none invented), the one check on content rather than form."""
+    summary = style_summary([StyleScore(words=r.words, within_cap=r.within_cap, coverage=r.key_term_coverage,
+                                        hedges=tuple(r.hedges), structured=r.structured, repetition=r.repetition,
+                                        degenerate=r.degenerate) for r in records])
+    return {**summary, NUMBERS_RIGHT: mean(float(not r.numbers_missing and not r.numbers_invented) for r in records)}
 
 
 def loss_metrics(loss_sums: Sequence[float], token_counts: Sequence[int]) -> dict[str, float]:
@@ -186,11 +197,15 @@ class HeldOutAnswer:
     base_degenerate: bool
     tuned_degenerate: bool
     tuned_words: int
+    # Numbers the tuned answer states that the question does not: on these qualitative questions
+    # usually a figure pasted from a training template ("a bad build hits 5% of users").
+    tuned_new_numbers: list[str] = field(default_factory=list)
 
 
 def compare_heldout(questions: Sequence[str], base: Sequence[str], tuned: Sequence[str]) -> list[HeldOutAnswer]:
     return [HeldOutAnswer(question=q, base=b, tuned=t, base_structured=is_structured(b), tuned_structured=is_structured(t),
-                          base_degenerate=is_degenerate(b), tuned_degenerate=is_degenerate(t), tuned_words=word_count(t))
+                          base_degenerate=is_degenerate(b), tuned_degenerate=is_degenerate(t), tuned_words=word_count(t),
+                          tuned_new_numbers=sorted(numbers_in(t) - numbers_in(q)))
             for q, b, t in zip(questions, base, tuned, strict=True)]
 
 
@@ -208,6 +223,7 @@ def heldout_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
     return {HELDOUT_STRUCTURED: tuned, HELDOUT_BASE_STRUCTURED: base, HELDOUT_GAIN: tuned - base,
             "heldout/degenerate": mean(float(r.tuned_degenerate) for r in rows),
             "heldout/base_degenerate": mean(float(r.base_degenerate) for r in rows),
+            "heldout/new_numbers": mean(float(bool(r.tuned_new_numbers)) for r in rows),
             "heldout/questions": float(len(rows))}
 
 

@@ -206,7 +206,14 @@ class DatasetBuild:
 def build_dataset(blueprint: Blueprint, *, seed: int, eval_fraction: float, max_samples: int,
                   progress: Progress = _no_progress) -> DatasetBuild:
     """Expand, shuffle (seeded), deduplicate, cap and split: the whole dataset recipe."""
-    rows = expand_blueprint(blueprint, progress)
+    return assemble_dataset(expand_blueprint(blueprint, progress), seed=seed, eval_fraction=eval_fraction,
+                            max_samples=max_samples)
+
+
+def assemble_dataset(rows: list[Row], *, seed: int, eval_fraction: float, max_samples: int) -> DatasetBuild:
+    """Shuffle (seeded), deduplicate, cap and split rows that carry metadata: generated rows and a
+    user's imported ones go through the same steps."""
+    rows = list(rows)
     generated = len(rows)
     random.Random(seed).shuffle(rows)
     rows, dedup = deduplicate(rows)

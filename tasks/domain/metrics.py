@@ -175,6 +175,45 @@ def style_summary(scores: Sequence[StyleScore]) -> dict[str, float]:
     }
 
 
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def numbers_in(text: str) -> set[str]:
+    """The numbers a text states, list markers aside, thousands separators dropped.
+
+    >>> sorted(numbers_in("1. FV = 2,000 x 1.09^10 = $4,735. 2. Gain: $2,735."))
+    ['1.09', '10', '2000', '2735', '4735']
+    """
+    return {n.replace(",", "") for n in _NUMBER.findall(_LIST_MARKER.sub(" ", text))}
+
+
+@dataclass(frozen=True)
+class NumberCheck:
+    """An answer's numbers against the reference answer's. `missing`: numbers the reference
+    computes (states without the question stating them) that the answer lacks; `invented`: numbers
+    the answer states that neither the question nor the reference does. Shape metrics cannot see
+    "the gain is $2,000" where $2,735 is right, nor a canary's "5% of users" pasted into an
+    answer about backups; this can."""
+
+    missing: tuple[str, ...]
+    invented: tuple[str, ...]
+
+    @property
+    def right(self) -> bool:
+        return not self.missing and not self.invented
+
+
+def check_numbers(question: str, expected: str, answer: str) -> NumberCheck:
+    """
+    >>> check_numbers("Why does $2,000 at 9% grow to $4,735 in 10 years?",
+    ...               "1. FV = 2,000 x 1.09^10 = $4,735. 2. Gain: $2,735.", "1. FV = $4,735. 2. Gain: $2,000, 12 x 7 units.")
+    NumberCheck(missing=('1.09', '2735'), invented=('12', '7'))
+    """
+    given, reference, stated = numbers_in(question), numbers_in(expected), numbers_in(answer)
+    return NumberCheck(missing=tuple(sorted(reference - given - stated)),
+                       invented=tuple(sorted(stated - reference - given)))
+
+
 def content_words(text: str) -> list[str]:
     """Words without numbered-list markers: "1. Isolation" and "2. Isolation" say the same thing.
 

@@ -27,13 +27,14 @@ DRIFT = "drift_kl"
 STYLE_STD = "stability/style_adherence_std"
 STRUCTURED = "structured"
 DEGENERATE = "degenerate"
+NUMBERS_RIGHT = "numbers_right"
 HELDOUT_STRUCTURED = "heldout/structured"
 HELDOUT_BASE_STRUCTURED = "heldout/base_structured"
 HELDOUT_GAIN = "heldout/structured_gain"
 # What the comparison table and chart show, in order, and which direction is better.
 KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
     LOSS: "lower", PERPLEXITY: "lower", STYLE: "higher", "within_word_cap": "higher",
-    "key_term_coverage": "higher", "no_hedging": "higher", STRUCTURED: "higher", DEGENERATE: "lower",
+    "key_term_coverage": "higher", "no_hedging": "higher", STRUCTURED: "higher", DEGENERATE: "lower", NUMBERS_RIGHT: "higher",
     CONSISTENCY: "higher", DRIFT: "lower", HELDOUT_STRUCTURED: "higher", HELDOUT_GAIN: "higher",
 }
 
@@ -53,6 +54,9 @@ class PromotionGate(Frozen):
     max_degenerate: float | None = Field(default=None, ge=0, le=1)
     min_heldout_structured: float | None = Field(default=None, ge=0, le=1)
     min_heldout_gain: float | None = Field(default=None, ge=-1, le=1)
+    # Content, not form: share of eval answers whose numbers are the reference's (none missing,
+    # none invented). A well-shaped answer with the wrong arithmetic fails it.
+    min_numbers_right: float | None = Field(default=None, ge=0, le=1)
 
 
 class Check(BaseModel):
@@ -157,7 +161,8 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
     floors = [("numbered-reason structure floor", STRUCTURED, gate.min_structured, False),
               ("degenerate answers bound", DEGENERATE, gate.max_degenerate, True),
               ("held-out structure floor", HELDOUT_STRUCTURED, gate.min_heldout_structured, False),
-              ("beats its base on held-out questions", HELDOUT_GAIN, gate.min_heldout_gain, False)]
+              ("beats its base on held-out questions", HELDOUT_GAIN, gate.min_heldout_gain, False),
+              ("numbers as the reference computes them", NUMBERS_RIGHT, gate.min_numbers_right, False)]
     checks += [_bound_check(name, metric, challenger.get(metric), bound, upper=upper)
                for name, metric, bound, upper in floors if bound is not None]
     return Decision(promote=all(c.passed for c in checks), checks=checks,

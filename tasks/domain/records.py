@@ -102,25 +102,39 @@ def parse_jsonl(lines: Iterable[str], source: str) -> list[tuple[int, Row]]:
     ...
     tasks.domain.errors.DatasetFormatError: x.jsonl: 1 malformed line(s): line 1: id: Input should be a valid string; ...
     """
-    rows: list[tuple[int, Row]] = []
+    payloads: list[tuple[int, Any]] = []
     problems: list[str] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            payload = json.loads(line)
+            payloads.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
             problems.append(f"line {number}: invalid JSON ({error.msg} at column {error.colno})")
-            continue
+    return parse_records(payloads, source, problems=problems)
+
+
+def parse_records(payloads: Iterable[tuple[int, Any]], source: str, unit: str = "line",
+                  problems: list[str] | None = None) -> list[tuple[int, Row]]:
+    """Decoded records (from JSONL lines, parquet or `datasets` rows) into (number, Row), every bad
+    one named by its `unit` and number before failing."""
+    rows: list[tuple[int, Row]] = []
+    problems = list(problems or [])
+    for number, payload in payloads:
         if not isinstance(payload, dict):
-            problems.append(f"line {number}: expected a JSON object, got {type(payload).__name__}")
+            problems.append(f"{unit} {number}: expected a JSON object, got {type(payload).__name__}")
             continue
         try:
             rows.append((number, Row.model_validate(payload)))
         except ValidationError as error:
-            problems.append(f"line {number}: {_describe(error)}")
+            problems.append(f"{unit} {number}: {_describe(error)}")
     if problems:
-        raise DatasetFormatError(source, problems)
+        raise DatasetFormatError(source, sorted(problems, key=_number_in), unit=unit)
     if not rows:
-        raise DatasetFormatError(source, ["no rows: the file is empty"])
+        raise DatasetFormatError(source, ["no rows: the file is empty"], unit=unit)
     return rows
+
+
+def _number_in(problem: str) -> int:
+    head = problem.split(":", 1)[0].split()
+    return int(head[-1]) if head and head[-1].isdigit() else 0

@@ -8,15 +8,18 @@ from pathlib import Path
 from expectations.reasoning_dataset import SuiteSpec, flatten_rows
 from tasks.adapters.data.dataset_store import DatasetRef, read_dataset_files, write_dataset, write_dataset_card
 from tasks.adapters.data.gx_runner import ValidationReport, validate_frame
+from tasks.adapters.data.user_dataset import read_user_dataset
+from tasks.adapters.ops.atomic_files import write_text_atomically
 from tasks.adapters.ops.progress import tqdm_progress
-from tasks.adapters.ops.settings import Paths
-from tasks.domain.blueprint import Blueprint
-from tasks.domain.config import HeldOutSet, PipelineConfig, ValidationConfig
+from tasks.adapters.ops.settings import Paths, resolve_path
+from tasks.domain.blueprint import Blueprint, GeneratorInfo, OfflineBlueprintGenerator
+from tasks.domain.config import HeldOutSet, ImportedDatasetConfig, PipelineConfig, ValidationConfig
 from tasks.domain.dataset_card import dataset_card
 from tasks.domain.errors import DataValidationError
-from tasks.domain.expansion import build_dataset
+from tasks.domain.expansion import assemble_dataset, build_dataset
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
+from tasks.domain.imported import imported_framework, with_import_metadata
 
 
 def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Paths) -> Blueprint:
@@ -39,6 +42,35 @@ def expand_dataset(framework: Framework, blueprint: Blueprint, config: PipelineC
     config_hash = content_hash({"framework": framework.model_dump(mode="json"),
                                 "dataset": config.dataset.model_dump(), "seed": config.seed})
     return write_dataset(build, blueprint, config_hash=config_hash, seed=config.seed, root=root)
+
+
+def imported_framework_for(source: str, settings: ImportedDatasetConfig, paths: Paths) -> tuple[Framework, str]:
+    """The stand-in framework of a user's dataset, written by content under RSLM_HOME (the version
+    records its path, so re-evaluating the version later judges it the same way). A bad row fails
+    here, by file, row and rule, before anything else runs."""
+    user = read_user_dataset(resolve_path(source))
+    framework = imported_framework([row for _, row in user.rows], settings, Path(user.path).name)
+    text = framework.model_dump_json(indent=2)
+    path = paths.imported_frameworks / f"{settings.domain}-{content_hash(text)[:12]}.json"
+    if not path.is_file():
+        write_text_atomically(path, text)
+    return framework, str(path)
+
+
+def import_dataset(framework: Framework, config: PipelineConfig, root: Path) -> DatasetRef:
+    """A user's rows instead of generated ones: metadata added, then the same dedup, cap and
+    split (the eval split carved from their rows) and the same files as a generated dataset."""
+    user = read_user_dataset(resolve_path(config.dataset.source))
+    name = Path(user.path).name
+    blueprint = OfflineBlueprintGenerator().generate(framework).model_copy(
+        update={"generator": GeneratorInfo(name="imported", version="1", model=f"{user.format}:{user.sha256[:12]}")})
+    rows = [with_import_metadata(row, framework, blueprint.digest(), f"{name}:{line}") for line, row in user.rows]
+    build = assemble_dataset(rows, seed=config.seed, eval_fraction=config.dataset.eval_fraction,
+                             max_samples=config.dataset.max_samples)
+    config_hash = content_hash({"framework": framework.model_dump(mode="json"), "source": user.sha256,
+                                "dataset": config.dataset.model_dump(), "seed": config.seed})
+    return write_dataset(build, blueprint, config_hash=config_hash, seed=config.seed, root=root,
+                         source=user.describe())
 
 
 def suite_spec(framework: Framework, validation: ValidationConfig, heldout: HeldOutSet | None = None) -> SuiteSpec:
@@ -71,7 +103,9 @@ def write_card(dataset: DatasetRef, report: ValidationReport, config: PipelineCo
     for inspection says why. Returns its path."""
     manifest = json.loads(Path(dataset.manifest_path).read_text(encoding="utf-8"))
     blueprint = Blueprint.model_validate_json(Path(dataset.blueprint_path).read_text(encoding="utf-8"))
-    sources = sorted({e.provenance.label() for e in blueprint.entries if e.provenance}) or ["framework"]
+    imported = manifest.get("source")
+    sources = ([f"{imported['format']}:{Path(imported['path']).name} (sha256 {imported['sha256'][:12]})"] if imported
+               else sorted({e.provenance.label() for e in blueprint.entries if e.provenance}) or ["framework"])
     text = dataset_card(manifest, license_id=config.dataset.license, sources=sources, validation={
         "success": report.success, "summary": report.summary(), "skipped": report.skipped,
         "contamination": report.contamination})

@@ -44,8 +44,9 @@ def _jsonl(rows: list[Row]) -> bytes:
 
 
 def write_dataset(build: DatasetBuild, blueprint: Blueprint, *, config_hash: str, seed: int,
-                  root: Path) -> DatasetRef:
+                  root: Path, source: dict | None = None) -> DatasetRef:
     """Write train/eval JSONL, the blueprint and a manifest into `root/<domain>/<sha12>/`.
+    `source` describes a user's dataset the rows were imported from (None: generated).
     Files go to a temporary directory first and are renamed into place, so a reader never sees
     a half-written dataset; an identical dataset already there is reused."""
     train_bytes, eval_bytes = _jsonl(build.train), _jsonl(build.eval)
@@ -63,6 +64,7 @@ def write_dataset(build: DatasetBuild, blueprint: Blueprint, *, config_hash: str
                  "exact_duplicates": build.dedup.exact_duplicates, "near_duplicates": build.dedup.near_duplicates},
         "counts_per_principle": build.counts,
         "files": {"train": TRAIN_FILE, "eval": EVAL_FILE, "blueprint": BLUEPRINT_FILE},
+        **({"source": source} if source else {}),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if not (target / MANIFEST_FILE).exists():

@@ -37,12 +37,14 @@ class ValidationReport:
 
 
 def _row_label(frame: pd.DataFrame, row_id: str) -> str:
-    """`id (file:line)` so a user can jump straight to the bad line."""
+    """`id (file:line)` so a user can jump straight to the bad line; an imported row also names
+    its line in the user's own file."""
     match = frame[frame["id"] == row_id]
     if match.empty:
         return str(row_id)
     first = match.iloc[0]
-    return f"{row_id} ({Path(first['file']).name}:{first['line']})"
+    origin = f", from {first['origin']}" if first.get("origin") else ""
+    return f"{row_id} ({Path(first['file']).name}:{first['line']}{origin})"
 
 
 def _failure(result, frame: pd.DataFrame) -> dict:
@@ -108,10 +110,20 @@ def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> Valid
 
 
 def contamination_figures(frame: pd.DataFrame, spec: SuiteSpec) -> dict[str, float]:
-    """How close the dataset came to the held-out questions (none checked: no figures)."""
-    if not spec.heldout_questions or frame.empty:
-        return {}
-    overlap = frame["heldout_overlap"]
-    return {"heldout_questions": float(len(spec.heldout_questions)), "heldout_overlap_max": float(overlap.max()),
-            "rows_sharing_heldout_ngrams": float((overlap > 0).sum()),
-            "rows_over_heldout_threshold": float((overlap > spec.validation.max_heldout_overlap).sum())}
+    """How close training text came to the held-out questions and to the eval split's questions
+    (what was not checked has no figures)."""
+    figures: dict[str, float] = {}
+    if frame.empty:
+        return figures
+    if spec.heldout_questions:
+        overlap = frame["heldout_overlap"]
+        figures |= {"heldout_questions": float(len(spec.heldout_questions)), "heldout_overlap_max": float(overlap.max()),
+                    "rows_sharing_heldout_ngrams": float((overlap > 0).sum()),
+                    "rows_over_heldout_threshold": float((overlap > spec.validation.max_heldout_overlap).sum())}
+    evaluated = frame.loc[frame["split"] == "eval", "eval_overlap"]
+    if not evaluated.empty:
+        figures |= {"eval_questions": float(len(evaluated)), "eval_overlap_max": float(evaluated.max()),
+                    "eval_overlap_mean": round(float(evaluated.mean()), 4),
+                    "eval_questions_over_half": float((evaluated > 0.5).sum()),
+                    "eval_questions_over_threshold": float((evaluated > spec.validation.max_eval_overlap).sum())}
+    return figures

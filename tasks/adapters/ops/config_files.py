@@ -72,11 +72,14 @@ def load_pipeline_config(path: str | Path = PIPELINE_CONFIG, overrides: dict[str
     return load_model(PipelineConfig, path, {**environment_overrides(dict(os.environ)), **(overrides or {})})
 
 
-def resolve_run(config: PipelineConfig) -> RunSpec:
+def resolve_run(config: PipelineConfig, framework: Framework | None = None,
+                framework_path: str | Path | None = None) -> RunSpec:
     """Read every file the config names (framework, profile, probes, held-out questions), once,
-    for a whole run."""
-    framework_path = resolve_path(config.framework)
-    framework = load_framework(framework_path)
+    for a whole run. A `framework` given (with the file it was written to) replaces the config's:
+    the stand-in for a user's own dataset."""
+    if framework is None:
+        framework_path = resolve_path(config.framework)
+        framework = load_framework(framework_path)
     spec = RunSpec(config=config, framework=framework, framework_path=str(framework_path),
                    profile=load_profile(config.profile), evaluation=resolve_evaluation(config, framework))
     try:  # the profile's training section with the run's overrides: checked now, not at step 0

@@ -49,6 +49,11 @@ class Paths:
         return self.home / "llm-cache"
 
     @property
+    def imported_frameworks(self) -> Path:
+        """The stand-in frameworks of users' own datasets, by content (recorded on their versions)."""
+        return self.home / "imported-frameworks"
+
+    @property
     def evaluations(self) -> Path:
         return self.home / "evaluations"
 

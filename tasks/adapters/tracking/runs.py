@@ -222,5 +222,6 @@ class TrackedRun:
                           for e in blueprint["entries"] if e.get("provenance")})
         mlflow.log_params({"blueprint.generator": generator["name"], "blueprint.generator_version": generator["version"],
                            "blueprint.model": str(generator.get("model"))})
-        mlflow.set_tag("blueprint.sources", (",".join(sources) or "framework")[:5000])
+        fallback = "user dataset" if generator["name"] == "imported" else "framework"
+        mlflow.set_tag("blueprint.sources", (",".join(sources) or fallback)[:5000])
         mlflow.log_artifact(str(blueprint_path), artifact_path="dataset")

@@ -1,0 +1,106 @@
+"""A user's own dataset in place of a generated one (`dataset.source`): their rows get the metadata
+every later stage relies on, and a one-principle framework stands in for the one they did not
+write, so validation, training, evaluation and the registry run unchanged.
+
+What the stand-in framework carries, and where it comes from:
+- domain, word caps, banned phrases: `dataset.imported` in the pipeline config;
+- system prompt: the config's, else the rows' most common system turn;
+- key terms (the key-term coverage metric): the config's, else the answers' most frequent
+  content words.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+
+from tasks.domain.config import ImportedDatasetConfig
+from tasks.domain.errors import ConfigError
+from tasks.domain.expansion import near_duplicate_key
+from tasks.domain.framework import Framework
+from tasks.domain.metrics import words
+from tasks.domain.records import Message, Row, RowMetadata
+
+PRINCIPLE = "imported"  # the one final principle every imported row belongs to
+_STOPWORDS = frozenset("""a an the and or but if then else of to in on at by for with from into onto over
+under about as is are was were be been being it its this that these those there here you your we our
+they their he she his her i me my not no yes do does did done can could should would will may might must
+so than too very just also only more most less least such each any all some one two three which what who
+whom whose why how when where while because since until both either neither per via vs""".split())
+
+
+def system_prompt_for(rows: Sequence[Row], settings: ImportedDatasetConfig) -> str:
+    """The configured system prompt, else the rows' most common system turn (ties: the first seen)."""
+    if settings.system_prompt:
+        return settings.system_prompt
+    seen = Counter(turn for row in rows for turn in row.turns("system")[:1])
+    if not seen:
+        raise ConfigError("dataset.imported.system_prompt is not set and no row has a system turn: "
+                          "say in the config how the model should answer")
+    return seen.most_common(1)[0][0]
+
+
+def frequent_terms(answers: Sequence[str], count: int = 6) -> list[str]:
+    """The content words that most answers use (document frequency; ties alphabetical).
+
+    >>> frequent_terms(["1. Latency drops.", "1. Latency and cost drop.", "Cost is fixed."], 2)
+    ['cost', 'drop']
+    """
+    frequency: Counter[str] = Counter()
+    for answer in answers:
+        frequency.update({_singular(w) for w in words(answer) if len(w) > 2 and w not in _STOPWORDS
+                          and not w.replace(".", "").isdigit()})
+    return [w for w, _ in sorted(frequency.items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") and len(word) > 3 else word
+
+
+def _literal(text: str) -> str:
+    """Text as a str.format template that renders to itself."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def imported_framework(rows: Sequence[Row], settings: ImportedDatasetConfig, source_name: str) -> Framework:
+    """The stand-in framework: one principle whose one pattern is the first row, so it still reads
+    (and expands) as a framework; the answers are judged by the style given in the config."""
+    first = next((r for r in rows if r.turns("user") and r.turns("assistant")), None)
+    if first is None:
+        raise ConfigError(f"{source_name}: no row has both a user and an assistant turn")
+    key_terms = list(settings.key_terms) or frequent_terms([r.turns("assistant")[-1] for r in rows]) or ["answer"]
+    pattern = {"id": "imported-row", "questions": [_literal(first.turns("user")[0])],
+               "answer": _literal(first.turns("assistant")[0])}
+    block = {"id": "imported-block", "summary": f"answers as written in {source_name}", "key_terms": key_terms,
+             "patterns": [pattern]}
+    chain = {"id": PRINCIPLE, "title": f"Rows imported from {source_name}",
+             "statement": "The user's own conversations; no framework was given.",
+             "explanatory": [{"id": "imported-explanatory", "statement": "As written by the user.",
+                              "core_logic": [{"id": "imported-core", "statement": "As written by the user.",
+                                              "blocks": [block]}]}]}
+    return Framework.model_validate({
+        "domain": settings.domain, "description": f"A user's own dataset ({source_name}).",
+        "layers": ["imported rows", "-", "-", "-"], "system_prompt": system_prompt_for(rows, settings),
+        "style": {"tone": "as in the user's rows", "max_answer_words": settings.max_answer_words,
+                  "min_answer_words": settings.min_answer_words, "banned_phrases": list(settings.banned_phrases)},
+        "principles": [chain]})
+
+
+def question_group(row: Row) -> str:
+    """Rows asking the same question (up to case, spacing and filler) share a group, so the split
+    never puts a question on both sides."""
+    return "q:" + hashlib.sha1(near_duplicate_key(row).encode("utf-8")).hexdigest()[:12]
+
+
+def with_import_metadata(row: Row, framework: Framework, blueprint_hash: str, origin: str) -> Row:
+    """The row as our pipeline writes rows: the system prompt first (when it has no system turn,
+    so training sees what inference will send) and metadata naming where it came from (`origin`,
+    the user's `file:line`, which validation failures quote). Metadata the row brought is replaced:
+    its principles are not this framework's."""
+    messages = list(row.messages)
+    if not row.turns("system"):
+        messages = [Message(role="system", content=framework.system_prompt), *messages]
+    metadata = RowMetadata(domain=framework.domain, principle_path=[PRINCIPLE], pattern_id="imported-row",
+                           group=question_group(row), blueprint_hash=blueprint_hash, generator="imported",
+                           source=origin)
+    return Row(id=row.id, messages=messages, metadata=metadata)
