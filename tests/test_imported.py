@@ -145,3 +145,18 @@ def test_pipeline_trains_registers_and_evaluates_a_users_jsonl(prefect_harness, 
     again = nightly_retrain(overrides={**tiny_run(6, **NO_FLOORS), "dataset.source": str(source),
                                        "dataset.imported.system_prompt": SYSTEM, "dataset.imported.domain": "ops"})
     assert again["status"] == "unchanged", "the same file trains nothing twice"
+
+
+def test_cli_pipeline_refuses_a_malformed_user_file_before_anything_starts(small_build, tmp_path, rslm_home):
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    records = plain_rows(small_build.train, 5)
+    records[3]["messages"][1]["role"] = "bot"
+    source = write_jsonl(tmp_path / "seed.jsonl", records)
+    result = CliRunner().invoke(cli, ["pipeline", "--dataset", str(source)])
+    assert result.exit_code != 0
+    assert str(result.exception).startswith(f"{source}: 1 malformed line(s): line 4: messages.1.role: Input should be")
+    assert not (rslm_home / "adapters").exists() and not (rslm_home / "mlflow.db").exists()
+    assert not list((rslm_home / "prefect").rglob("*.db")), "no Prefect server was started for it"

@@ -70,15 +70,18 @@ def test_shipped_gate_rejects_number_salad_and_a_model_no_better_than_its_base()
 
     gate = load_pipeline_config().promotion
     salad = {"loss": 4.5, "style_adherence": 0.0, "drift_kl": 0.3, "structured": 0.0, "degenerate": 1.0,
-             "heldout/structured": 0.0, "heldout/structured_gain": 0.0}
+             "heldout/structured": 0.0, "heldout/structured_gain": 0.0, "numbers_right": 0.0}
     assert set(failed(gate_decision(salad, champion=None, gate=gate))) == {
         "style adherence floor", "numbered-reason structure floor", "degenerate answers bound",
-        "held-out structure floor", "beats its base on held-out questions"}
+        "held-out structure floor", "beats its base on held-out questions", "numbers as the reference computes them"}
     base_already_shaped = {"loss": 1.2, "style_adherence": 0.8, "drift_kl": 0.3, "structured": 0.9, "degenerate": 0.0,
-                           "heldout/structured": 0.9, "heldout/structured_gain": 0.1}
+                           "heldout/structured": 0.9, "heldout/structured_gain": 0.1, "numbers_right": 0.7}
     assert failed(gate_decision(base_already_shaped, champion=None, gate=gate)) == ["beats its base on held-out questions"]
     taught = {**base_already_shaped, "heldout/structured_gain": 0.85}
     assert gate_decision(taught, champion=None, gate=gate).promote
+    # Well shaped, wrong arithmetic (the finance model on 135M parameters: 0.09): not promoted.
+    assert failed(gate_decision({**taught, "numbers_right": 0.09}, champion=None, gate=gate)) == [
+        "numbers as the reference computes them"]
     assert failed(gate_decision({**taught, "heldout/structured": math.nan}, champion=None, gate=gate)) == [
         "held-out structure floor"], "a floor on an unmeasured metric fails"
 
