@@ -25,7 +25,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def test_stand_in_framework_and_metadata(small_build):
-    from tasks.domain.imported import imported_framework, question_group, with_import_metadata
+    from tasks.domain.imported import imported_framework, question_groups, with_import_metadata
 
     rows = [Row.model_validate(r) for r in plain_rows(small_build.train, 40)]
     with pytest.raises(ConfigError, match="system_prompt is not set and no row has a system turn"):
@@ -36,17 +36,20 @@ def test_stand_in_framework_and_metadata(small_build):
     (_, block), = framework.blocks()
     assert len(block.key_terms) == 6 and all(t.isalpha() for t in block.key_terms), block.key_terms
 
-    imported = with_import_metadata(rows[0], framework, "h", "user.jsonl:1")
+    imported = with_import_metadata(rows[0], framework, "h", "user.jsonl:1", "g")
     assert imported.messages[0].content == SYSTEM and imported.messages[1:] == rows[0].messages
     assert imported.id == rows[0].id and imported.metadata.source == "user.jsonl:1"
     assert imported.metadata.generator == "imported" and imported.metadata.principle_path == ["imported"]
     louder = Row.model_validate({"messages": [{"role": "user", "content": rows[0].turns("user")[0].upper() + " "},
                                               {"role": "assistant", "content": "other"}]})
-    assert question_group(louder) == question_group(rows[0]), "one question, one side of the split"
+    reworded = Row.model_validate({"messages": [{"role": "user", "content": "In other words: " + rows[0].turns("user")[0]},
+                                                {"role": "assistant", "content": rows[0].turns("assistant")[0]}]})
+    groups = question_groups([rows[0], louder, reworded, rows[1]])
+    assert groups[0] == groups[1] == groups[2] != groups[3], "one question, one side of the split"
     # A system turn the row brings is kept; the config's prompt is only added where none is.
     conversation = plain_rows(small_build.train, 1)[0]["messages"]
     own = Row.model_validate({"messages": [{"role": "system", "content": "Mine."}, *conversation]})
-    assert with_import_metadata(own, framework, "h", "f:1").turns("system") == ["Mine."]
+    assert with_import_metadata(own, framework, "h", "f:1", "g").turns("system") == ["Mine."]
     # Without a configured prompt, the rows' most common system turn is the framework's.
     assert imported_framework([own], ImportedDatasetConfig(), "f").system_prompt == "Mine."
 

@@ -86,21 +86,42 @@ def imported_framework(rows: Sequence[Row], settings: ImportedDatasetConfig, sou
         "principles": [chain]})
 
 
-def question_group(row: Row) -> str:
-    """Rows asking the same question (up to case, spacing and filler) share a group, so the split
-    never puts a question on both sides."""
-    return "q:" + hashlib.sha1(near_duplicate_key(row).encode("utf-8")).hexdigest()[:12]
+def question_groups(rows: Sequence[Row]) -> list[str]:
+    """One group per underlying question, so the split never puts it on both sides: rows asking
+    the same question (up to case, spacing and filler) or giving the same answer (paraphrases of
+    one question share their answer) are linked, and linked rows form a group.
+
+    >>> from tasks.domain.records import Message as M
+    >>> row = lambda q, a: Row(id=q, messages=[M(role="user", content=q), M(role="assistant", content=a)])
+    >>> question_groups([row("Why?", "1. A."), row("Why so?", "1. A."), row("Why not?", "1. B."), row("why", "1. C.")])
+    ['q:10cff4034ced', 'q:10cff4034ced', 'q:573bec29adab', 'q:10cff4034ced']
+    """
+    parent = list(range(len(rows)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_with: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(rows):
+        answer = " ".join(" ".join(row.turns("assistant")).casefold().split())
+        for key in (("question", near_duplicate_key(row)), ("answer", answer)):
+            parent[root(i)] = root(first_with.setdefault(key, i))
+    return ["q:" + hashlib.sha1(near_duplicate_key(rows[root(i)]).encode("utf-8")).hexdigest()[:12]
+            for i in range(len(rows))]
 
 
-def with_import_metadata(row: Row, framework: Framework, blueprint_hash: str, origin: str) -> Row:
+def with_import_metadata(row: Row, framework: Framework, blueprint_hash: str, origin: str, group: str) -> Row:
     """The row as our pipeline writes rows: the system prompt first (when it has no system turn,
     so training sees what inference will send) and metadata naming where it came from (`origin`,
-    the user's `file:line`, which validation failures quote). Metadata the row brought is replaced:
+    the user's `file:line`, which validation failures quote; `group`, from `question_groups`). Metadata the row brought is replaced:
     its principles are not this framework's."""
     messages = list(row.messages)
     if not row.turns("system"):
         messages = [Message(role="system", content=framework.system_prompt), *messages]
     metadata = RowMetadata(domain=framework.domain, principle_path=[PRINCIPLE], pattern_id="imported-row",
-                           group=question_group(row), blueprint_hash=blueprint_hash, generator="imported",
+                           group=group, blueprint_hash=blueprint_hash, generator="imported",
                            source=origin)
     return Row(id=row.id, messages=messages, metadata=metadata)

@@ -19,7 +19,7 @@ from tasks.domain.errors import DataValidationError
 from tasks.domain.expansion import assemble_dataset, build_dataset
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
-from tasks.domain.imported import imported_framework, with_import_metadata
+from tasks.domain.imported import imported_framework, question_groups, with_import_metadata
 
 
 def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Paths) -> Blueprint:
@@ -64,7 +64,9 @@ def import_dataset(framework: Framework, config: PipelineConfig, root: Path) -> 
     name = Path(user.path).name
     blueprint = OfflineBlueprintGenerator().generate(framework).model_copy(
         update={"generator": GeneratorInfo(name="imported", version="1", model=f"{user.format}:{user.sha256[:12]}")})
-    rows = [with_import_metadata(row, framework, blueprint.digest(), f"{name}:{line}") for line, row in user.rows]
+    groups = question_groups([row for _, row in user.rows])
+    rows = [with_import_metadata(row, framework, blueprint.digest(), f"{name}:{line}", group)
+            for (line, row), group in zip(user.rows, groups, strict=True)]
     build = assemble_dataset(rows, seed=config.seed, eval_fraction=config.dataset.eval_fraction,
                              max_samples=config.dataset.max_samples)
     config_hash = content_hash({"framework": framework.model_dump(mode="json"), "source": user.sha256,
