@@ -154,3 +154,19 @@ def test_pattern_rejects_unknown_placeholder_and_missing_field():
         Pattern(id="p", questions=["Why {a}?"], answer="{b}", slots={"a": ["x"]})
     with pytest.raises(ValueError, match="lacks"):
         Pattern(id="p", questions=["Why {a.x}?"], answer="{a.y}", slots={"a": [{"x": 1}]})
+
+
+@pytest.mark.parametrize("name", ["devops", "physics", "cs", "finance"])
+def test_every_reference_answer_counts_as_structured_and_numbers_right(name):
+    """The shape and number checks must call the framework's own answers right: a sentence ending
+    in a number ("... leaves 59. 3. Headroom") or a closing parenthesis ("(2 + 1) = 2.0") once
+    read as list markers and failed 320 of them."""
+    from tasks.domain.blueprint import OfflineBlueprintGenerator
+    from tasks.domain.expansion import expand_blueprint
+    from tasks.domain.metrics import check_numbers, is_degenerate, is_structured
+
+    framework = load_framework(REPO / f"configs/frameworks/{name}.yaml")
+    for row in expand_blueprint(OfflineBlueprintGenerator().generate(framework)):
+        for answer in row.turns("assistant"):
+            assert is_structured(answer) and not is_degenerate(answer), answer
+            assert check_numbers(row.turns("user")[0], answer, answer).right, answer

@@ -45,7 +45,8 @@ from tasks.domain.records import Message, Row
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
-METRICS_VERSION = 4  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right
+METRICS_VERSION = 5  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
+# 5: a digit closing a parenthesis, as in "(2 + 1) = 2.0", is not a list marker
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 

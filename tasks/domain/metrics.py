@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from itertools import combinations
 
 _WORD = re.compile(r"[a-z0-9]+(?:[./:'-][a-z0-9]+)*")
-_LIST_MARKER = re.compile(r"(?<!\S)\d{1,2}[.)](?=\s|$)")
 
 
 def words(text: str) -> list[str]:
@@ -64,27 +63,58 @@ MAX_REASONS = 3
 DEGENERATE_REPETITION = 0.3
 
 
+def _markers(text: str) -> list[re.Match]:
+    """List markers as a reader finds them: numbered 1, 2, 3 in turn, so a sentence ending in a
+    number ("... leaves 59. 3. Headroom") keeps its number, and never a digit that closes a
+    parenthesis ("(2 + 1) = 2.0"; physics, Amdahl and annuity answers are full of both)."""
+    found: list[re.Match] = []
+    for match in _REASON_MARKER.finditer(text):
+        closes = text[match.end(1)] == ")" and text.count("(", 0, match.start()) > text.count(")", 0, match.start())
+        if int(match.group(1)) == len(found) + 1 and not closes:
+            found.append(match)
+    return found
+
+
+def without_markers(text: str) -> str:
+    """The text with its list markers blanked."""
+    for marker in reversed(_markers(text)):
+        text = text[:marker.start()] + " " + text[marker.end():]
+    return text
+
+
 def numbered_reasons(answer: str) -> list[tuple[int, str]]:
     """The answer's numbered items as (number, text); text before the first marker is item 0.
 
     >>> numbered_reasons("1. Isolation: one blast radius. 2. Routing: separate tables.")
     [(1, 'Isolation: one blast radius.'), (2, 'Routing: separate tables.')]
+    >>> [n for n, _ in numbered_reasons("1. Momentum: 2 x 3 / (2 + 1) = 2.0 m/s. 2. Math: 64 less 5 is 59. 3. Go.")]
+    [1, 2, 3]
     """
-    parts = _REASON_MARKER.split(answer.strip())
-    items = [(0, parts[0].strip())] if parts[0].strip() else []
-    return items + [(int(number), text.strip()) for number, text in zip(parts[1::2], parts[2::2], strict=True)]
+    answer = answer.strip()
+    markers = _markers(answer)
+    head = answer[:markers[0].start()] if markers else answer
+    items = [(0, head.strip())] if head.strip() else []
+    ends = [m.start() for m in markers[1:]] + [len(answer)] if markers else []
+    return items + [(int(m.group(1)), answer[m.end():end].strip()) for m, end in zip(markers, ends, strict=True)]
+
+
+_EQUATION = re.compile(r"=\s*[-$]?\d")
 
 
 def is_clause(text: str) -> bool:
-    """A reason says something: three or more words, two or more of them distinct real words,
-    and no word-salad repetition inside it.
+    """A reason says something: three or more words, two or more of them distinct real words (or
+    one word labelling a worked equation, "Numbers: 2 x 3 / (2 + 1) = 2.0 m/s."), and no
+    word-salad repetition inside it.
 
     >>> is_clause("Isolation: each /24 is its own blast radius."), is_clause("3. 3. 3."), is_clause("the the the")
     (True, False, False)
+    >>> is_clause("Numbers: 2 x 3 / (2 + 1) = 2.0 m/s."), is_clause("2 x 3 = 6 = 6")
+    (True, False)
     """
     tokens = text.split()
-    letters = [w.lower() for w in _LETTER_WORD.findall(text)]
-    return len(tokens) >= 3 and len(set(letters)) >= 2 and len(set(tokens)) >= len(tokens) / 2
+    letters = {w.lower() for w in _LETTER_WORD.findall(text)}
+    worded = len(letters) >= 2 or (len(letters) == 1 and bool(_EQUATION.search(text)))
+    return len(tokens) >= 3 and worded and len(set(tokens)) >= len(tokens) / 2
 
 
 def is_structured(answer: str, max_reasons: int = MAX_REASONS) -> bool:
@@ -184,7 +214,7 @@ def numbers_in(text: str) -> set[str]:
     >>> sorted(numbers_in("1. FV = 2,000 x 1.09^10 = $4,735. 2. Gain: $2,735."))
     ['1.09', '10', '2000', '2735', '4735']
     """
-    return {n.replace(",", "") for n in _NUMBER.findall(_LIST_MARKER.sub(" ", text))}
+    return {n.replace(",", "") for n in _NUMBER.findall(without_markers(text))}
 
 
 @dataclass(frozen=True)
@@ -220,7 +250,7 @@ def content_words(text: str) -> list[str]:
     >>> content_words("1. Isolation: /24 per tier. 2. Routing.")
     ['isolation', '24', 'per', 'tier', 'routing']
     """
-    return words(_LIST_MARKER.sub(" ", text))
+    return words(without_markers(text))
 
 
 def cosine_similarity(a: str, b: str) -> float:
