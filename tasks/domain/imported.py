@@ -116,8 +116,9 @@ def question_groups(rows: Sequence[Row]) -> list[str]:
 def with_import_metadata(row: Row, framework: Framework, blueprint_hash: str, origin: str, group: str) -> Row:
     """The row as our pipeline writes rows: the system prompt first (when it has no system turn,
     so training sees what inference will send) and metadata naming where it came from (`origin`,
-    the user's `file:line`, which validation failures quote; `group`, from `question_groups`). Metadata the row brought is replaced:
-    its principles are not this framework's."""
+    the user's `file:line`, which validation failures quote) and its split group (from
+    `question_groups`). Metadata the row brought is replaced: its principles are not this
+    framework's."""
     messages = list(row.messages)
     if not row.turns("system"):
         messages = [Message(role="system", content=framework.system_prompt), *messages]
