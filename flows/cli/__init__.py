@@ -16,7 +16,8 @@ def cli() -> None:
     """reasoning-slm: teach a small LLM to reason in a domain (framework -> dataset -> LoRA -> MLflow)."""
 
 
-for command in (pipeline.pipeline, pipeline.generate, pipeline.validate, pipeline.format_, pipeline.train,
+for command in (pipeline.pipeline, pipeline.generate, pipeline.validate, pipeline.format_, pipeline.preferences,
+                pipeline.train,
                 models.chat, serve.serve, models.evaluate, models.promote, models.rollback, models.models,
                 data.dataset, local_stack.stack):
     cli.add_command(command)

@@ -142,6 +142,35 @@ def format_(file, chat_format, config_path) -> None:
 @click.command()
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
 @config_option
+def preferences(dataset_dir, config_path) -> None:
+    """Build DPO preference pairs from the dataset in DATASET_DIR and validate them (GX suite
+    `reasoning_preferences`): chosen is the framework's answer, rejected breaks one named rule."""
+    setup()
+    from flows.resolution import resolve_pipeline
+    from tasks.adapters.data.dataset_store import dataset_ref
+    from tasks.adapters.ops.config_files import load_pipeline_config
+    from tasks.adapters.ops.settings import paths
+    from tasks.domain.errors import DataValidationError
+    from tasks.stages.build_preferences import build_preferences
+
+    dataset = dataset_ref(Path(dataset_dir))
+    spec = resolve_pipeline(load_pipeline_config(config_path))
+    if spec.framework.domain != dataset.domain:
+        from tasks.domain.errors import ConfigError
+
+        raise ConfigError(f"{dataset_dir} is a {dataset.domain} dataset, but the configured framework is "
+                          f"{spec.framework.domain}: pass --config with that domain's framework")
+    built = build_preferences(dataset, spec.framework, spec.config, paths().preferences, spec.evaluation.heldout)
+    if not built.report.success:
+        raise DataValidationError(f"preference pairs failed validation: {built.report.summary()} "
+                                  f"(Data Docs: {built.report.data_docs_index})", built.report.failures)
+    click.echo(f"ok: {built.summary()}")
+    click.echo(built.train_path)
+
+
+@click.command()
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@config_option
 @profile_option
 @max_steps_option
 @device_option

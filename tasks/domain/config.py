@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.domain.framework import Slug
 from tasks.domain.frozen import Frozen
+from tasks.domain.preferences import RULE_BASED, Kind
 from tasks.domain.promotion import PromotionGate
 
 
@@ -250,6 +251,15 @@ class DeviceSlotConfig(Frozen):
     poll_seconds: float = Field(default=30, gt=0)
 
 
+class PreferencesConfig(Frozen):
+    """Preference pairs for DPO (`rslm preferences`, issue 16): built from the training split,
+    chosen = the framework's answer, rejected = the same answer breaking one rule. Pairs built the
+    same way from the eval split measure preference accuracy and are never trained on."""
+
+    kinds: list[Kind] = Field(default_factory=lambda: list(RULE_BASED), min_length=1)
+    per_row: int = Field(default=1, ge=1, le=5)  # pairs per source row, kinds in rotation
+
+
 class PipelineConfig(Frozen):
     framework: str = "configs/frameworks/devops.yaml"
     profile: str = "smollm2-135m"
@@ -263,6 +273,7 @@ class PipelineConfig(Frozen):
     promotion: PromotionGate = PromotionGate()
     notifications: NotificationsConfig = NotificationsConfig()
     device_slot: DeviceSlotConfig = DeviceSlotConfig()
+    preferences: PreferencesConfig = PreferencesConfig()
     # Per-run adjustments on top of the profile's training section (e.g. max_steps for a smoke run).
     training_overrides: dict[str, Any] = Field(default_factory=dict)
 

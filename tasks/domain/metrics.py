@@ -76,9 +76,9 @@ def _markers(text: str) -> list[re.Match]:
 
 
 def without_markers(text: str) -> str:
-    """The text with its list markers blanked."""
+    """The text with its list markers blanked, each by as many spaces (offsets stay valid)."""
     for marker in reversed(_markers(text)):
-        text = text[:marker.start()] + " " + text[marker.end():]
+        text = text[:marker.start()] + " " * (marker.end() - marker.start()) + text[marker.end():]
     return text
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from expectations.reasoning_dataset import SUITE_NAME, SuiteSpec, build_suite, skipped_rules
+from expectations.reasoning_dataset import SuiteSpec, build_suite, skipped_rules
 
 MAX_IDS_SHOWN = 20
 
@@ -40,7 +40,7 @@ def _row_label(frame: pd.DataFrame, row_id: str) -> str:
     """`id (file:line)` so a user can jump straight to the bad line; an imported row also names
     its line in the user's own file."""
     match = frame[frame["id"] == row_id]
-    if match.empty:
+    if match.empty or "file" not in frame:
         return str(row_id)
     first = match.iloc[0]
     origin = f", from {first['origin']}" if first.get("origin") else ""
@@ -68,6 +68,17 @@ def _failure(result, frame: pd.DataFrame) -> dict:
 
 def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> ValidationReport:
     """Validate a flattened dataset; writes `result.json`, `suite.json` and Data Docs under out_dir."""
+    skipped = skipped_rules(frame)
+    report = run_suite(frame, build_suite(spec, skipped), out_dir, {"skipped_rules": skipped})
+    report.skipped = skipped
+    report.contamination = contamination_figures(frame, spec)
+    return report
+
+
+def run_suite(frame: pd.DataFrame, suite, out_dir: Path, extra: dict | None = None) -> ValidationReport:
+    """Run one expectation suite over a flat table whose rows have an `id`; failures name rows
+    (and their file:line where the table has those columns). Writes `result.json` (plus `extra`),
+    `suite.json` and Data Docs under out_dir."""
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -81,11 +92,10 @@ def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> Valid
     })
     batch = (context.data_sources.add_pandas("reasoning")
              .add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all"))
-    skipped = skipped_rules(frame)
-    suite = context.suites.add(build_suite(spec, skipped))
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite))
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=f"{SUITE_NAME}-checkpoint",
+        name=f"{suite.name}-checkpoint",
         validation_definitions=[definition],
         actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs", site_names=["rslm"])],
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]},
@@ -94,19 +104,12 @@ def validate_frame(frame: pd.DataFrame, spec: SuiteSpec, out_dir: Path) -> Valid
     (result,) = outcome.run_results.values()
     failures = [_failure(r, frame) for r in result.results if not r.success]
     result_path = out_dir / "result.json"
-    result_path.write_text(json.dumps({**result.describe_dict(), "skipped_rules": skipped}, indent=2, default=str))
+    result_path.write_text(json.dumps({**result.describe_dict(), **(extra or {})}, indent=2, default=str))
     (out_dir / "suite.json").write_text(json.dumps(suite.to_json_dict(), indent=2, default=str))
     index = docs_dir / "index.html"
-    return ValidationReport(
-        success=bool(outcome.success),
-        rows=len(frame),
-        evaluated=len(result.results),
-        failures=failures,
-        result_path=str(result_path),
-        data_docs_index=str(index) if index.exists() else None,
-        skipped=skipped,
-        contamination=contamination_figures(frame, spec),
-    )
+    return ValidationReport(success=bool(outcome.success), rows=len(frame), evaluated=len(result.results),
+                            failures=failures, result_path=str(result_path),
+                            data_docs_index=str(index) if index.exists() else None)
 
 
 def contamination_figures(frame: pd.DataFrame, spec: SuiteSpec) -> dict[str, float]:

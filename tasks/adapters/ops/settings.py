@@ -62,6 +62,11 @@ class Paths:
         return self.home / "prefect"
 
     @property
+    def preferences(self) -> Path:
+        """Preference pairs built from datasets, by dataset and pair settings."""
+        return self.home / "preferences"
+
+    @property
     def last_run(self) -> Path:
         return self.home / "last-run.json"
 

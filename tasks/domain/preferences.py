@@ -1,0 +1,209 @@
+"""Preference pairs for DPO, built from the framework's own answers: chosen is the framework's
+answer, rejected breaks exactly one stated rule of the domain's style. Each pair says which rule,
+and `broken_rule` checks that the rejected side really breaks it (validation runs it on every pair).
+
+The rejection kinds are the failures a small model actually shows (issue 16; the champions'
+answers in issue 15's note): hedging, padding past the word cap, a fourth and fifth reason, a
+reason pasted from another pattern, a computed number that is wrong.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.domain.framework import Framework
+from tasks.domain.frozen import Frozen
+from tasks.domain.hashing import content_hash
+from tasks.domain.metrics import MAX_REASONS, check_numbers, hedges, numbered_reasons, numbers_in, without_markers, word_count
+from tasks.domain.records import Message, Row
+
+Kind = Literal["hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number", "on_policy"]
+RULE_BASED: tuple[Kind, ...] = ("hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number")
+RULES: dict[str, str] = {
+    "hedged": "no hedging filler",
+    "over_cap": "at most the framework's word cap",
+    "too_many_reasons": f"at most {MAX_REASONS} numbered reasons",
+    "other_pattern": "every reason belongs to the question asked",
+    "wrong_number": "every computed number is right",
+    "on_policy": "the model's own answer, failing the framework's checks",
+}
+
+
+class PreferencePair(Frozen):
+    """One row of `reasoning_preferences.jsonl`: the prompt turns, both answers, and provenance."""
+
+    id: str
+    prompt: list[Message] = Field(min_length=1)
+    chosen: str = Field(min_length=1)
+    rejected: str = Field(min_length=1)
+    kind: Kind
+    rule: str
+    source_row_id: str
+    pattern_id: str
+    principle: str
+    split: Literal["train", "eval"]
+
+    def question(self) -> str:
+        return [m.content for m in self.prompt if m.role == "user"][-1]
+
+
+def _reasons(answer: str) -> list[str]:
+    return [text for number, text in numbered_reasons(answer) if number]
+
+
+def _numbered(reasons: Sequence[str]) -> str:
+    return " ".join(f"{i}. {text}" for i, text in enumerate(reasons, start=1))
+
+
+def reasons_by_pattern(rows: Sequence[Row]) -> dict[str, list[str]]:
+    """Every distinct reason each pattern's answers give: the pool "another pattern" draws from."""
+    pool: dict[str, dict[str, None]] = defaultdict(dict)
+    for row in rows:
+        for answer in row.turns("assistant"):
+            pool[row.metadata.pattern_id].update(dict.fromkeys(_reasons(answer)))
+    return {pattern: list(reasons) for pattern, reasons in pool.items()}
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _hedged(answer: str, framework: Framework, rng: random.Random) -> str | None:
+    reasons = _reasons(answer)
+    if not framework.style.banned_phrases or len(reasons) < 2:
+        return None
+    phrase = rng.choice(framework.style.banned_phrases)
+    reasons[1] = f"{phrase[:1].upper()}{phrase[1:]}, {_lower_first(reasons[1])}"
+    return _numbered(reasons)
+
+
+def _over_cap(answer: str, framework: Framework, rng: random.Random) -> str | None:
+    reasons = _reasons(answer)
+    if not reasons:
+        return None
+    padded, turn = answer, 0
+    while word_count(padded) <= framework.style.max_answer_words:
+        padded += f" In other words, {_lower_first(reasons[turn % len(reasons)])}"
+        turn += 1
+    return padded
+
+
+def _foreign_reasons(pattern_id: str, pool: dict[str, list[str]], rng: random.Random, count: int) -> list[str]:
+    others = sorted(p for p in pool if p != pattern_id and pool[p])
+    if not others:
+        return []
+    return [rng.choice(pool[rng.choice(others)]) for _ in range(count)]
+
+
+def _too_many(answer: str, pattern_id: str, pool: dict[str, list[str]], rng: random.Random) -> str | None:
+    reasons = _reasons(answer)
+    extra = _foreign_reasons(pattern_id, pool, rng, MAX_REASONS + 2 - len(reasons))
+    return _numbered(reasons + extra) if reasons and extra else None
+
+
+def _other_pattern(answer: str, pattern_id: str, pool: dict[str, list[str]], rng: random.Random) -> str | None:
+    reasons = _reasons(answer)
+    foreign = _foreign_reasons(pattern_id, pool, rng, 1)
+    if not reasons or not foreign or foreign[0] in reasons:
+        return None
+    reasons[rng.randrange(len(reasons))] = foreign[0]
+    return _numbered(reasons)
+
+
+_FORMATTED = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _perturbed(text: str, rng: random.Random) -> str:
+    """Another plausible value in the same format: a wrong result looks like a right one."""
+    value = float(text.replace(",", ""))
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    for factor in rng.sample([0.5, 0.8, 1.25, 1.5, 2.0], 5):
+        candidate = round(value * factor, decimals) if decimals else round(value * factor)
+        formatted = f"{candidate:,.{decimals}f}" if "," in text else f"{candidate:.{decimals}f}"
+        if formatted != text and formatted.replace(",", "") != text.replace(",", ""):
+            return formatted
+    return f"{value + 1:.{decimals}f}"
+
+
+def _wrong_number(question: str, answer: str, rng: random.Random) -> str | None:
+    """One number the answer computes (one the question does not state) changed to a value the
+    answer does not state elsewhere (list markers are not numbers)."""
+    given, stated = numbers_in(question), numbers_in(answer)
+    computed = [m for m in _FORMATTED.finditer(without_markers(answer))
+                if m.group().replace(",", "") in stated - given and float(m.group().replace(",", "")) >= 2]
+    if not computed:  # ">= 2": not the "1" of "(1 + r)"
+        return None
+    target = rng.choice(computed)
+    wrong = _perturbed(target.group(), rng)
+    if wrong.replace(",", "") in stated | given:
+        return None
+    return answer[:target.start()] + wrong + answer[target.end():]
+
+
+def corrupt(kind: Kind, row: Row, framework: Framework, pool: dict[str, list[str]], rng: random.Random) -> str | None:
+    """The row's answer broken by one rule, or None where the rule cannot be broken this way."""
+    question, answer = row.turns("user")[-1], row.turns("assistant")[-1]
+    if kind == "hedged":
+        return _hedged(answer, framework, rng)
+    if kind == "over_cap":
+        return _over_cap(answer, framework, rng)
+    if kind == "too_many_reasons":
+        return _too_many(answer, row.metadata.pattern_id, pool, rng)
+    if kind == "other_pattern":
+        return _other_pattern(answer, row.metadata.pattern_id, pool, rng)
+    if kind == "wrong_number":
+        return _wrong_number(question, answer, rng)
+    raise ValueError(f"{kind!r} is not a rule-based rejection")
+
+
+def broken_rule(pair: PreferencePair, framework: Framework, pool: dict[str, list[str]]) -> bool:
+    """Whether the rejected answer breaks the rule its pair claims (and chosen does not)."""
+    rejected, chosen = pair.rejected, pair.chosen
+    if pair.kind == "hedged":
+        return bool(hedges(rejected, framework.style.banned_phrases)) and not hedges(chosen, framework.style.banned_phrases)
+    if pair.kind == "over_cap":
+        return word_count(rejected) > framework.style.max_answer_words >= word_count(chosen)
+    if pair.kind == "too_many_reasons":
+        return len(_reasons(rejected)) > MAX_REASONS >= len(_reasons(chosen))
+    if pair.kind == "other_pattern":
+        own = set(pool.get(pair.pattern_id, ())) | set(_reasons(chosen))
+        foreign = {r for p, reasons in pool.items() if p != pair.pattern_id for r in reasons}
+        return any(r not in own and r in foreign for r in _reasons(rejected))
+    if pair.kind == "wrong_number":
+        return not check_numbers(pair.question(), chosen, rejected).right
+    return rejected != chosen  # on-policy: the checks that failed it are recorded with the pair
+
+
+def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: Sequence[Kind] = RULE_BASED,
+                per_row: int = 1) -> list[PreferencePair]:
+    """Up to `per_row` pairs per source row, kinds taken in rotation (skipping a kind the row's
+    answer cannot break, e.g. a wrong number where it computes none), deterministic for a seed.
+    Only the final assistant turn is contrasted; earlier turns are part of the prompt."""
+    rng = random.Random(seed)
+    pool = reasons_by_pattern(rows)
+    pairs: list[PreferencePair] = []
+    turn = 0
+    for row in rows:
+        made = 0
+        for offset in range(len(kinds)):
+            if made == per_row:
+                break
+            kind = kinds[(turn + offset) % len(kinds)]
+            rejected = corrupt(kind, row, framework, pool, rng)
+            if rejected is None or rejected == row.turns("assistant")[-1]:
+                continue
+            pair = PreferencePair(
+                id=f"{row.id}-{kind}-{content_hash(rejected)[:8]}", prompt=list(row.messages[:-1]),
+                chosen=row.turns("assistant")[-1], rejected=rejected, kind=kind, rule=RULES[kind], source_row_id=row.id,
+                pattern_id=row.metadata.pattern_id, principle="/".join(row.metadata.principle_path),
+                split=row.metadata.split or "train")
+            if broken_rule(pair, framework, pool):  # a corruption that happens to keep the rule is no pair
+                pairs.append(pair)
+                made += 1
+        turn += 1
+    return pairs
