@@ -207,3 +207,20 @@ def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: 
                 made += 1
         turn += 1
     return pairs
+
+
+def preference_accuracy(pairs: Sequence[PreferencePair], margins: Sequence[float],
+                        prefix: str = "preference") -> dict[str, float]:
+    """Share of pairs where the model ranks chosen above rejected, overall and per rejection kind.
+
+    >>> pair = lambda kind: PreferencePair(id=kind, prompt=[Message(role="user", content="q")], chosen="a",
+    ...     rejected="b", kind=kind, rule="", source_row_id="r", pattern_id="p", principle="p", split="eval")
+    >>> preference_accuracy([pair("hedged"), pair("hedged"), pair("over_cap")], [0.5, -1.0, 2.0])
+    {'preference/accuracy': 0.6666666666666666, 'preference/accuracy/hedged': 0.5, 'preference/accuracy/over_cap': 1.0}
+    """
+    wins: dict[str, list[float]] = defaultdict(list)
+    for pair, margin in zip(pairs, margins, strict=True):
+        wins[pair.kind].append(float(margin > 0))
+    every = [w for kind in wins for w in wins[kind]]
+    figures = {f"{prefix}/accuracy": sum(every) / len(every)} if every else {}
+    return figures | {f"{prefix}/accuracy/{kind}": sum(w) / len(w) for kind, w in sorted(wins.items())}

@@ -27,6 +27,7 @@ from tasks.domain.evaluation import (
 from tasks.domain.formatting import TokenizedExample
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import agreement, consistency
+from tasks.domain.preferences import PreferencePair
 from tasks.domain.records import Message, Row
 from tasks.domain.tensor_metrics import kl_per_example, token_losses
 
@@ -58,17 +59,32 @@ def _batches(gen: Generator, examples: list[TokenizedExample], batch_size: int, 
 
 def answer_losses(gen: Generator, rows: Sequence[Row], batch_size: int) -> tuple[list[float], list[int]]:
     """Summed cross-entropy on each row's answer tokens (same tokens as training), and their count."""
+    return _completion_losses(gen, [gen.codec.fmt.row(r) for r in rows], batch_size, "eval loss")
+
+
+def _completion_losses(gen: Generator, examples, batch_size: int, description: str) -> tuple[list[float], list[int]]:
     import torch
 
     sums: list[float] = []
     counts: list[int] = []
     with torch.no_grad():
-        for batch in _batches(gen, _tokenize(gen, [gen.codec.fmt.row(r) for r in rows]), batch_size, "eval loss"):
+        for batch in _batches(gen, _tokenize(gen, examples), batch_size, description):
             logits = _logits(gen.model, batch)
             batch_sums, batch_counts = token_losses(logits, batch.input_ids, batch.loss_mask)
             sums += batch_sums
             counts += batch_counts
     return sums, counts
+
+
+def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_size: int) -> list[float]:
+    """Per pair, log p(chosen) - log p(rejected) under the model, each summed over its answer
+    tokens given the prompt (what DPO's implicit reward compares): positive = prefers chosen."""
+    def completions(side: str):
+        return [gen.codec.fmt.example([*p.prompt, Message(role="assistant", content=getattr(p, side))]) for p in pairs]
+
+    chosen, _ = _completion_losses(gen, completions("chosen"), batch_size, "preferences (chosen)")
+    rejected, _ = _completion_losses(gen, completions("rejected"), batch_size, "preferences (rejected)")
+    return [r - c for c, r in zip(chosen, rejected, strict=True)]
 
 
 def _logits(model, batch: _Batch):

@@ -91,7 +91,7 @@ class _CountingCollator:
         return batch
 
 
-def _metrics_callback(sink: MetricsSink | None):
+def metrics_callback(sink: MetricsSink | None):
     from transformers import TrainerCallback
 
     class ForwardMetrics(TrainerCallback):
@@ -153,7 +153,7 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=_datasets(train_examples),
                          eval_dataset=_datasets(eval_examples) if eval_examples else None,
-                         processing_class=tokenizer, callbacks=[_metrics_callback(sink)])
+                         processing_class=tokenizer, callbacks=[metrics_callback(sink)])
     counter = _CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     return trainer, tokenizer, {"device": device, "precision": precision, "dropped": dropped, "chat_format": codec.fmt.name,
