@@ -99,3 +99,22 @@ def test_cli_builds_and_validates_the_pairs_of_a_dataset(rslm_home, tmp_path):
     assert len(pairs) == train_rows and {p.split for p in pairs} == {"train"}  # one per training row
     held_out = read_preferences(Path(path).with_name("reasoning_preferences.eval.jsonl"))
     assert held_out and {p.split for p in held_out} == {"eval"}
+
+
+def test_on_policy_pairs_keep_only_the_models_failing_answers(small_build, devops_framework):
+    """The model's own answers become rejected only where they fail a check: the champion's
+    canary paste ("a bad build hits 5% of users") into an unrelated answer, a loop, a hedge."""
+    from tasks.domain.preferences import on_policy_pairs
+
+    rows = [r for r in small_build.train if not any(ch.isdigit() for ch in r.turns("assistant")[-1].replace(
+        "1. ", "").replace("2. ", "").replace("3. ", ""))][:4]
+    pasted = "1. Blast radius: a bad build hits 5% of users, not all. 2. Evidence: compare it against the baseline."
+    answers = [rows[0].turns("assistant")[-1], pasted, "1. 1. 1. 1. 1. 1.", "1. Maybe it depends on the team here."]
+    pairs = on_policy_pairs(rows, answers, devops_framework)
+    assert [p.source_row_id for p in pairs] == [r.id for r in rows[1:]], "a right answer makes no pair"
+    assert [p.rule.split(": ", 1)[1] for p in pairs] == ["numbers", "degenerate, numbers", "hedged"]
+    assert all(p.kind == "on_policy" and p.chosen == r.turns("assistant")[-1] for p, r in zip(pairs, rows[1:], strict=True))
+    pool = reasons_by_pattern(small_build.train)
+    assert all(broken_rule(p, devops_framework, pool) for p in pairs)
+    keeps = pairs[0].model_copy(update={"rejected": pairs[0].chosen + " Also true."})
+    assert not broken_rule(keeps, devops_framework, pool), "an answer that passes every check is no rejection"

@@ -19,7 +19,17 @@ from pydantic import Field
 from tasks.domain.framework import Framework
 from tasks.domain.frozen import Frozen
 from tasks.domain.hashing import content_hash
-from tasks.domain.metrics import MAX_REASONS, check_numbers, hedges, numbered_reasons, numbers_in, without_markers, word_count
+from tasks.domain.metrics import (
+    MAX_REASONS,
+    check_numbers,
+    hedges,
+    is_degenerate,
+    is_structured,
+    numbered_reasons,
+    numbers_in,
+    without_markers,
+    word_count,
+)
 from tasks.domain.records import Message, Row
 
 Kind = Literal["hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number", "on_policy"]
@@ -176,7 +186,49 @@ def broken_rule(pair: PreferencePair, framework: Framework, pool: dict[str, list
         return any(r not in own and r in foreign for r in _reasons(rejected))
     if pair.kind == "wrong_number":
         return not check_numbers(pair.question(), chosen, rejected).right
-    return rejected != chosen  # on-policy: the checks that failed it are recorded with the pair
+    return rejected.strip() != chosen.strip() and bool(failed_checks(pair.question(), chosen, rejected, framework))
+
+
+def failed_checks(question: str, expected: str, answer: str, framework: Framework) -> list[str]:
+    """The framework's checks an answer fails, against the reference answer to the same question.
+
+    >>> from tasks.domain.framework import Framework
+    >>> style = {"tone": "t", "max_answer_words": 60, "banned_phrases": ["maybe"]}
+    >>> fw = Framework.model_construct(style=type("S", (), style))
+    >>> failed_checks("Why /24?", "1. Isolation: 251 usable hosts each.", "1. Blast radius: maybe 5% of users.", fw)
+    ['hedged', 'numbers']
+    """
+    style = framework.style
+    failed = []
+    if is_degenerate(answer):
+        failed.append("degenerate")
+    elif not is_structured(answer):
+        failed.append("structure")
+    if hedges(answer, style.banned_phrases):
+        failed.append("hedged")
+    if word_count(answer) > style.max_answer_words:
+        failed.append("over_cap")
+    if not check_numbers(question, expected, answer).right:
+        failed.append("numbers")
+    return failed
+
+
+def on_policy_pairs(rows: Sequence[Row], answers: Sequence[str], framework: Framework) -> list[PreferencePair]:
+    """The model's own answers to the rows' questions, kept as rejected where they fail the
+    framework's checks (the failures it actually makes: a canary's "5% of users" pasted into an
+    answer about Terraform), with the framework's answer as chosen. The rule records which checks."""
+    pairs = []
+    for row, answer in zip(rows, answers, strict=True):
+        question, expected = row.turns("user")[-1], row.turns("assistant")[-1]
+        failed = failed_checks(question, expected, answer, framework)
+        if not failed or not answer.strip() or answer.strip() == expected.strip():
+            continue
+        pairs.append(PreferencePair(
+            id=f"{row.id}-on_policy-{content_hash(answer)[:8]}", prompt=list(row.messages[:-1]), chosen=expected,
+            rejected=answer, kind="on_policy", rule=f"{RULES['on_policy']}: {', '.join(failed)}", source_row_id=row.id,
+            pattern_id=row.metadata.pattern_id, principle="/".join(row.metadata.principle_path),
+            split=row.metadata.split or "train"))
+    return pairs
 
 
 def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: Sequence[Kind] = RULE_BASED,
