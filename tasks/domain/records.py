@@ -93,9 +93,9 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_jsonl(lines: Iterable[str], source: str) -> list[tuple[int, Row]]:
-    """Parse JSONL into (line number, Row). Collects every bad line before failing, so a user fixes
-    them all at once. Blank lines are skipped.
+def parse_jsonl(lines: Iterable[str], source: str, model: type[BaseModel] | None = None) -> list[tuple[int, Any]]:
+    """Parse JSONL into (line number, Row) (or `model`). Collects every bad line before failing, so
+    a user fixes them all at once. Blank lines are skipped.
 
     >>> parse_jsonl(['{"id": 1}'], "x.jsonl")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -103,38 +103,34 @@ def parse_jsonl(lines: Iterable[str], source: str) -> list[tuple[int, Row]]:
     tasks.domain.errors.DatasetFormatError: x.jsonl: 1 malformed line(s): line 1: id: Input should be a valid string; ...
     """
     payloads: list[tuple[int, Any]] = []
-    problems: list[str] = []
+    problems: list[tuple[int, str]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             payloads.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
-            problems.append(f"line {number}: invalid JSON ({error.msg} at column {error.colno})")
-    return parse_records(payloads, source, problems=problems)
+            problems.append((number, f"line {number}: invalid JSON ({error.msg} at column {error.colno})"))
+    return parse_records(payloads, source, problems=problems, model=model or Row)
 
 
 def parse_records(payloads: Iterable[tuple[int, Any]], source: str, unit: str = "line",
-                  problems: list[str] | None = None) -> list[tuple[int, Row]]:
-    """Decoded records (from JSONL lines, parquet or `datasets` rows) into (number, Row), every bad
-    one named by its `unit` and number before failing."""
-    rows: list[tuple[int, Row]] = []
+                  problems: list[tuple[int, str]] | None = None, model: type[BaseModel] | None = None) -> list[tuple[int, Any]]:
+    """Decoded records (from JSONL lines, parquet or `datasets` rows) into (number, Row) (or
+    `model`), every bad one named by its `unit` and number, in order, before failing."""
+    model = model or Row
+    rows: list[tuple[int, Any]] = []
     problems = list(problems or [])
     for number, payload in payloads:
         if not isinstance(payload, dict):
-            problems.append(f"{unit} {number}: expected a JSON object, got {type(payload).__name__}")
+            problems.append((number, f"{unit} {number}: expected a JSON object, got {type(payload).__name__}"))
             continue
         try:
-            rows.append((number, Row.model_validate(payload)))
+            rows.append((number, model.model_validate(payload)))
         except ValidationError as error:
-            problems.append(f"{unit} {number}: {_describe(error)}")
+            problems.append((number, f"{unit} {number}: {_describe(error)}"))
     if problems:
-        raise DatasetFormatError(source, sorted(problems, key=_number_in), unit=unit)
+        raise DatasetFormatError(source, [text for _, text in sorted(problems, key=lambda p: p[0])], unit=unit)
     if not rows:
         raise DatasetFormatError(source, ["no rows: the file is empty"], unit=unit)
     return rows
-
-
-def _number_in(problem: str) -> int:
-    head = problem.split(":", 1)[0].split()
-    return int(head[-1]) if head and head[-1].isdigit() else 0

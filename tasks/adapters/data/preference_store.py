@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
-from tasks.domain.errors import DatasetFormatError
 from tasks.domain.preferences import PreferencePair
+from tasks.domain.records import parse_jsonl
 
 TRAIN_FILE = "reasoning_preferences.jsonl"
 EVAL_FILE = "reasoning_preferences.eval.jsonl"
@@ -33,17 +33,8 @@ def write_preferences(target: Path, train: list[PreferencePair], held_out: list[
 
 
 def read_preferences(path: Path) -> list[PreferencePair]:
-    """Pairs from a JSONL file; a bad line is named by its number."""
-    from pydantic import ValidationError
-
-    pairs, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            pairs.append(PreferencePair.model_validate_json(line))
-        except ValidationError as error:
-            problems.append(f"line {number}: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}")
-    if problems:
-        raise DatasetFormatError(str(path), problems)
-    return pairs
+    """Pairs from a JSONL file (none from an empty one); bad lines are named by number, as for rows."""
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        return []
+    return [pair for _, pair in parse_jsonl(text.splitlines(), str(path), model=PreferencePair)]
