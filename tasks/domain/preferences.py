@@ -61,6 +61,19 @@ class PreferencePair(Frozen):
     def question(self) -> str:
         return [m.content for m in self.prompt if m.role == "user"][-1]
 
+    def conversation(self, side: Literal["chosen", "rejected"]) -> list[Message]:
+        """The prompt turns followed by one side's answer: what a chat format renders."""
+        return [*self.prompt, Message(role="assistant", content=getattr(self, side))]
+
+
+def _pair(row: Row, kind: Kind, rejected: str, rule: str) -> PreferencePair:
+    """The row's final answer as chosen against `rejected`, with the row's provenance."""
+    return PreferencePair(
+        id=f"{row.id}-{kind}-{content_hash(rejected)[:8]}", prompt=list(row.messages[:-1]),
+        chosen=row.turns("assistant")[-1], rejected=rejected, kind=kind, rule=rule, source_row_id=row.id,
+        pattern_id=row.metadata.pattern_id, principle="/".join(row.metadata.principle_path),
+        split=row.metadata.split or "train")
+
 
 def _reasons(answer: str) -> list[str]:
     return [text for number, text in numbered_reasons(answer) if number]
@@ -135,7 +148,7 @@ def _perturbed(text: str, rng: random.Random) -> str:
     for factor in rng.sample([0.5, 0.8, 1.25, 1.5, 2.0], 5):
         candidate = round(value * factor, decimals) if decimals else round(value * factor)
         formatted = f"{candidate:,.{decimals}f}" if "," in text else f"{candidate:.{decimals}f}"
-        if formatted != text and formatted.replace(",", "") != text.replace(",", ""):
+        if formatted.replace(",", "") != text.replace(",", ""):
             return formatted
     return f"{value + 1:.{decimals}f}"
 
@@ -223,11 +236,7 @@ def on_policy_pairs(rows: Sequence[Row], answers: Sequence[str], framework: Fram
         failed = failed_checks(question, expected, answer, framework)
         if not failed or not answer.strip() or answer.strip() == expected.strip():
             continue
-        pairs.append(PreferencePair(
-            id=f"{row.id}-on_policy-{content_hash(answer)[:8]}", prompt=list(row.messages[:-1]), chosen=expected,
-            rejected=answer, kind="on_policy", rule=f"{RULES['on_policy']}: {', '.join(failed)}", source_row_id=row.id,
-            pattern_id=row.metadata.pattern_id, principle="/".join(row.metadata.principle_path),
-            split=row.metadata.split or "train"))
+        pairs.append(_pair(row, "on_policy", answer, f"{RULES['on_policy']}: {', '.join(failed)}"))
     return pairs
 
 
@@ -249,11 +258,7 @@ def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: 
             rejected = corrupt(kind, row, framework, pool, rng)
             if rejected is None or rejected == row.turns("assistant")[-1]:
                 continue
-            pair = PreferencePair(
-                id=f"{row.id}-{kind}-{content_hash(rejected)[:8]}", prompt=list(row.messages[:-1]),
-                chosen=row.turns("assistant")[-1], rejected=rejected, kind=kind, rule=RULES[kind], source_row_id=row.id,
-                pattern_id=row.metadata.pattern_id, principle="/".join(row.metadata.principle_path),
-                split=row.metadata.split or "train")
+            pair = _pair(row, kind, rejected, RULES[kind])
             if broken_rule(pair, framework, pool):  # a corruption that happens to keep the rule is no pair
                 pairs.append(pair)
                 made += 1

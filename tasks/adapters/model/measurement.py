@@ -80,7 +80,7 @@ def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_si
     """Per pair, log p(chosen) - log p(rejected) under the model, each summed over its answer
     tokens given the prompt (what DPO's implicit reward compares): positive = prefers chosen."""
     def completions(side: str):
-        return [gen.codec.fmt.example([*p.prompt, Message(role="assistant", content=getattr(p, side))]) for p in pairs]
+        return [gen.codec.fmt.example(p.conversation(side)) for p in pairs]
 
     chosen, _ = _completion_losses(gen, completions("chosen"), batch_size, "preferences (chosen)")
     rejected, _ = _completion_losses(gen, completions("rejected"), batch_size, "preferences (rejected)")

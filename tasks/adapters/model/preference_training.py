@@ -12,14 +12,12 @@ from tasks.adapters.model.chat_codec import chat_codec
 from tasks.adapters.model.training import MetricsSink, metrics_callback
 from tasks.domain.config import RefineConfig, TrainingConfig
 from tasks.domain.preferences import PreferencePair
-from tasks.domain.records import Message
 
 
 def _rendered(pairs: Sequence[PreferencePair], fmt) -> list[dict[str, str]]:
     rows = []
     for pair in pairs:
-        chosen = fmt.example([*pair.prompt, Message(role="assistant", content=pair.chosen)])
-        rejected = fmt.example([*pair.prompt, Message(role="assistant", content=pair.rejected)])
+        chosen, rejected = fmt.example(pair.conversation("chosen")), fmt.example(pair.conversation("rejected"))
         rows.append({"prompt": chosen.prompt, "chosen": chosen.completion, "rejected": rejected.completion})
     return rows
 
