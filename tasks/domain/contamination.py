@@ -70,12 +70,11 @@ def nearest_overlap(queries: Sequence[str], corpus: Sequence[str], n: int = NGRA
         size = min(n, len(_WORD.findall(query)))
         grams = ngrams(query, size) if size else set()
         if size < n:  # a short query is compared whole, against the texts' runs of its own length
-            grams_found = [i for i, text in enumerate(corpus) if grams & ngrams(text, size)]
-            shares.append(1.0 if grams_found else 0.0)
+            shares.append(1.0 if any(grams & ngrams(text, size) for text in corpus) else 0.0)
             continue
         hits: dict[int, int] = {}
-        for gram in grams:
+        for gram in grams:  # a query of n or more words has at least one n-gram
             for position in set(index.get(gram, ())):
                 hits[position] = hits.get(position, 0) + 1
-        shares.append(max(hits.values(), default=0) / len(grams) if grams else 0.0)
+        shares.append(max(hits.values(), default=0) / len(grams))
     return shares
