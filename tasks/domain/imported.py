@@ -18,7 +18,7 @@ from tasks.domain.config import ImportedDatasetConfig
 from tasks.domain.errors import ConfigError
 from tasks.domain.expansion import near_duplicate_key
 from tasks.domain.framework import Framework
-from tasks.domain.metrics import words
+from tasks.domain.metrics import stem, words
 from tasks.domain.records import Message, Row, RowMetadata
 
 PRINCIPLE = "imported"  # the one final principle every imported row belongs to
@@ -45,16 +45,19 @@ def frequent_terms(answers: Sequence[str], count: int = 6) -> list[str]:
 
     >>> frequent_terms(["1. Latency drops.", "1. Latency and cost drop.", "Cost is fixed."], 2)
     ['cost', 'drop']
+
+    Folded to the stem key-term coverage matches on, so "policies" becomes a term that finds them:
+
+    >>> from tasks.domain.metrics import key_term_coverage
+    >>> terms = frequent_terms(["1. Narrow policies.", "2. Review policies."], 1)
+    >>> terms, key_term_coverage("1. Audit the policies.", terms)
+    (['policy'], 1.0)
     """
     frequency: Counter[str] = Counter()
     for answer in answers:
-        frequency.update({_singular(w) for w in words(answer) if len(w) > 2 and w not in _STOPWORDS
+        frequency.update({stem(w) for w in words(answer) if len(w) > 2 and w not in _STOPWORDS
                           and not w.replace(".", "").isdigit()})
     return [w for w, _ in sorted(frequency.items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
-
-
-def _singular(word: str) -> str:
-    return word[:-1] if word.endswith("s") and not word.endswith("ss") and len(word) > 3 else word
 
 
 def _literal(text: str) -> str:

@@ -27,7 +27,7 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     """Crude plural folding so `subnet` matches `subnets` and `policies` matches `policy`."""
     if word.endswith("ies") and len(word) > 4:
         return word[:-3] + "y"
@@ -44,8 +44,8 @@ def key_term_coverage(answer: str, key_terms: Sequence[str]) -> float:
     """
     if not key_terms:
         return 1.0
-    present = {_stem(w) for w in words(answer)}
-    hits = sum(all(_stem(w) in present for w in words(term)) for term in key_terms)
+    present = {stem(w) for w in words(answer)}
+    hits = sum(all(stem(w) in present for w in words(term)) for term in key_terms)
     return hits / len(key_terms)
 
 
