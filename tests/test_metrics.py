@@ -74,8 +74,13 @@ def test_number_salad_is_degenerate_and_earns_nothing():
     ("1. Isolation. 2. Routing.", False),                                    # labels, not clauses
     ("Isolation keeps failures contained.", False),                          # not numbered
     ("", False),
+    # reason 3 repeats reason 1 (a champion's code-review answer; its trigram repetition of 0.28
+    # stayed under the loop threshold, so it once counted as well shaped)
+    ("1. Review: a second reader catches the bug before merge. 2. History: the diff records why. "
+     "3. Review: a second reader catches the bug before merge.", False),
+    ("1. Review: a reader catches bugs. 2. Review: a reader spreads knowledge of the code.", True),
 ])
-def test_structure_check_wants_one_to_three_numbered_clauses(answer, shaped):
+def test_structure_check_wants_one_to_three_distinct_numbered_clauses(answer, shaped):
     assert is_structured(answer) is shaped
 
 

@@ -129,7 +129,26 @@ def is_structured(answer: str, max_reasons: int = MAX_REASONS) -> bool:
     items = numbered_reasons(answer)
     numbers = [n for n, _ in items]
     return (1 <= len(items) <= max_reasons and numbers == list(range(1, len(items) + 1))
-            and all(is_clause(text) for _, text in items))
+            and all(is_clause(text) for _, text in items) and not repeats_a_reason([t for _, t in items]))
+
+
+# Two reasons sharing this much of their vocabulary say one thing twice ("3. Automation: a CDN
+# schedules pages" after "1. Automation: a CDN schedules pages"), whatever the trigram share.
+REPEATED_REASON_OVERLAP = 0.8
+
+
+def repeats_a_reason(reasons: Sequence[str]) -> bool:
+    """Whether any two reasons are the same reason: word-set overlap (Jaccard) of 0.8 or more.
+    Reasons that share a topic but argue different points stay distinct.
+
+    >>> repeats_a_reason(["Price: CDNs cost per GB.", "Access: pages are cached.", "Price: CDNs cost per GB!"])
+    True
+    >>> repeats_a_reason(["Isolation: one blast radius per /24.", "Routing: one route table per /24."])
+    False
+    """
+    vocabularies = [set(words(reason)) for reason in reasons]
+    return any(len(a & b) >= REPEATED_REASON_OVERLAP * len(a | b)
+               for a, b in combinations(vocabularies, 2) if a | b)
 
 
 def repetition(answer: str) -> float:
