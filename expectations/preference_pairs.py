@@ -18,11 +18,16 @@ SUITE_NAME = "reasoning_preferences"
 
 
 def flatten_pairs(pairs: Sequence[PreferencePair], framework: Framework, pool: dict[str, list[str]],
-                  eval_questions: Sequence[str] = (), heldout_questions: Sequence[str] = ()) -> pd.DataFrame:
+                  eval_questions: Sequence[str] = (), heldout_questions: Sequence[str] = (),
+                  located: tuple[str, Sequence[int]] | None = None) -> pd.DataFrame:
+    """One row per pair with what the suite checks. `located`: (file, line of each pair), so a
+    failure names the line of the pairs file to look at."""
     prompts = ["\n".join(m.content for m in p.prompt if m.role == "user") for p in pairs]
     eval_overlap = overlap_with(prompts, eval_questions) if eval_questions else [0.0] * len(pairs)
     heldout_overlap = overlap_with(prompts, heldout_questions) if heldout_questions else [0.0] * len(pairs)
+    where = (lambda i: {"file": located[0], "line": located[1][i]}) if located else (lambda i: {})
     return pd.DataFrame.from_records([{
+        **where(i),
         "id": pair.id,
         "kind": pair.kind,
         "chosen_words": word_count(pair.chosen),

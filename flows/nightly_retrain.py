@@ -1,7 +1,10 @@
 """The nightly retrain, as a table of contents:
 
-    build-dataset -> validate-dataset -> [unchanged? stop] -> train-adapter -> register-adapter
-        -> evaluate-model -> promote-model
+    build-dataset -> validate-dataset -> [unchanged? stop] -> [build-preferences] -> train-adapter
+        -> [refine-preferences] -> register-adapter -> evaluate-model -> promote-model
+
+The bracketed preference stages run where the profile's `refine.enabled` (or `--refine`) says so:
+the pairs are built and validated before any training, and DPO refines the SFT adapter after it.
 
 Each stage is a sub-flow; a failed stage stops the run before anything later is trained,
 registered or promoted (a registered version whose evaluation fails is tagged and never promoted).
@@ -42,20 +45,23 @@ from tasks.domain.report import RunRecord
 from tasks.domain.run_spec import EvaluationSpec, RunSpec
 from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_evaluation_task, publish_promotion_task
 from tasks.model_tasks import (
+    build_preferences_task,
     find_trained_version_task,
     prepare_base_model_task,
     reconcile_interrupted_runs_task,
+    refine_adapter_task,
     register_adapter_task,
     train_adapter_task,
 )
 from tasks.report_tasks import publish_validation_task, record_failure, write_run_record_task
 from tasks.stages.build_dataset import require_valid
+from tasks.stages.build_preferences import PreferenceSet, require_valid_pairs
 from tasks.stages.evaluate import Evaluation
 from tasks.stages.promote import Promotion
 from tasks.stages.train import Registration, TrainedAdapter
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -92,6 +98,23 @@ def train_adapter(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, 
     return train_adapter_task(spec, dataset, report, base_model, tracking, measure_eval_loss)
 
 
+@flow(name="build-preferences")
+def build_preferences(spec: RunSpec, dataset: DatasetRef) -> PreferenceSet:
+    """Preference pairs from the dataset, validated as read back from their file: a failed check
+    stops the run here, before anything is trained."""
+    preferences = build_preferences_task(spec, dataset)
+    publish_validation_task(preferences.report, "preference pairs")
+    require_valid_pairs(preferences.report)
+    return preferences
+
+
+@flow(name="refine-preferences")
+def refine_preferences(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, preferences: PreferenceSet,
+                       tracking: Tracking) -> TrainedAdapter:
+    """DPO on top of the SFT adapter, tracked as a run nested under its training run."""
+    return refine_adapter_task(spec, dataset, trained, preferences, tracking)
+
+
 @flow(name="register-adapter")
 def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, tracking: Tracking,
                      training_key: str = "") -> Registration:
@@ -116,17 +139,22 @@ def _train_register_promote(spec: RunSpec, dataset: DatasetRef, report: Validati
                             base_model: str | None, key: str, record: RunRecord) -> None:
     # evaluate-model measures the held-out loss on the same split (token-weighted), so the trainer's
     # own pass over it would be wasted: about 10% of training time on the default run.
+    preferences = build_preferences(spec, dataset) if spec.refine.enabled else None
     trained = train_adapter(spec, dataset, report, tracking, base_model, measure_eval_loss=False)
+    if preferences:
+        record.update({"sft_adapter_dir": trained.adapter_dir, "sft_run_id": trained.run_id,
+                       "preferences_path": preferences.train_path})
+        trained = refine_preferences(spec, dataset, trained, preferences, tracking)
     record.update({"base_model_dir": trained.base_model, "base_model_provenance": trained.base_provenance,
                    "adapter_dir": trained.adapter_dir, "training": trained.summary, "mlflow_run_id": trained.run_id,
                    "mlflow_experiment": trained.experiment})
     registration = register_adapter(spec, dataset, trained, tracking, key)
     record.update({"registered_model": registration.name, "model_version": registration.version,
                    "aliases": registration.aliases, "model_uri": registration.model_uri})
-    _evaluate_promote(spec, registration.name, registration.version, tracking, record)
+    evaluate_and_promote(spec, registration.name, registration.version, tracking, record)
 
 
-def _evaluate_promote(spec: RunSpec, name: str, version: str, tracking: Tracking, record: RunRecord) -> None:
+def evaluate_and_promote(spec: RunSpec, name: str, version: str, tracking: Tracking, record: RunRecord) -> None:
     evaluation = evaluate_model(spec.evaluation, f"models:/{name}/{version}", tracking)
     record.update({"evaluation": {
         "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
@@ -146,7 +174,7 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
     `base_model` replaces a pretrained profile's source; `force` retrains even when nothing changed."""
     config = load_pipeline_config(config_path, overrides)
     tracking = Tracking.configured()  # one MLflow store for every stage of the run
-    record = RunRecord(started_at=_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
+    record = RunRecord(started_at=utc_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
                        mlflow_tracking_uri=tracking.uri, prefect_flow_run_id=str(flow_run.get_id() or ""),
                        pid=os.getpid())
     write_run_record(record, paths().last_run)  # `running` from the start: a killed run never shows the last success
@@ -158,7 +186,7 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
         record.update({"status": "interrupted" if stopped else "failed", "error": stopped or first_line(error)})
         raise
     finally:
-        record.update({"finished_at": _now()})
+        record.update({"finished_at": utc_now()})
         if record.status == "interrupted":  # Prefect is shutting down: no more tasks, just the file
             write_run_record(record, paths().last_run)
         else:
@@ -212,7 +240,7 @@ def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, b
     if previous and previous["pending_evaluation"] and not force:  # trained and registered, then stopped
         record.update({"registered_model": previous["name"], "model_version": previous["version"],
                        "mlflow_run_id": previous["run_id"], "resumed_evaluation": True})
-        _evaluate_promote(spec, previous["name"], previous["version"], tracking, record)
+        evaluate_and_promote(spec, previous["name"], previous["version"], tracking, record)
     elif previous and not force:
         record.update({"status": "unchanged", "unchanged_version": previous, "registered_model": previous["name"],
                        "model_version": previous["version"], "mlflow_run_id": previous["run_id"],

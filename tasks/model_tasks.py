@@ -13,7 +13,9 @@ from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import DeviceSlotConfig
 from tasks.domain.run_spec import RunSpec
 from tasks.retry_policy import SERVICE_RETRIES
+from tasks.stages import refine as refine_stage
 from tasks.stages import train as stage
+from tasks.stages.build_preferences import PreferenceSet, build_preferences
 
 
 @contextmanager
@@ -65,3 +67,15 @@ def reconcile_interrupted_runs_task(tracking: Tracking, experiment: str) -> list
     for run_id in killed:
         get_run_logger().warning(f"MLflow run {run_id} was left RUNNING by a process that is gone: marked KILLED")
     return killed
+
+
+@task(name="build-preferences", cache_policy=NO_CACHE)
+def build_preferences_task(spec: RunSpec, dataset: DatasetRef) -> PreferenceSet:
+    return build_preferences(dataset, spec.framework, spec.config, paths().preferences, spec.evaluation.heldout)
+
+
+@task(name="refine-adapter", cache_policy=NO_CACHE)
+def refine_adapter_task(spec: RunSpec, dataset: DatasetRef, trained: stage.TrainedAdapter, preferences: PreferenceSet,
+                        tracking: Tracking) -> stage.TrainedAdapter:
+    with training_slot(spec.config.device_slot):
+        return refine_stage.refine_and_track(spec, dataset, trained, preferences, paths(), tracking)

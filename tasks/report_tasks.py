@@ -14,12 +14,13 @@ from tasks.domain.report import RunRecord, summary_markdown
 
 
 @task(name="publish-validation", cache_policy=NO_CACHE)
-def publish_validation_task(report: ValidationReport) -> None:
-    lines = [f"# Dataset validation: {'passed' if report.success else 'FAILED'}", "", report.summary(), ""]
+def publish_validation_task(report: ValidationReport, subject: str = "dataset") -> None:
+    """The Great Expectations verdict as a Prefect artifact (`<subject>-validation`)."""
+    lines = [f"# {subject.capitalize()} validation: {'passed' if report.success else 'FAILED'}", "", report.summary(), ""]
     if report.data_docs_index:
         lines.append(f"Data Docs: `{report.data_docs_index}`")
-    create_markdown_artifact(key="dataset-validation", markdown="\n".join(lines),
-                             description="Great Expectations result for the dataset")
+    create_markdown_artifact(key=f"{subject.replace(' ', '-')}-validation", markdown="\n".join(lines),
+                             description=f"Great Expectations result for the {subject}")
 
 
 @task(name="write-run-record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

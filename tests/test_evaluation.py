@@ -65,9 +65,11 @@ def test_numbers_right_sees_wrong_arithmetic_and_pasted_figures_that_the_shape_m
     assert style_metrics([exact, off])["numbers_right"] == 0.5
 
     (pasted,) = compare_heldout(["Why keep database backups in another region?"], ["Backups."],
-                                ["1. Blast radius: a bad build hits 5% of users, not all. 2. Rollback is cheap."])
+                                ["1. Blast radius: a bad build hits 5% of users, not all. 2. Rollback: undo is cheap."],
+                                finance.style)
     assert pasted.tuned_structured and pasted.tuned_new_numbers == ["5"]
     assert heldout_metrics([pasted])["heldout/new_numbers"] == 1.0
+    assert pasted.tuned_style == 0.75, "held-out style loses the pasted figure's point, and only that one"
 
 
 @pytest.mark.slow

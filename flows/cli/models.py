@@ -1,4 +1,4 @@
-"""`rslm chat | evaluate | promote | rollback | models`: the registered models and their champion."""
+"""`rslm chat | evaluate | refine | promote | rollback | models`: the registered models and their champion."""
 from __future__ import annotations
 
 import json
@@ -46,6 +46,29 @@ def evaluate(model_uri, eval_path, config_path) -> None:
     evaluation = evaluate_registered(load_pipeline_config(config_path), model_uri, Tracking.configured(), eval_path)
     click.echo(evaluation.markdown())
     click.echo(f"report: {evaluation.report_dir}")
+
+
+@click.command()
+@click.option("--model", "model_uri", help="The version to refine (default: the configured domain's @champion).")
+@click.option("--max-steps", type=int, help="DPO steps (overrides the profile's refine.max_steps).")
+@click.option("--on-policy-rows", type=int, help="Training questions answered for on-policy pairs (refine.on_policy_rows).")
+@config_option
+def refine(model_uri, max_steps, on_policy_rows, config_path) -> None:
+    """Refine a registered version with DPO on its framework's preference pairs; registers the
+    refined adapter as a new version (tagged with its parent), evaluates it and puts it through the gate."""
+    setup(flows=True)
+    from flows.on_demand import refine_on_demand
+
+    settings = {key: value for key, value in (("max_steps", max_steps), ("on_policy_rows", on_policy_rows))
+                if value is not None}
+    record = refine_on_demand(model_uri or champion_uri(config_path), config_path,
+                              {"refine_overrides": settings} if settings else None)
+    refined = record.get("training", {}).get("refine", {})
+    click.echo(json.dumps({"refined": f"models:/{record['registered_model']}/{record['model_version']}",
+                           "parent_run": record["sft_run_id"], "adapter_dir": record["adapter_dir"],
+                           "preference_accuracy": {model: refined.get(f"preference/{model}/accuracy")
+                                                   for model in ("base", "sft", "dpo")},
+                           "promotion": record["promotion"].get("verdict")}, indent=2))
 
 
 @click.command()

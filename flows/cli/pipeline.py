@@ -31,8 +31,12 @@ from flows.cli.common import (
 @click.option("--dataset", "dataset_source", type=click.Path(exists=True),
               help="Train on your own dataset instead of generating one: a JSONL file of {\"messages\": [...]} rows, "
                    "a parquet file or a Hugging Face `datasets` directory (dataset.source; style from dataset.imported).")
-def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force, dataset_source) -> None:
-    """Run the nightly_retrain flow once: build (or import), validate, train, register, evaluate, promote."""
+@click.option("--refine/--no-refine", default=None,
+              help="Refine the SFT adapter with DPO on the framework's preference pairs before registering "
+                   "(default: the profile's refine.enabled).")
+def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force, dataset_source,
+             refine) -> None:
+    """Run the nightly_retrain flow once: build (or import), validate, train, [refine,] register, evaluate, promote."""
     setup()
     from flows.resolution import resolve_pipeline
     from tasks.adapters.ops.config_files import load_pipeline_config
@@ -40,6 +44,8 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
     overrides = run_overrides(framework, profile, max_steps, max_samples, device)
     if dataset_source:
         overrides["dataset.source"] = str(Path(dataset_source).resolve())
+    if refine is not None:
+        overrides["refine_overrides.enabled"] = refine
     resolve_pipeline(load_pipeline_config(config_path, overrides))  # a bad flag, file or row fails here, before any server starts
     start_flows()
     from flows.nightly_retrain import nightly_retrain
@@ -150,8 +156,7 @@ def preferences(dataset_dir, config_path) -> None:
     from tasks.adapters.data.dataset_store import dataset_ref
     from tasks.adapters.ops.config_files import load_pipeline_config
     from tasks.adapters.ops.settings import paths
-    from tasks.domain.errors import DataValidationError
-    from tasks.stages.build_preferences import build_preferences
+    from tasks.stages.build_preferences import build_preferences, require_valid_pairs
 
     dataset = dataset_ref(Path(dataset_dir))
     spec = resolve_pipeline(load_pipeline_config(config_path))
@@ -161,9 +166,7 @@ def preferences(dataset_dir, config_path) -> None:
         raise ConfigError(f"{dataset_dir} is a {dataset.domain} dataset, but the configured framework is "
                           f"{spec.framework.domain}: pass --config with that domain's framework")
     built = build_preferences(dataset, spec.framework, spec.config, paths().preferences, spec.evaluation.heldout)
-    if not built.report.success:
-        raise DataValidationError(f"preference pairs failed validation: {built.report.summary()} "
-                                  f"(Data Docs: {built.report.data_docs_index})", built.report.failures)
+    require_valid_pairs(built.report)
     click.echo(f"ok: {built.summary()}")
     click.echo(built.train_path)
 

@@ -87,6 +87,10 @@ class RefineConfig(Frozen):
     beta: float = Field(default=0.1, gt=0)              # how far from the SFT reference the policy may move
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     max_length: int = Field(default=384, ge=16)
+    # On-policy pairs: the SFT model answers this many training questions (sampled at this
+    # temperature); each answer that fails the framework's checks becomes a rejected side. 0: off.
+    on_policy_rows: int = Field(default=0, ge=0)
+    on_policy_temperature: float = Field(default=0.7, gt=0, le=2)
 
 
 class ModelProfile(Frozen):
@@ -289,6 +293,8 @@ class PipelineConfig(Frozen):
     preferences: PreferencesConfig = PreferencesConfig()
     # Per-run adjustments on top of the profile's training section (e.g. max_steps for a smoke run).
     training_overrides: dict[str, Any] = Field(default_factory=dict)
+    # ... and on top of its refine (DPO) section (e.g. {"enabled": true} for `rslm pipeline --refine`).
+    refine_overrides: dict[str, Any] = Field(default_factory=dict)
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +319,11 @@ def effective_training(profile: ModelProfile, pipeline: PipelineConfig) -> Train
     """The profile's training section with the pipeline's overrides applied (validated again)."""
     data = apply_overrides(profile.training.model_dump(), pipeline.training_overrides)
     return TrainingConfig.model_validate(data)
+
+
+def effective_refine(profile: ModelProfile, pipeline: PipelineConfig) -> RefineConfig:
+    """The profile's refine section with the pipeline's overrides applied (validated again)."""
+    return RefineConfig.model_validate(apply_overrides(profile.refine.model_dump(), pipeline.refine_overrides))
 
 
 def flatten_params(prefix: str, value: Any) -> dict[str, str]:

@@ -15,11 +15,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tasks.domain.framework import Framework
+from tasks.domain.framework import Framework, Style
 from tasks.domain.metrics import (
     StyleScore,
     check_numbers,
     consistency,
+    hedges,
     is_degenerate,
     is_structured,
     mean,
@@ -36,6 +37,7 @@ from tasks.domain.promotion import (
     HELDOUT_BASE_STRUCTURED,
     HELDOUT_GAIN,
     HELDOUT_STRUCTURED,
+    HELDOUT_STYLE,
     LOSS,
     NUMBERS_RIGHT,
     PERPLEXITY,
@@ -45,8 +47,9 @@ from tasks.domain.records import Message, Row
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
-METRICS_VERSION = 5  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
-# 5: a digit closing a parenthesis, as in "(2 + 1) = 2.0", is not a list marker
+METRICS_VERSION = 6  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
+# 5: a digit closing a parenthesis, as in "(2 + 1) = 2.0", is not a list marker;
+# 6: an answer that gives one reason twice is not structured; heldout/style
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -201,21 +204,43 @@ class HeldOutAnswer:
     # Numbers the tuned answer states that the question does not: on these qualitative questions
     # usually a figure pasted from a training template ("a bad build hits 5% of users").
     tuned_new_numbers: list[str] = field(default_factory=list)
+    base_style: float = 0.0
+    tuned_style: float = 0.0
 
 
-def compare_heldout(questions: Sequence[str], base: Sequence[str], tuned: Sequence[str]) -> list[HeldOutAnswer]:
+def heldout_style(question: str, answer: str, style: Style) -> float:
+    """Style on a question with no reference answer: the mean of four checks (within the word cap,
+    no hedging, numbered-reason structure, no number the question does not give), 0 when degenerate.
+    Key terms are left out: a held-out question has none of its own.
+
+    >>> style = Style(tone="terse", max_answer_words=12, banned_phrases=["maybe"])
+    >>> heldout_style("Why tag?", "1. Cost: tags split the bill. 2. Audit: tags name owners.", style)
+    1.0
+    >>> heldout_style("Why tag?", "1. Cost: maybe tags cut 5% of the bill.", style)
+    0.5
+    """
+    if is_degenerate(answer):
+        return 0.0
+    checks = (style.min_answer_words <= word_count(answer) <= style.max_answer_words,
+              not hedges(answer, style.banned_phrases), is_structured(answer), not numbers_in(answer) - numbers_in(question))
+    return sum(map(float, checks)) / len(checks)
+
+
+def compare_heldout(questions: Sequence[str], base: Sequence[str], tuned: Sequence[str], style: Style) -> list[HeldOutAnswer]:
     return [HeldOutAnswer(question=q, base=b, tuned=t, base_structured=is_structured(b), tuned_structured=is_structured(t),
                           base_degenerate=is_degenerate(b), tuned_degenerate=is_degenerate(t), tuned_words=word_count(t),
-                          tuned_new_numbers=sorted(numbers_in(t) - numbers_in(q)))
+                          tuned_new_numbers=sorted(numbers_in(t) - numbers_in(q)),
+                          base_style=heldout_style(q, b, style), tuned_style=heldout_style(q, t, style))
             for q, b, t in zip(questions, base, tuned, strict=True)]
 
 
 def heldout_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
     """Share of held-out answers in the trained shape, tuned and base, and the gain between them.
 
-    >>> rows = compare_heldout(["q"], ["I'm not sure."], ["1. Isolation: one blast radius per tier."])
-    >>> heldout_metrics(rows)["heldout/structured_gain"]
-    1.0
+    >>> style = Style(tone="terse", max_answer_words=60)
+    >>> rows = compare_heldout(["q"], ["I'm not sure."], ["1. Isolation: one blast radius per tier."], style)
+    >>> heldout_metrics(rows)["heldout/structured_gain"], heldout_metrics(rows)["heldout/style"]
+    (1.0, 1.0)
     """
     if not rows:
         return {}
@@ -225,7 +250,16 @@ def heldout_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
             "heldout/degenerate": mean(float(r.tuned_degenerate) for r in rows),
             "heldout/base_degenerate": mean(float(r.base_degenerate) for r in rows),
             "heldout/new_numbers": mean(float(bool(r.tuned_new_numbers)) for r in rows),
+            HELDOUT_STYLE: mean(r.tuned_style for r in rows), "heldout/base_style": mean(r.base_style for r in rows),
+            "heldout/answer_words": mean(float(r.tuned_words) for r in rows),
             "heldout/questions": float(len(rows))}
+
+
+def answered_heldout_metrics(questions: Sequence[str], answers: Sequence[str], style: Style) -> dict[str, float]:
+    """One model's held-out figures (`heldout/style`, `heldout/structured`, ...) without a base to
+    compare with: what a refined version's SFT parent is recorded with."""
+    rows = compare_heldout(questions, answers, answers, style)
+    return {k: v for k, v in heldout_metrics(rows).items() if "base" not in k and k != HELDOUT_GAIN}
 
 
 def heldout_markdown(rows: Sequence[HeldOutAnswer], title: str) -> str:

@@ -31,11 +31,12 @@ NUMBERS_RIGHT = "numbers_right"
 HELDOUT_STRUCTURED = "heldout/structured"
 HELDOUT_BASE_STRUCTURED = "heldout/base_structured"
 HELDOUT_GAIN = "heldout/structured_gain"
+HELDOUT_STYLE = "heldout/style"
 # What the comparison table and chart show, in order, and which direction is better.
 KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
     LOSS: "lower", PERPLEXITY: "lower", STYLE: "higher", "within_word_cap": "higher",
     "key_term_coverage": "higher", "no_hedging": "higher", STRUCTURED: "higher", DEGENERATE: "lower", NUMBERS_RIGHT: "higher",
-    CONSISTENCY: "higher", DRIFT: "lower", HELDOUT_STRUCTURED: "higher", HELDOUT_GAIN: "higher",
+    CONSISTENCY: "higher", DRIFT: "lower", HELDOUT_STRUCTURED: "higher", HELDOUT_GAIN: "higher", HELDOUT_STYLE: "higher",
 }
 
 
@@ -57,6 +58,9 @@ class PromotionGate(Frozen):
     # Content, not form: share of eval answers whose numbers are the reference's (none missing,
     # none invented). A well-shaped answer with the wrong arithmetic fails it.
     min_numbers_right: float | None = Field(default=None, ge=0, le=1)
+    # A preference-refined (DPO) version against its own SFT parent, measured the same way on the
+    # held-out questions: refinement that costs style is refused. `None` switches it off.
+    max_refined_heldout_style_drop: float | None = Field(default=0.0, ge=0, le=1)
 
 
 class Check(BaseModel):
@@ -140,14 +144,31 @@ def eligibility(run_status: str, evaluation_status: str | None) -> list[Check]:
                   detail=f"evaluation {evaluation_status or 'never ran'}")]
 
 
+def _refined_check(challenger: Metrics, sft_parent: Metrics, max_drop: float) -> Check:
+    name = "held-out style not below its SFT parent"
+    new, old = challenger.get(HELDOUT_STYLE), sft_parent.get(HELDOUT_STYLE)
+    if not (_measured(new) and _measured(old)):
+        return _missing(name, HELDOUT_STYLE)
+    floor = old - max_drop
+    return Check(name=name, passed=new >= floor - 1e-12, detail=f"{new:.3f} vs SFT parent {old:.3f} (floor {floor:.3f})")
+
+
 def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *,
            challenger_version: str, champion_version: str | None = None,
-           preconditions: list[Check] | None = None) -> Decision:
+           preconditions: list[Check] | None = None, sft_parent: Metrics | None = None) -> Decision:
     """Promote only when every precondition and configured check passes. Without a champion,
-    only the absolute bounds apply (the first good model becomes champion)."""
+    only the absolute bounds apply (the first good model becomes champion). `sft_parent`: a
+    refined version's SFT adapter, measured before refinement.
+
+    >>> gate = PromotionGate()
+    >>> decide({HELDOUT_STYLE: 0.7}, None, gate, challenger_version="2", sft_parent={HELDOUT_STYLE: 0.8}).reasons()
+    ['FAIL held-out style not below its SFT parent: 0.700 vs SFT parent 0.800 (floor 0.800)']
+    """
     checks: list[Check] = list(preconditions or [])
     if champion is not None:
         checks += [_loss_check(challenger, champion, gate), _style_drop_check(challenger, champion, gate)]
+    if sft_parent is not None and gate.max_refined_heldout_style_drop is not None:
+        checks.append(_refined_check(challenger, sft_parent, gate.max_refined_heldout_style_drop))
     if gate.min_style_adherence is not None:
         checks.append(_bound_check("style adherence floor", STYLE, challenger.get(STYLE), gate.min_style_adherence, upper=False))
     if gate.min_consistency is not None:

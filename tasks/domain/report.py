@@ -33,6 +33,10 @@ class RunRecord(BaseModel):
     base_model_provenance: dict[str, Any] = {}  # packaged bases: package, version, GGUF sha256
     adapter_dir: str | None = None
     training: dict[str, Any] = {}
+    # A preference-refined run: the SFT adapter and run it refined (adapter_dir/mlflow_run_id are the refined ones)
+    sft_adapter_dir: str | None = None
+    sft_run_id: str | None = None
+    preferences_path: str | None = None  # the validated pairs DPO trained on
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str | None = None
     mlflow_run_id: str | None = None

@@ -10,7 +10,9 @@ from tasks.domain.config import (
     ModelProfile,
     PipelineConfig,
     ProbeSet,
+    RefineConfig,
     TrainingConfig,
+    effective_refine,
     effective_training,
 )
 from tasks.domain.framework import Framework
@@ -39,3 +41,8 @@ class RunSpec(Frozen):
     def training(self) -> TrainingConfig:
         """The profile's training section with the run's overrides applied."""
         return effective_training(self.profile, self.config)
+
+    @property
+    def refine(self) -> RefineConfig:
+        """The profile's preference-refinement (DPO) section with the run's overrides applied."""
+        return effective_refine(self.profile, self.config)

@@ -12,6 +12,7 @@ from tasks.domain.config import PipelineConfig
 from tasks.domain.errors import RslmError
 from tasks.domain.promotion import Check, Decision, comparison_markdown, decide, eligibility
 from tasks.stages.evaluate import EVALUATION_STATUS, Evaluation
+from tasks.stages.refine import PARENT_RUN_TAG, sft_parent_metrics
 
 
 @dataclass
@@ -41,6 +42,14 @@ def _preconditions(info: VersionInfo, evaluation: Evaluation, registry: ModelReg
     return checks
 
 
+def _sft_parent(info: VersionInfo) -> dict[str, float] | None:
+    """A refined version's SFT parent, as measured before refinement; an empty record where the
+    version says it was refined but the figures are gone, so the gate fails it rather than skip."""
+    if PARENT_RUN_TAG not in info.tags:
+        return None
+    return sft_parent_metrics(info.metrics) or {}
+
+
 def promote_challenger(config: PipelineConfig, evaluation: Evaluation, tracking: Tracking) -> Promotion:
     """Decide by the configured gate; record the decision; move aliases only when it passes.
     Idempotent: a retry after a partial failure (aliases moved, logging failed) finishes the
@@ -54,7 +63,7 @@ def promote_challenger(config: PipelineConfig, evaluation: Evaluation, tracking:
     else:
         decision = decide(evaluation.metrics, evaluation.champion_metrics, config.promotion,
                           challenger_version=evaluation.version, champion_version=evaluation.champion_version,
-                          preconditions=_preconditions(info, evaluation, registry))
+                          preconditions=_preconditions(info, evaluation, registry), sft_parent=_sft_parent(info))
     return _record(info, decision, evaluation.metrics, evaluation.champion_metrics, tracking)
 
 

@@ -2,7 +2,7 @@
 training key that lets an unchanged nightly skip all of it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +33,7 @@ class TrainedAdapter:
     base_model: str
     summary: dict
     base_provenance: dict
+    lineage: dict[str, str] = field(default_factory=dict)  # what the registered version is tagged with (its SFT parent)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,8 +95,11 @@ def train_and_track(spec: RunSpec, dataset: DatasetRef, report: ValidationReport
 def training_key(spec: RunSpec, dataset: DatasetRef, base_override: str | None = None) -> str:
     """What a trained adapter is a function of: the training data and every training/model
     setting. Equal keys mean retraining would reproduce the same adapter."""
+    refine = spec.refine
+    refinement = {"refine": refine.model_dump(), "preferences": spec.config.preferences.model_dump()} if refine.enabled else {}
     return content_hash({"dataset_sha256": dataset.sha256, "training": spec.training.model_dump(),
-                         "model": spec.profile.model_dump(exclude={"training"}), "base_override": base_override})
+                         "model": spec.profile.model_dump(exclude={"training", "refine"}), "base_override": base_override,
+                         **refinement})
 
 
 TRAINING_KEY_TAG = "training_key"
@@ -134,5 +138,5 @@ def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
     name = spec.config.tracking.registered_model(dataset.domain)
     version, aliases = tracking.registry.register(model_uri, name, tags={
         "dataset_sha256": dataset.sha256, "dataset.eval_path": dataset.eval_path, "run_id": trained.run_id,
-        "profile": profile.name, "framework": spec.framework_path, TRAINING_KEY_TAG: key})
+        "profile": profile.name, "framework": spec.framework_path, TRAINING_KEY_TAG: key, **trained.lineage})
     return Registration(name=name, version=version, aliases=aliases, model_uri=model_uri)

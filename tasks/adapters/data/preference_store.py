@@ -32,9 +32,22 @@ def write_preferences(target: Path, train: list[PreferencePair], held_out: list[
     return publish_directory(staging, target)
 
 
-def read_preferences(path: Path) -> list[PreferencePair]:
-    """Pairs from a JSONL file (none from an empty one); bad lines are named by number, as for rows."""
+def read_located_preferences(path: Path) -> list[tuple[int, PreferencePair]]:
+    """(line number, pair) from a JSONL file (none from an empty one); bad lines are named by
+    number, as for rows. The numbers let a failed check name the line to fix."""
     text = path.read_text(encoding="utf-8")
     if not text.strip():
         return []
-    return [pair for _, pair in parse_jsonl(text.splitlines(), str(path), model=PreferencePair)]
+    return parse_jsonl(text.splitlines(), str(path), model=PreferencePair)
+
+
+def read_preferences(path: Path) -> list[PreferencePair]:
+    return [pair for _, pair in read_located_preferences(path)]
+
+
+def write_pairs(path: Path, pairs: list[PreferencePair]) -> Path:
+    """One pairs file, written beside its final name and renamed into place (never half-written)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(_jsonl(pairs), encoding="utf-8")
+    partial.replace(path)
+    return path

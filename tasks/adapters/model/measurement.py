@@ -25,7 +25,7 @@ from tasks.domain.evaluation import (
     summarise,
 )
 from tasks.domain.formatting import TokenizedExample
-from tasks.domain.framework import Framework
+from tasks.domain.framework import Framework, Style
 from tasks.domain.metrics import agreement, consistency
 from tasks.domain.preferences import PreferencePair
 from tasks.domain.records import Message, Row
@@ -76,15 +76,29 @@ def _completion_losses(gen: Generator, examples, batch_size: int, description: s
     return sums, counts
 
 
-def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_size: int) -> list[float]:
-    """Per pair, log p(chosen) - log p(rejected) under the model, each summed over its answer
-    tokens given the prompt (what DPO's implicit reward compares): positive = prefers chosen."""
+@dataclass(frozen=True)
+class Margins:
+    """Per pair, log p(chosen) - log p(rejected) under a model, positive = prefers chosen:
+    `summed` over each side's answer tokens (what DPO's implicit reward compares) and `per_token`
+    (each side's mean), so a longer rejected side (padding, a fourth reason) cannot lose on length alone."""
+
+    summed: list[float]
+    per_token: list[float]
+
+
+def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_size: int) -> Margins:
+    """Both margins of every pair, from one pass over each side given the prompt."""
     def completions(side: str):
         return [gen.codec.fmt.example(p.conversation(side)) for p in pairs]
 
-    chosen, _ = _completion_losses(gen, completions("chosen"), batch_size, "preferences (chosen)")
-    rejected, _ = _completion_losses(gen, completions("rejected"), batch_size, "preferences (rejected)")
-    return [r - c for c, r in zip(chosen, rejected, strict=True)]
+    chosen, chosen_tokens = _completion_losses(gen, completions("chosen"), batch_size, "preferences (chosen)")
+    rejected, rejected_tokens = _completion_losses(gen, completions("rejected"), batch_size, "preferences (rejected)")
+    sides = zip(chosen, chosen_tokens, rejected, rejected_tokens, strict=True)
+    summed, per_token = [], []
+    for c, c_tokens, r, r_tokens in sides:  # losses are negative log-probabilities
+        summed.append(r - c)
+        per_token.append(r / max(1, r_tokens) - c / max(1, c_tokens))
+    return Margins(summed=summed, per_token=per_token)
 
 
 def _logits(model, batch: _Batch):
@@ -135,14 +149,20 @@ def _paraphrase_answers(gen: Generator, groups: list[list[Row]], cfg: Evaluation
     return out
 
 
-def heldout_answers(gen: Generator, questions: Sequence[str], cfg: EvaluationConfig) -> list[HeldOutAnswer]:
+def heldout_replies(gen: Generator, questions: Sequence[str], cfg: EvaluationConfig) -> list[str]:
+    """Greedy answers to the held-out questions, as evaluation asks them (one definition, so a
+    refined model and its SFT parent are compared on the same generation settings)."""
+    return gen.reply(questions, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+
+
+def heldout_answers(gen: Generator, questions: Sequence[str], cfg: EvaluationConfig, style: Style) -> list[HeldOutAnswer]:
     """Greedy answers to the held-out questions from the tuned model and from its base (the same
     weights with the adapter switched off), under the same system prompt."""
     if not questions:
         return []
-    ask = partial(gen.reply, questions, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    ask = partial(heldout_replies, gen, questions, cfg)
     tuned = ask()
-    return compare_heldout(questions, on_base(gen, ask, tuned), tuned)
+    return compare_heldout(questions, on_base(gen, ask, tuned), tuned, style)
 
 
 def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Framework, probes: Sequence[Probe],
@@ -165,7 +185,7 @@ def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Fram
         passes.append(SampledPass(seed=seed, style_adherence=style_metrics(sampled)["style_adherence"],
                                   consistency=consistency(sampled_groups)))
     kl = probe_kl(gen, probes, cfg.batch_size)
-    heldout = heldout_answers(gen, heldout_questions, cfg)
+    heldout = heldout_answers(gen, heldout_questions, cfg, framework.style)
     metrics = summarise(losses, answers, paraphrased, kl, passes, heldout)
     return EvaluationResult(
         metrics=metrics, answers=answers, heldout=heldout,

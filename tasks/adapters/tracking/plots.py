@@ -63,3 +63,31 @@ def comparison_chart(challenger: dict[str, float], champion: dict[str, float] | 
     fig.savefig(out_path)
     plt.close(fig)
     return out_path
+
+
+def grouped_bars(series: dict[str, dict[str, float]], out_path: Path, title: str, ylabel: str) -> Path:
+    """One group of bars per category, one bar per series in it (e.g. base / SFT / SFT+DPO for each
+    rejection kind), the value written above each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = list(dict.fromkeys(c for values in series.values() for c in values))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(categories) + 2), 3.5), dpi=100)
+    for i, (label, values) in enumerate(series.items()):
+        xs = [c + i * width for c in range(len(categories))]
+        heights = [values.get(c, 0.0) for c in categories]
+        ax.bar(xs, heights, width, label=label)
+        for x, value in zip(xs, heights, strict=True):
+            ax.annotate(f"{value:.2f}", (x, value), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(categories))], categories, rotation=20, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

@@ -59,13 +59,15 @@ class Tracking(Frozen):
         return mlflow.create_experiment(name, artifact_location=self.artifact_root.resolve().as_uri() + f"/{name}")
 
     @contextmanager
-    def run(self, experiment: str, *, run_name: str | None = None,
-            tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
-        """Start a run, tagged with the process that runs it. A failure inside marks it FAILED; a
-        killed process leaves it RUNNING until `reconcile_dead_runs` finds the process gone."""
+    def run(self, experiment: str, *, run_name: str | None = None, tags: dict[str, str] | None = None,
+            parent_run_id: str | None = None) -> Iterator[TrackedRun]:
+        """Start a run (nested under `parent_run_id` when given), tagged with the process that runs
+        it. A failure inside marks it FAILED; a killed process leaves it RUNNING until
+        `reconcile_dead_runs` finds the process gone."""
         experiment_id = self.ensure_experiment(experiment)
         owner = {OWNER_TAGS[key]: value for key, value in this_process().items()}
-        with _mlflow().start_run(experiment_id=experiment_id, run_name=run_name, tags={**(tags or {}), **owner}) as run:
+        with _mlflow().start_run(experiment_id=experiment_id, run_name=run_name, tags={**(tags or {}), **owner},
+                                 parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
             yield TrackedRun(run.info.run_id)
 
     def check_reachable(self, timeout: float = 5.0) -> None:
