@@ -91,6 +91,9 @@ class RefineConfig(Frozen):
     # temperature); each answer that fails the framework's checks becomes a rejected side. 0: off.
     on_policy_rows: int = Field(default=0, ge=0)
     on_policy_temperature: float = Field(default=0.7, gt=0, le=2)
+    # Held-out pairs ranked by base, SFT and SFT+DPO: a sample balanced across rejection kinds
+    # (each pair is two forward passes per model: ~0.2 s on 2 CPU cores for SmolLM2). 0: all.
+    heldout_pairs: int = Field(default=150, ge=0)
 
 
 class ModelProfile(Frozen):

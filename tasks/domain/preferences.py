@@ -266,6 +266,43 @@ def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: 
     return pairs
 
 
+def balanced_sample(pairs: Sequence[PreferencePair], n: int) -> list[PreferencePair]:
+    """Up to n pairs, taken round-robin across rejection kinds in file order (all when n is 0):
+    a fixed, affordable measuring set where each kind counts about equally.
+
+    >>> pair = lambda i, kind: PreferencePair(id=f"{kind}{i}", prompt=[Message(role="user", content="q")], chosen="a",
+    ...     rejected="b", kind=kind, rule="", source_row_id="r", pattern_id="p", principle="p", split="eval")
+    >>> [p.id for p in balanced_sample([pair(0, "hedged"), pair(1, "hedged"), pair(2, "hedged"), pair(0, "over_cap")], 3)]
+    ['hedged0', 'over_cap0', 'hedged1']
+    """
+    if not n or n >= len(pairs):
+        return list(pairs)
+    queues: dict[str, list[PreferencePair]] = defaultdict(list)
+    for pair in pairs:
+        queues[pair.kind].append(pair)
+    picked: list[PreferencePair] = []
+    for rank in range(max(len(q) for q in queues.values())):
+        picked += [queue[rank] for queue in queues.values() if rank < len(queue)]
+    return picked[:n]
+
+
+def dpo_training_set(rule_based: Sequence[PreferencePair], on_policy: Sequence[PreferencePair],
+                     size: int) -> list[PreferencePair]:
+    """The pairs DPO sees in `size` examples (steps x batch): every on-policy pair first, up to
+    half of them (the failures this model actually makes; drawn at random from thousands of
+    rule-based pairs, a few dozen would almost never be seen), the rest rule-based, balanced
+    across kinds.
+
+    >>> pair = lambda i, kind: PreferencePair(id=f"{kind}{i}", prompt=[Message(role="user", content="q")], chosen="a",
+    ...     rejected="b", kind=kind, rule="", source_row_id="r", pattern_id="p", principle="p", split="train")
+    >>> rules = [pair(i, kind) for i in range(3) for kind in ("hedged", "over_cap")]
+    >>> [p.id for p in dpo_training_set(rules, [pair(0, "on_policy"), pair(1, "on_policy"), pair(2, "on_policy")], 4)]
+    ['on_policy0', 'on_policy1', 'hedged0', 'over_cap0']
+    """
+    chosen_on_policy = list(on_policy[:size // 2])
+    return chosen_on_policy + balanced_sample(rule_based, size - len(chosen_on_policy))
+
+
 def preference_accuracy(pairs: Sequence[PreferencePair], margins: Sequence[float],
                         prefix: str = "preference") -> dict[str, float]:
     """Share of pairs where the model ranks chosen above rejected, overall and per rejection kind.

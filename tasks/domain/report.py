@@ -87,6 +87,12 @@ def summary_markdown(record: RunRecord) -> str:
         f"| promotion | {_fmt(record.promotion.get('verdict'))} "
         f"(against champion v{_fmt(record.promotion.get('champion_version'))}) |",
     ]
+    refined = t.get("refine")
+    if refined:
+        accuracy = " / ".join(_fmt(refined.get(f"preference/{m}/accuracy")) for m in ("base", "sft", "dpo"))
+        lines += [f"| refined (DPO) | {_fmt(refined.get('steps'))} steps on {_fmt(refined.get('pairs'))} pairs in "
+                  f"{_fmt(refined.get('duration_s'))} s; held-out pairs ranked right, base / SFT / SFT+DPO: {accuracy} |",
+                  f"| SFT parent run | `{_fmt(record.sft_run_id)}` |"]
     reasons = [f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in record.promotion.get("checks", [])]
     if reasons:
         lines += ["", "## Promotion checks", "", *reasons]

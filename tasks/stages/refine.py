@@ -23,7 +23,7 @@ from tasks.domain.config import PipelineConfig, flatten_params
 from tasks.domain.errors import RslmError
 from tasks.domain.evaluation import answered_heldout_metrics, context
 from tasks.domain.hashing import content_hash, sha256_bytes
-from tasks.domain.preferences import PreferencePair, on_policy_pairs, preference_accuracy
+from tasks.domain.preferences import PreferencePair, balanced_sample, dpo_training_set, on_policy_pairs, preference_accuracy
 from tasks.domain.records import Row
 from tasks.domain.run_spec import RunSpec
 from tasks.stages.build_preferences import PairContext, PreferenceSet, check_pairs, require_valid_pairs
@@ -143,7 +143,8 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
     cfg, profile, framework, training = spec.refine, spec.profile, spec.framework, spec.training
     train_rows = [row for _, row in read_rows(dataset.train_path)]
     context = PairContext.of(train_rows, [row for _, row in read_rows(dataset.eval_path)], spec.evaluation.heldout)
-    train_pairs, held_out = read_preferences(Path(preferences.train_path)), read_preferences(Path(preferences.eval_path))
+    train_pairs = read_preferences(Path(preferences.train_path))
+    held_out = balanced_sample(read_preferences(Path(preferences.eval_path)), cfg.heldout_pairs)
     refined_dir = refined_adapter_dir(trained, spec, preferences, paths)
     work_dir = staging_dir(refined_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -158,8 +159,9 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
         figures = _before(sft, spec, held_out)
         on_policy, on_policy_sha = _checked_on_policy(sft, spec, train_rows, context, work_dir)
         del sft
-        pairs = [*train_pairs, *on_policy]
+        pairs = dpo_training_set(train_pairs, on_policy, cfg.max_steps * cfg.batch_size)
         run.log_params({"refine.pairs": str(len(pairs)), "refine.on_policy_pairs": str(len(on_policy)),
+                        "refine.on_policy_trained": str(sum(p.kind == "on_policy" for p in pairs)),
                         "refine.on_policy_sha256": on_policy_sha or "none"})
         summary = train_dpo(trained.base_model, trained.adapter_dir, pairs, cfg, training, work_dir,
                             sink=run.metrics_sink("dpo/"), chat_format=profile.chat_format)
