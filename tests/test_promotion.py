@@ -126,3 +126,18 @@ def test_comparison_markdown_shows_both_sides_and_reasons():
     assert "# v2: promoted (against champion v1)" in text
     assert "| loss | lower | 4 | 3.9 | -0.1 |" in text
     assert "PASS drift bound" in text
+
+
+@pytest.mark.parametrize("challenger, parent, passed", [
+    ({"heldout/style": 0.95, "heldout/questions": 20}, {"heldout/style": 0.90}, True),
+    ({"heldout/style": 0.85, "heldout/questions": 20}, {"heldout/style": 0.90}, False),  # DPO cost style
+    ({"heldout/questions": 20}, {"heldout/style": 0.90}, False),                         # lost a measurement
+    ({"heldout/style": 0.95, "heldout/questions": 20}, {}, False),                       # parent figures gone
+    ({}, {}, True),                                                                    # a domain with no held-out set
+])
+def test_a_refined_version_may_not_fall_below_its_sft_parent_on_heldout_style(challenger, parent, passed):
+    decision = decide(challenger, None, PromotionGate(), challenger_version="2", sft_parent=parent)
+    (check,) = [c for c in decision.checks if "SFT parent" in c.name]
+    assert check.passed is passed, check.detail
+    assert not [c for c in decide(challenger, None, PromotionGate(), challenger_version="2").checks
+                if "SFT parent" in c.name], "an SFT-only version has no parent check"

@@ -1,6 +1,7 @@
 """DPO on top of a real SFT adapter (tiny profile): the refined adapter prefers chosen over
 rejected more than its SFT parent on the pairs it trained on, and saves as safetensors."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ def test_refine_stage_registers_the_refined_adapter_with_its_sft_parent(prefect_
 
     from flows.nightly_retrain import nightly_retrain
     from tasks.adapters.data.dataset_store import file_sha256
+    from tasks.stages.refine import ON_POLICY_FILE
 
     from conftest import NO_FLOORS, tiny_run
 
@@ -69,7 +71,10 @@ def test_refine_stage_registers_the_refined_adapter_with_its_sft_parent(prefect_
     assert metrics["sft/heldout/questions"] == 20 and "sft/heldout/style" in metrics
     assert refine_run.data.params["refine.on_policy_pairs"] != "0", "number salad fails the checks: on-policy pairs"
     artifacts = {a.path for a in client.list_artifacts(refine_run.info.run_id, "refine")}
-    assert "refine/preference_accuracy.json" in artifacts
+    assert {"refine/preference_accuracy.json", "refine/reasoning_preferences.on_policy.jsonl"} <= artifacts
+    adapter_files = {p.name for p in Path(record["adapter_dir"]).iterdir()}
+    assert "adapter_model.safetensors" in adapter_files and "ref" not in adapter_files, "TRL's reference copy is not kept"
+    assert not {"on_policy_validation", ON_POLICY_FILE} & adapter_files, "the registered model holds the adapter only"
     assert {"training_summary.json", "plots"} <= {a.path for a in client.list_artifacts(sft_run.info.run_id)}
 
     version = client.get_model_version("reasoning-slm-devops", record["model_version"])
@@ -100,7 +105,6 @@ def test_refine_stage_registers_the_refined_adapter_with_its_sft_parent(prefect_
 @pytest.mark.integration
 def test_a_corrupted_pairs_file_is_refused_by_its_line_and_nothing_is_trained(prefect_harness, rslm_home):
     import json
-    from pathlib import Path
 
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient

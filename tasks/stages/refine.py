@@ -157,7 +157,10 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
                         "refine.sft_adapter": trained.adapter_dir, "refine.held_out_pairs": str(len(held_out))})
         sft = load_generator(trained.base_model, trained.adapter_dir, framework.system_prompt, device=training.device)
         figures = _before(sft, spec, held_out)
-        on_policy, on_policy_sha = _checked_on_policy(sft, spec, train_rows, context, work_dir)
+        # kept with the pairs, not in the adapter directory that is logged as the registered model
+        on_policy_dir = Path(preferences.directory) / f"on-policy-{refined_dir.name}"
+        on_policy_dir.mkdir(parents=True, exist_ok=True)
+        on_policy, on_policy_sha = _checked_on_policy(sft, spec, train_rows, context, on_policy_dir)
         del sft
         pairs = dpo_training_set(train_pairs, on_policy, cfg.max_steps * cfg.batch_size)
         run.log_params({"refine.pairs": str(len(pairs)), "refine.on_policy_pairs": str(len(on_policy)),
@@ -171,8 +174,10 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
         run.log_metrics({**figures, **{f"dpo/final/{k}": v for k, v in summary.items() if isinstance(v, int | float)}})
         table = _comparison_table(figures)
         run.log_table(table, "refine/preference_accuracy.json")
+        if on_policy:
+            run.log_file(on_policy_dir / ON_POLICY_FILE, "refine")
         run.log_image(grouped_bars({m: _accuracy(figures, m) for m in ("base", "sft", "dpo")},
-                                   work_dir / "preference_accuracy.png",
+                                   on_policy_dir / "preference_accuracy.png",
                                    f"{dataset.domain}: held-out pairs ranked right, base / SFT / SFT+DPO",
                                    "preference accuracy"))
         publish_directory(work_dir, refined_dir, leave_out=("checkpoints",))

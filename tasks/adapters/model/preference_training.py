@@ -50,7 +50,8 @@ def train_dpo(base_source: str | Path, sft_adapter: str | Path, pairs: Sequence[
     started = time.perf_counter()
     trainer.train()
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+    # only the policy: TRL's frozen reference copy ("ref") would double the registered weights
+    trainer.model.save_pretrained(str(out_dir), safe_serialization=True, selected_adapters=["default"])
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     logged = [h for h in trainer.state.log_history if "loss" in h]
     last = logged[-1] if logged else {}

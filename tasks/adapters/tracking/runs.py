@@ -173,8 +173,11 @@ class TrackedRun:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         _mlflow().log_metrics(metrics)
 
-    def log_image(self, path: Path, artifact_path: str = "plots") -> None:
+    def log_file(self, path: Path, artifact_path: str) -> None:
         _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_image(self, path: Path, artifact_path: str = "plots") -> None:
+        self.log_file(path, artifact_path)
 
     def log_table(self, frame, artifact_file: str) -> None:
         """A per-example table (MLflow shows it in the run's Evaluation/Artifacts views)."""
