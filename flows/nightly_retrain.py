@@ -137,9 +137,9 @@ def promote_model(config: PipelineConfig, evaluation: Evaluation, tracking: Trac
 
 def _train_register_promote(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, tracking: Tracking,
                             base_model: str | None, key: str, record: RunRecord) -> None:
+    preferences = build_preferences(spec, dataset) if spec.refine.enabled else None
     # evaluate-model measures the held-out loss on the same split (token-weighted), so the trainer's
     # own pass over it would be wasted: about 10% of training time on the default run.
-    preferences = build_preferences(spec, dataset) if spec.refine.enabled else None
     trained = train_adapter(spec, dataset, report, tracking, base_model, measure_eval_loss=False)
     if preferences:
         record.update({"sft_adapter_dir": trained.adapter_dir, "sft_run_id": trained.run_id,

@@ -72,3 +72,16 @@ def test_framework_yaml_error_is_one_clear_line(tmp_path):
     bad.write_text("domain: x\n  bad indent: [\n")
     with pytest.raises(ConfigError, match="f.yaml: invalid YAML"):
         load_framework(bad)
+
+
+def test_refine_is_the_profiles_choice_and_a_run_can_switch_it_on():
+    """`rslm pipeline --refine` sets refine_overrides.enabled over the profile's refine section;
+    a bad override fails when the spec is resolved, before anything runs."""
+    from tasks.adapters.ops.config_files import resolve_run
+
+    profile = load_profile("smollm2-135m")
+    assert profile.refine.enabled is False and profile.refine.on_policy_rows > 0
+    spec = resolve_run(load_pipeline_config(overrides={"refine_overrides.enabled": True}))
+    assert spec.refine.enabled and spec.refine.learning_rate == profile.refine.learning_rate
+    with pytest.raises(ConfigError, match=r"refine \(smollm2-135m profile \+ refine_overrides\): loss_type"):
+        resolve_run(load_pipeline_config(overrides={"refine_overrides": {"loss_type": "bogus"}}))

@@ -86,6 +86,10 @@ def resolve_run(config: PipelineConfig, framework: Framework | None = None,
         spec.training  # noqa: B018 - evaluated for its validation
     except ValidationError as error:
         raise ConfigError(f"training ({spec.profile.name} profile + training_overrides): {_problems(error)}") from None
+    try:  # ... and its refine section, so `--refine` with a bad override fails before the SFT hour
+        spec.refine  # noqa: B018 - evaluated for its validation
+    except ValidationError as error:
+        raise ConfigError(f"refine ({spec.profile.name} profile + refine_overrides): {_problems(error)}") from None
     return spec
 
 
