@@ -44,6 +44,7 @@ from tasks.domain.promotion import (
     STYLE_STD,
 )
 from tasks.domain.records import Message, Row
+from tasks.domain.sampling import round_robin
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
@@ -76,13 +77,8 @@ def _balanced(rows: Sequence[Row], n: int, rng: random.Random) -> list[Row]:
     for key in sorted(by_principle):
         members = by_principle[key]
         rng.shuffle(members)
-        queues.append(members)
-    picked: list[Row] = []
-    while len(picked) < n and any(queues):
-        for queue in queues:
-            if queue and len(picked) < n:
-                picked.append(queue.pop())
-    return picked
+        queues.append(members[::-1])  # taken from the shuffled end, as this sample always was
+    return round_robin(queues, n)
 
 
 def generation_sample(rows: Sequence[Row], n: int, seed: int) -> list[Row]:

@@ -16,6 +16,7 @@ from tasks.domain.blueprint import Blueprint, BlueprintEntry
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Pattern, SlotValue
 from tasks.domain.records import Message, Row, RowMetadata
+from tasks.domain.sampling import round_robin
 
 Progress = Callable[[Iterable], Iterable]
 
@@ -156,13 +157,7 @@ def balanced_cap(rows: list[Row], max_samples: int) -> list[Row]:
     starves a principle. `max_samples <= 0` keeps everything."""
     if max_samples <= 0 or len(rows) <= max_samples:
         return rows
-    queues = [list(reversed(group)) for group in _by_principle(rows).values()]
-    kept: list[Row] = []
-    while len(kept) < max_samples:
-        for queue in queues:
-            if queue and len(kept) < max_samples:
-                kept.append(queue.pop())
-    return kept
+    return round_robin(_by_principle(rows).values(), max_samples)
 
 
 def stratified_split(rows: list[Row], eval_fraction: float, seed: int) -> tuple[list[Row], list[Row]]:

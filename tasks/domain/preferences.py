@@ -31,6 +31,7 @@ from tasks.domain.metrics import (
     word_count,
 )
 from tasks.domain.records import Message, Row
+from tasks.domain.sampling import round_robin
 
 Kind = Literal["hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number", "on_policy"]
 RULE_BASED: tuple[Kind, ...] = ("hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number")
@@ -277,13 +278,10 @@ def balanced_sample(pairs: Sequence[PreferencePair], n: int) -> list[PreferenceP
     """
     if not n or n >= len(pairs):
         return list(pairs)
-    queues: dict[str, list[PreferencePair]] = defaultdict(list)
+    by_kind: dict[str, list[PreferencePair]] = defaultdict(list)
     for pair in pairs:
-        queues[pair.kind].append(pair)
-    picked: list[PreferencePair] = []
-    for rank in range(max(len(q) for q in queues.values())):
-        picked += [queue[rank] for queue in queues.values() if rank < len(queue)]
-    return picked[:n]
+        by_kind[pair.kind].append(pair)
+    return round_robin(by_kind.values(), n)
 
 
 def dpo_training_set(rule_based: Sequence[PreferencePair], on_policy: Sequence[PreferencePair],

@@ -118,19 +118,21 @@ def sft_version(info: VersionInfo, config: PipelineConfig, tracking: Tracking, p
     return dataset, trained
 
 
-def _comparison_table(figures: dict[str, float]) -> pd.DataFrame:
-    kinds = sorted({k.split("/")[-1] for k in figures if k.startswith("preference/sft/accuracy/")})
-    return pd.DataFrame([{"kind": kind, **{model: figures.get(f"preference/{model}/accuracy/{kind}")
-                                           for model in ("base", "sft", "dpo")},
-                          **{f"{model}_per_token": figures.get(f"preference_per_token/{model}/accuracy/{kind}")
-                             for model in ("base", "sft", "dpo")}} for kind in ["all", *kinds]]
-                        ).replace({None: float("nan")})
+MODELS = ("base", "sft", "dpo")
 
 
-def _accuracy(figures: dict[str, float], model: str) -> dict[str, float]:
-    prefix = f"preference/{model}/accuracy"
+def _accuracy(figures: dict[str, float], model: str, measure: str = "preference") -> dict[str, float]:
+    """One model's accuracy by kind ("all" first) from the logged figures."""
+    prefix = f"{measure}/{model}/accuracy"
     return {key.removeprefix(prefix).strip("/") or "all": value for key, value in figures.items()
             if key.startswith(prefix)}
+
+
+def _comparison_table(figures: dict[str, float]) -> pd.DataFrame:
+    """One row per kind; a column per model, summed and per token."""
+    columns = {f"{model}{suffix}": _accuracy(figures, model, measure) for measure, suffix in
+               (("preference", ""), ("preference_per_token", "_per_token")) for model in MODELS}
+    return pd.DataFrame(columns).rename_axis("kind").reset_index()
 
 
 def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, preferences: PreferenceSet,
@@ -176,7 +178,7 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
         run.log_table(table, "refine/preference_accuracy.json")
         if on_policy:
             run.log_file(on_policy_dir / ON_POLICY_FILE, "refine")
-        run.log_image(grouped_bars({m: _accuracy(figures, m) for m in ("base", "sft", "dpo")},
+        run.log_image(grouped_bars({m: _accuracy(figures, m) for m in MODELS},
                                    on_policy_dir / "preference_accuracy.png",
                                    f"{dataset.domain}: held-out pairs ranked right, base / SFT / SFT+DPO",
                                    "preference accuracy"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
+from tasks.adapters.ops.atomic_files import publish_directory, staging_dir, write_text_atomically
 from tasks.domain.preferences import PreferencePair
 from tasks.domain.records import parse_jsonl
 
@@ -46,8 +46,5 @@ def read_preferences(path: Path) -> list[PreferencePair]:
 
 
 def write_pairs(path: Path, pairs: list[PreferencePair]) -> Path:
-    """One pairs file, written beside its final name and renamed into place (never half-written)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(_jsonl(pairs), encoding="utf-8")
-    partial.replace(path)
-    return path
+    """One pairs file, never half-written."""
+    return write_text_atomically(path, _jsonl(pairs))
