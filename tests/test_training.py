@@ -54,3 +54,20 @@ def test_saved_adapter_reloads_with_plain_peft(tiny_base, small_build, tmp_path)
         again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out).eval()(ids).logits
     assert not torch.allclose(base_logits, adapted_logits, atol=1e-3), "the adapter changes the base model"
     assert torch.allclose(adapted_logits, again, atol=1e-5), "reloading gives the same logits"
+
+
+def test_a_cuda_run_uses_attention_kernels_that_need_no_plan_per_length(monkeypatch):
+    """On CUDA, cuDNN's attention is switched off before anything runs (README "Large model, on
+    CUDA": it re-planned for each new batch length, a third of the throughput on an H200). This
+    machine has no GPU, so only the resolution is exercised: CUDA reported present."""
+    from tasks.adapters.model.base_models import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        assert runtime("cpu", "auto")[0] == "cpu" and torch.backends.cuda.cudnn_sdp_enabled(), "CPU runs leave it alone"
+        assert runtime("auto", "auto") == ("cuda", "bf16")
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
