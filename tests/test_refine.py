@@ -39,8 +39,20 @@ def test_dpo_raises_the_preference_margin_over_the_sft_parent(tiny_base, small_b
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "dpo" / "adapter_config.json").read_text())["r"] == 16
 
+    # The SFT term (RPO) holds the chosen answers' likelihood where plain DPO lets it fall.
+    train_dpo(tiny_base, tmp_path / "sft", pairs, RefineConfig(max_steps=12, batch_size=8, learning_rate=5.0e-3,
+                                                               sft_weight=1.0), SFT, tmp_path / "rpo")
 
-REFINE = {"enabled": True, "max_steps": 4, "batch_size": 8, "learning_rate": 5.0e-3, "on_policy_rows": 16}
+    def chosen_nll(adapter):
+        generator = load_generator(tiny_base, adapter, devops_framework.system_prompt, device="cpu")
+        return sum(preference_margins(generator, pairs, 16).chosen_nll) / len(pairs)
+
+    assert chosen_nll(tmp_path / "rpo") < chosen_nll(tmp_path / "dpo"), "the SFT term keeps chosen likelier"
+    assert sum(margins(tmp_path / "rpo")) / len(pairs) > sum(before) / len(before), "and still widens the margin"
+
+
+REFINE = {"enabled": True, "max_steps": 4, "batch_size": 8, "learning_rate": 5.0e-3, "on_policy_rows": 16,
+          "mining_pool": 40, "sft_weight": 1.0}
 
 
 @pytest.mark.integration
@@ -69,6 +81,9 @@ def test_refine_stage_registers_the_refined_adapter_with_its_sft_parent(prefect_
         assert 0 <= metrics[f"preference/{model}/accuracy"] <= 1
         assert 0 <= metrics[f"preference_per_token/{model}/accuracy/hedged"] <= 1
     assert metrics["sft/heldout/questions"] == 20 and "sft/heldout/style" in metrics
+    assert 0 <= metrics["mining/sft/accuracy"] <= 1, "the SFT model ranked the mining pool"
+    trained = {k: v for k, v in metrics.items() if k.startswith("refine/trained_pairs/")}
+    assert sum(trained.values()) == REFINE["max_steps"] * REFINE["batch_size"]
     assert refine_run.data.params["refine.on_policy_pairs"] != "0", "number salad fails the checks: on-policy pairs"
     artifacts = {a.path for a in client.list_artifacts(refine_run.info.run_id, "refine")}
     assert {"refine/preference_accuracy.json", "refine/reasoning_preferences.on_policy.jsonl"} <= artifacts

@@ -86,11 +86,19 @@ class RefineConfig(Frozen):
     learning_rate: float = Field(default=5.0e-5, gt=0)  # TRL's 1e-6 moves a LoRA adapter nowhere in 20 steps
     beta: float = Field(default=0.1, gt=0)              # how far from the SFT reference the policy may move
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    # Weight of a negative log-likelihood term on the chosen answers, added to DPO's loss (RPO).
+    # DPO alone only widens the gap: it lowers the chosen answers' likelihood as well, and the
+    # refined model drifts from what SFT taught. 0: plain DPO.
+    sft_weight: float = Field(default=0.0, ge=0)
     max_length: int = Field(default=384, ge=16)
     # On-policy pairs: the SFT model answers this many training questions (sampled at this
     # temperature); each answer that fails the framework's checks becomes a rejected side. 0: off.
     on_policy_rows: int = Field(default=0, ge=0)
     on_policy_temperature: float = Field(default=0.7, gt=0, le=2)
+    # Hard pairs: the SFT model ranks this many rule-based training pairs (balanced across kinds)
+    # and DPO's rule-based share is the ones it ranks worst per answer token, wherever they fall,
+    # rather than a balanced sample of kinds it already gets right. 0: the balanced sample.
+    mining_pool: int = Field(default=0, ge=0)
     # Held-out pairs ranked by base, SFT and SFT+DPO: a sample balanced across rejection kinds
     # (each pair is two forward passes per model: ~0.2 s on 2 CPU cores for SmolLM2). 0: all.
     heldout_pairs: int = Field(default=150, ge=0)

@@ -268,37 +268,75 @@ def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: 
 
 
 def balanced_sample(pairs: Sequence[PreferencePair], n: int) -> list[PreferencePair]:
-    """Up to n pairs, taken round-robin across rejection kinds in file order (all when n is 0):
-    a fixed, affordable measuring set where each kind counts about equally.
+    """Up to n pairs, taken round-robin across rejection kinds and, within a kind, across patterns
+    (all when n is 0): a fixed, affordable set where each kind counts about equally and every
+    pattern is present. The pairs file is grouped by principle and pattern, so the first pairs of
+    each kind in file order would all come from the first few patterns.
 
-    >>> pair = lambda i, kind: PreferencePair(id=f"{kind}{i}", prompt=[Message(role="user", content="q")], chosen="a",
-    ...     rejected="b", kind=kind, rule="", source_row_id="r", pattern_id="p", principle="p", split="eval")
-    >>> [p.id for p in balanced_sample([pair(0, "hedged"), pair(1, "hedged"), pair(2, "hedged"), pair(0, "over_cap")], 3)]
-    ['hedged0', 'over_cap0', 'hedged1']
+    >>> pair = lambda i, kind, pattern: PreferencePair(id=f"{kind}{i}{pattern}", prompt=[Message(role="user", content="q")],
+    ...     chosen="a", rejected="b", kind=kind, rule="", source_row_id="r", pattern_id=pattern, principle="p", split="eval")
+    >>> pairs = [pair(0, "hedged", "x"), pair(1, "hedged", "x"), pair(2, "hedged", "y"), pair(0, "over_cap", "x")]
+    >>> [p.id for p in balanced_sample(pairs, 3)]
+    ['hedged0x', 'over_cap0x', 'hedged2y']
     """
     if not n or n >= len(pairs):
         return list(pairs)
-    by_kind: dict[str, list[PreferencePair]] = defaultdict(list)
+    by_kind: dict[str, dict[str, list[PreferencePair]]] = defaultdict(lambda: defaultdict(list))
     for pair in pairs:
-        by_kind[pair.kind].append(pair)
-    return round_robin(by_kind.values(), n)
+        by_kind[pair.kind][pair.pattern_id].append(pair)
+    across_patterns = [round_robin(patterns.values(), len(pairs)) for patterns in by_kind.values()]
+    return round_robin(across_patterns, n)
+
+
+def hardest(pairs: Sequence[PreferencePair], margins: Sequence[float], n: int) -> list[PreferencePair]:
+    """Up to n pairs the model ranks wrong (margin, chosen's log-probability over rejected's,
+    below 0), taken round-robin across rejection kinds, the most wrong of each kind first, so
+    a kind it gets wrong often cannot crowd out one it gets wrong less often; then, if room is
+    left, those it ranks right by the smallest margins.
+
+    >>> pair = lambda i, kind: PreferencePair(id=f"{kind}{i}", prompt=[Message(role="user", content="q")], chosen="a",
+    ...     rejected="b", kind=kind, rule="", source_row_id="r", pattern_id="p", principle="p", split="train")
+    >>> pairs = [pair(0, "over_cap"), pair(1, "over_cap"), pair(2, "over_cap"), pair(0, "hedged"), pair(1, "hedged")]
+    >>> [p.id for p in hardest(pairs, [-3.0, -1.0, -2.0, -0.5, 4.0], 3)]
+    ['over_cap0', 'hedged0', 'over_cap2']
+    >>> [p.id for p in hardest(pairs, [-3.0, 1.0, 2.0, 0.5, 4.0], 3)]
+    ['over_cap0', 'hedged0', 'over_cap1']
+    """
+    if len(pairs) != len(margins):
+        raise ValueError(f"{len(pairs)} pairs but {len(margins)} margins")
+    order = sorted(range(len(pairs)), key=lambda i: margins[i])
+    wrong_by_kind: dict[str, list[int]] = defaultdict(list)
+    for i in order:
+        if margins[i] < 0:
+            wrong_by_kind[pairs[i].kind].append(i)
+    picked = round_robin(wrong_by_kind.values(), n)
+    picked += [i for i in order if margins[i] >= 0][:n - len(picked)]
+    return [pairs[i] for i in picked]
 
 
 def dpo_training_set(rule_based: Sequence[PreferencePair], on_policy: Sequence[PreferencePair],
-                     size: int) -> list[PreferencePair]:
+                     size: int, margins: Sequence[float] | None = None) -> list[PreferencePair]:
     """The pairs DPO sees in `size` examples (steps x batch): every on-policy pair first, up to
     half of them (the failures this model actually makes; drawn at random from thousands of
-    rule-based pairs, a few dozen would almost never be seen), the rest rule-based, balanced
-    across kinds.
+    rule-based pairs, a few dozen would almost never be seen), the rest rule-based: with the SFT
+    model's `margins` on `rule_based`, the hardest of them; without, a sample balanced across kinds.
 
     >>> pair = lambda i, kind: PreferencePair(id=f"{kind}{i}", prompt=[Message(role="user", content="q")], chosen="a",
     ...     rejected="b", kind=kind, rule="", source_row_id="r", pattern_id="p", principle="p", split="train")
     >>> rules = [pair(i, kind) for i in range(3) for kind in ("hedged", "over_cap")]
-    >>> [p.id for p in dpo_training_set(rules, [pair(0, "on_policy"), pair(1, "on_policy"), pair(2, "on_policy")], 4)]
+    >>> on_policy = [pair(0, "on_policy"), pair(1, "on_policy"), pair(2, "on_policy")]
+    >>> [p.id for p in dpo_training_set(rules, on_policy, 4)]
     ['on_policy0', 'on_policy1', 'hedged0', 'over_cap0']
+    >>> [p.id for p in dpo_training_set(rules, on_policy, 4, margins=[3, 2, 1, -1, 0, 4])]
+    ['on_policy0', 'on_policy1', 'over_cap1', 'hedged2']
+    >>> [p.id for p in dpo_training_set(rules, on_policy, 4, margins=[3, 2, 1, -1, -2, 4])]
+    ['on_policy0', 'on_policy1', 'hedged2', 'over_cap1']
     """
     chosen_on_policy = list(on_policy[:size // 2])
-    return chosen_on_policy + balanced_sample(rule_based, size - len(chosen_on_policy))
+    remaining = size - len(chosen_on_policy)
+    if margins is None:
+        return chosen_on_policy + balanced_sample(rule_based, remaining)
+    return chosen_on_policy + hardest(rule_based, margins, remaining)
 
 
 def preference_accuracy(pairs: Sequence[PreferencePair], margins: Sequence[float],

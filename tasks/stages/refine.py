@@ -6,6 +6,7 @@ metrics (`sft/heldout/...`), which the gate compares the refined version with. T
 its own adapter summary and loss curve, so the gain from DPO stays visible."""
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +42,8 @@ def _ranking(gen: Generator, pairs: Sequence[PreferencePair], batch_size: int, l
 
     margins = preference_margins(gen, pairs, batch_size)
     return {**preference_accuracy(pairs, margins.summed, f"preference/{label}"),
-            **preference_accuracy(pairs, margins.per_token, f"preference_per_token/{label}")}
+            **preference_accuracy(pairs, margins.per_token, f"preference_per_token/{label}"),
+            f"preference/{label}/chosen_nll": sum(margins.chosen_nll) / max(1, len(pairs))}
 
 
 def _before(gen: Generator, spec: RunSpec, held_out: Sequence[PreferencePair]) -> dict[str, float]:
@@ -82,6 +84,23 @@ def _checked_on_policy(gen: Generator, spec: RunSpec, train_rows: list[Row], con
     path = write_pairs(work_dir / ON_POLICY_FILE, pairs)
     require_valid_pairs(check_pairs(path, spec.framework, spec.config, context, work_dir / "on_policy_validation"))
     return read_preferences(path), sha256_bytes(path.read_bytes())
+
+
+def _mining_pool(gen: Generator, spec: RunSpec, train_pairs: Sequence[PreferencePair]
+                 ) -> tuple[list[PreferencePair], list[float] | None, dict[str, float]]:
+    """The rule-based pairs DPO chooses from and, where the profile mines (`refine.mining_pool`),
+    the SFT model's per-token margins on them, with its accuracy there per kind."""
+    from tasks.adapters.model.measurement import preference_margins
+
+    if not spec.refine.mining_pool:
+        return list(train_pairs), None, {}
+    pool = balanced_sample(train_pairs, spec.refine.mining_pool)
+    margins = preference_margins(gen, pool, spec.evaluation.settings.batch_size).per_token
+    return pool, margins, preference_accuracy(pool, margins, "mining/sft")
+
+
+def _trained_kinds(pairs: Sequence[PreferencePair]) -> dict[str, float]:
+    return {f"refine/trained_pairs/{kind}": float(n) for kind, n in Counter(p.kind for p in pairs).items()}
 
 
 def refined_adapter_dir(trained: TrainedAdapter, spec: RunSpec, preferences: PreferenceSet, paths: Paths) -> Path:
@@ -163,8 +182,10 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
         on_policy_dir = Path(preferences.directory) / f"on-policy-{refined_dir.name}"
         on_policy_dir.mkdir(parents=True, exist_ok=True)
         on_policy, on_policy_sha = _checked_on_policy(sft, spec, train_rows, context, on_policy_dir)
+        pool, margins, mined = _mining_pool(sft, spec, train_pairs)
         del sft
-        pairs = dpo_training_set(train_pairs, on_policy, cfg.max_steps * cfg.batch_size)
+        pairs = dpo_training_set(pool, on_policy, cfg.max_steps * cfg.batch_size, margins)
+        figures |= mined | _trained_kinds(pairs)
         run.log_params({"refine.pairs": str(len(pairs)), "refine.on_policy_pairs": str(len(on_policy)),
                         "refine.on_policy_trained": str(sum(p.kind == "on_policy" for p in pairs)),
                         "refine.on_policy_sha256": on_policy_sha or "none"})

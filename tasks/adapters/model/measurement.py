@@ -84,6 +84,7 @@ class Margins:
 
     summed: list[float]
     per_token: list[float]
+    chosen_nll: list[float]  # the chosen answer's mean negative log-probability per token: DPO can lower it too
 
 
 def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_size: int) -> Margins:
@@ -94,11 +95,12 @@ def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_si
     chosen, chosen_tokens = _completion_losses(gen, completions("chosen"), batch_size, "preferences (chosen)")
     rejected, rejected_tokens = _completion_losses(gen, completions("rejected"), batch_size, "preferences (rejected)")
     sides = zip(chosen, chosen_tokens, rejected, rejected_tokens, strict=True)
-    summed, per_token = [], []
+    summed, per_token, chosen_nll = [], [], []
     for c, c_tokens, r, r_tokens in sides:  # losses are negative log-probabilities
         summed.append(r - c)
         per_token.append(r / max(1, r_tokens) - c / max(1, c_tokens))
-    return Margins(summed=summed, per_token=per_token)
+        chosen_nll.append(c / max(1, c_tokens))
+    return Margins(summed=summed, per_token=per_token, chosen_nll=chosen_nll)
 
 
 def _logits(model, batch: _Batch):

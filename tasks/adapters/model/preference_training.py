@@ -22,6 +22,13 @@ def _rendered(pairs: Sequence[PreferencePair], fmt) -> list[dict[str, str]]:
     return rows
 
 
+def _losses(cfg: RefineConfig) -> dict:
+    """DPO's loss, plus TRL's "sft" term (mean NLL of the chosen answers' tokens) where weighted."""
+    if not cfg.sft_weight:
+        return {"loss_type": [cfg.loss_type]}
+    return {"loss_type": [cfg.loss_type, "sft"], "loss_weights": [1.0, cfg.sft_weight]}
+
+
 def train_dpo(base_source: str | Path, sft_adapter: str | Path, pairs: Sequence[PreferencePair], cfg: RefineConfig,
               training: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
               chat_format: str | None = None) -> dict:
@@ -39,7 +46,7 @@ def train_dpo(base_source: str | Path, sft_adapter: str | Path, pairs: Sequence[
     model = PeftModel.from_pretrained(load_base_model(base_source, precision, device), str(sft_adapter), is_trainable=True)
     args = DPOConfig(
         output_dir=str(out_dir / "checkpoints"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
+        learning_rate=cfg.learning_rate, beta=cfg.beta, max_length=cfg.max_length, **_losses(cfg),
         # per device, never TRL's defaults (bf16 and gradient checkpointing fail or crawl on CPU)
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", gradient_checkpointing=False,
         logging_steps=1, save_strategy="no", report_to="none", seed=training.seed, dataset_num_proc=None,
