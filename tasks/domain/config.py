@@ -95,9 +95,9 @@ class RefineConfig(Frozen):
     # temperature); each answer that fails the framework's checks becomes a rejected side. 0: off.
     on_policy_rows: int = Field(default=0, ge=0)
     on_policy_temperature: float = Field(default=0.7, gt=0, le=2)
-    # Hard pairs: the SFT model ranks this many rule-based training pairs (balanced across kinds)
-    # and DPO's rule-based share is the ones it ranks worst per answer token, wherever they fall,
-    # rather than a balanced sample of kinds it already gets right. 0: the balanced sample.
+    # Hard pairs: the SFT model ranks this many rule-based training pairs (spread across kinds and
+    # patterns), and DPO's rule-based share is the ones it ranks wrong per answer token,
+    # round-robin across kinds: a pair it already ranks right teaches it little. 0: the spread sample.
     mining_pool: int = Field(default=0, ge=0)
     # Held-out pairs ranked by base, SFT and SFT+DPO: a sample balanced across rejection kinds
     # (each pair is two forward passes per model: ~0.2 s on 2 CPU cores for SmolLM2). 0: all.

@@ -319,7 +319,8 @@ def dpo_training_set(rule_based: Sequence[PreferencePair], on_policy: Sequence[P
     """The pairs DPO sees in `size` examples (steps x batch): every on-policy pair first, up to
     half of them (the failures this model actually makes; drawn at random from thousands of
     rule-based pairs, a few dozen would almost never be seen), the rest rule-based: with the SFT
-    model's `margins` on `rule_based`, the hardest of them; without, a sample balanced across kinds.
+    model's `margins` on `rule_based`, the hardest of them; without, a sample spread across kinds
+    and patterns.
 
     >>> pair = lambda i, kind: PreferencePair(id=f"{kind}{i}", prompt=[Message(role="user", content="q")], chosen="a",
     ...     rejected="b", kind=kind, rule="", source_row_id="r", pattern_id="p", principle="p", split="train")
