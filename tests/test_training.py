@@ -24,7 +24,8 @@ def test_only_lora_weights_change_and_loss_falls(tiny_base, small_build, tmp_pat
     assert changed == trainable, "every LoRA weight moved and no frozen weight did"
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 0.5, losses
-    assert info["device"] == "cpu" and info["precision"] == "fp32"
+    # CPU fp32 in CI; on a GPU machine (device checks) the same test trains in CUDA bf16
+    assert (info["device"], info["precision"]) == (("cuda", "bf16") if torch.cuda.is_available() else ("cpu", "fp32"))
     assert info["counter"].loss_tokens < info["counter"].tokens, "prompt tokens carry no loss"
 
 
