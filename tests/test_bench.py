@@ -42,6 +42,13 @@ def test_baseline_counts_answer_tokens_after_the_last_inst_close():
     # row 1: after the second [/INST]: 7 7 </s>; row 2: 3 </s> (padding is not an answer token)
     assert (counter.answer_tokens, counter.tokens, counter.padded_tokens) == (5, 12, 14)
 
+    # ChatML: the answer follows the last "<|im_start|>assistant\n", three ids here (8 6 4)
+    chatml = {"input_ids": torch.tensor([[8, 6, 4, 5, 8, 6, 4, 7, 7, 3, pad]]),
+              "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]])}
+    counter = AnswerTokenCounter(lambda features: chatml, [8, 6, 4])
+    counter([])
+    assert counter.answer_tokens == 3, "7 7 <|im_end|> after the second header; padding excluded"
+
 
 def test_mfu_uses_the_device_peak_and_four_flops_per_parameter_per_token():
     from large_model import model_flops_utilisation, peak_tflops_for

@@ -1,5 +1,5 @@
-"""The plainest way to do our job, for `make bench` to compare against: TRL's SFTTrainer on
-Mistral-formatted text rows, default collation, random batches (no length grouping), loss on every
+"""The plainest way to do our job, for `make bench` to compare against: TRL's SFTTrainer on text rows
+in the model's chat format, default collation, random batches (no length grouping), loss on every
 token. Same model, data, LoRA settings, batch size and number of optimizer steps as ours."""
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 from tasks.adapters.model.base_models import torch_dtype
 from tasks.domain.formatting import INST_CLOSE
 
+# What precedes an answer, per chat format: the answer tokens are those after its last occurrence.
+ANSWER_MARKERS = {"mistral": INST_CLOSE, "chatml": "<|im_start|>assistant\n"}
+
 
 def run_baseline(base_dir: str, texts: list[str], steps: int, batch_size: int, learning_rate: float,
                  max_length: int, out_dir: Path, lora: dict, seed: int = 42, device: str = "cpu",
-                 precision: str = "fp32") -> dict:
+                 precision: str = "fp32", chat_format: str = "mistral") -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -32,7 +35,8 @@ def run_baseline(base_dir: str, texts: list[str], steps: int, batch_size: int, l
                          processing_class=tokenizer,
                          peft_config=LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                                 target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-    counter = AnswerTokenCounter(trainer.data_collator, tokenizer.convert_tokens_to_ids(INST_CLOSE))
+    marker = tokenizer.encode(ANSWER_MARKERS[chat_format], add_special_tokens=False)
+    counter = AnswerTokenCounter(trainer.data_collator, marker)
     trainer.data_collator = counter
     started = time.perf_counter()
     trainer.train()
@@ -43,11 +47,17 @@ def run_baseline(base_dir: str, texts: list[str], steps: int, batch_size: int, l
 
 class AnswerTokenCounter:
     """Counts, exactly, what the baseline trains on: non-pad tokens, padded tokens, and answer tokens
-    (those after the last [/INST], a single token in our tokenizer), the ones our step puts loss on."""
+    (those after the last occurrence of the `marker` ids: [/INST], or ChatML's assistant header),
+    the ones our step puts loss on."""
 
-    def __init__(self, inner, inst_close_id: int):
-        self.inner, self.inst_close_id = inner, inst_close_id
+    def __init__(self, inner, marker: int | list[int]):
+        self.inner, self.marker = inner, [marker] if isinstance(marker, int) else list(marker)
         self.tokens = self.answer_tokens = self.padded_tokens = 0
+
+    def _answer_start(self, ids: list[int]) -> int | None:
+        width = len(self.marker)
+        starts = [i for i in range(len(ids) - width + 1) if ids[i:i + width] == self.marker]
+        return starts[-1] + width if starts else None
 
     def __call__(self, features):
         batch = self.inner(features)
@@ -58,7 +68,7 @@ class AnswerTokenCounter:
         self.tokens += int(mask.sum())
         self.padded_tokens += int(ids.numel())
         for row_ids, row_mask in zip(ids, mask, strict=True):
-            closes = (row_ids == self.inst_close_id).nonzero()
-            if len(closes):
-                self.answer_tokens += int(row_mask[int(closes[-1]) + 1:].sum())
+            start = self._answer_start(row_ids.tolist())
+            if start is not None:
+                self.answer_tokens += int(row_mask[start:].sum())
         return batch

@@ -5,7 +5,9 @@
     stages        expansion, GX validation, formatting+tokenization at 1k / 10k / 100k rows (rows/s)
     orchestration nightly_retrain wall time minus its tasks' own time; unchanged re-run / full run
     memory        peak RSS of each measured stage
-    smollm2       the default profile's real model (SmolLM2-135M): tokens/s with and without CPU bf16 autocast
+    smollm2       the default profile's real model (SmolLM2-135M): tokens/s with and without CPU bf16 autocast,
+                  MFU against this CPU's measured fp32 and bf16 matmul peaks
+    smollm2_vs_trl  the `training` comparison on SmolLM2 as `make run` trains it (8 steps, --smollm2-reps runs)
     large_model   on a CUDA GPU: our step on a random-init model with Mistral-7B's shapes, tokens/s and MFU
 
 Writes results.json and results.md to --out (default $RSLM_HOME/bench). A benchmark, not a test:
@@ -27,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from large_model import bench_large_model, large_model_markdown  # noqa: E402 - importable only after the sys.path lines above
+from large_model import bench_large_model, large_model_markdown, model_flops_utilisation  # noqa: E402 - importable only after the sys.path lines above
 
 
 @contextmanager
@@ -143,7 +145,7 @@ def training_worker(conn, variant: str, base: str, rows: list, texts: list[str])
             if variant == "baseline":
                 result = run_baseline(base, texts, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.max_length,
                                       out_dir, cfg.lora.model_dump(), seed=cfg.seed, device=job["device"],
-                                      precision=job["precision"])
+                                      precision=job["precision"], chat_format=job["chat_format"])
             else:
                 result = run_ours(Path(base), rows, cfg, out_dir)
         except Exception as error:  # reported by the parent, which stops the benchmark
@@ -155,20 +157,24 @@ def training_worker(conn, variant: str, base: str, rows: list, texts: list[str])
         conn.send(result)
 
 
-def bench_training(reps: int, device: str, workdir: Path) -> dict:
+def bench_training(reps: int, device: str, workdir: Path, profile_name: str = "bench", steps: int | None = None) -> dict:
+    """Our step and its variants against the plain TRL script, on `profile_name`'s model (the
+    bench profile's random 18M model, or SmolLM2 as `make run` trains it) and training settings;
+    `steps` shortens the profile's run."""
     import multiprocessing
 
-    from tasks.adapters.model.base_models import ensure_tiny_base
+    from tasks.adapters.model.base_models import ensure_packaged_base, ensure_tiny_base
     from tasks.adapters.ops.config_files import load_profile
-    from tasks.domain.formatting import MISTRAL
+    from tasks.domain.formatting import chat_format
     from tasks.domain.records import training_corpus
 
-    profile = load_profile("bench")
-    cfg = profile.training.model_copy(update={"device": device})
+    profile = load_profile(profile_name)
+    cfg = profile.training.model_copy(update={"device": device, **({"max_steps": steps, "save_steps": 10_000} if steps else {})})
     _, build = rows_for(3000)
     rows = build.train
-    base = ensure_tiny_base(profile.tiny, training_corpus(rows), workdir / "models")
-    texts = [MISTRAL.row(r).text for r in rows]
+    base = (ensure_tiny_base(profile.tiny, training_corpus(rows), workdir / "models") if profile.kind == "tiny"
+            else ensure_packaged_base(profile.packaged, workdir / "models"))
+    texts = [chat_format(profile.chat_format).row(r).text for r in rows]
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no state shared with this one
     workers = {}
     for name in [*VARIANTS, "baseline"]:
@@ -183,7 +189,8 @@ def bench_training(reps: int, device: str, workdir: Path) -> dict:
                 change = VARIANTS.get(name, {})
                 ran = runs["ours"][-1] if runs["ours"] else {}
                 conn.send({"cfg": cfg.model_copy(update=change).model_dump(), "out_dir": str(workdir / f"{name}-{rep}"),
-                           "device": ran.get("device"), "precision": ran.get("precision")})
+                           "device": ran.get("device"), "precision": ran.get("precision"),
+                           "chat_format": profile.chat_format})
                 result = conn.recv()
                 if "error" in result:
                     raise RuntimeError(result["error"])
@@ -200,7 +207,7 @@ def bench_training(reps: int, device: str, workdir: Path) -> dict:
     summary = {name: summarise_runs(r, examples) for name, r in runs.items()}
     ours, baseline = summary["ours"], summary["baseline"]
     return {
-        "model_parameters": params, "steps": cfg.max_steps, "batch_size": cfg.batch_size, "reps": reps,
+        "profile": profile_name, "model_parameters": params, "steps": cfg.max_steps, "batch_size": cfg.batch_size, "reps": reps,
         "device": runs["ours"][0]["device"], "precision": runs["ours"][0]["precision"], **summary,
         # the issue's measure: answer (loss-bearing for ours) tokens per second, each side counted exactly
         "speedup": ours["answer_tokens_per_s"] / baseline["answer_tokens_per_s"],
@@ -276,23 +283,50 @@ def tasks_own_seconds(client, since, until) -> tuple[float, int]:
 QUICK_RUN = {"profile": "tiny", "dataset.max_samples": 600, "training_overrides": {"max_steps": 20, "save_steps": 20}}
 
 
+def cpu_matmul_peak_gflops(dtype: str, size: int = 1024, reps: int = 10) -> float:
+    """What this CPU's matmul reaches in `dtype` (fp32 | bf16), in GFLOP/s: the best of `reps`
+    square products after one warm-up, on as many threads as training uses. The MFU below is
+    measured against this, not a data-sheet figure."""
+    import torch
+
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
 def bench_smollm2(device: str, workdir: Path, steps: int = 8) -> dict:
     """The default profile's training step on its real model, as `make run` trains it, and the same
-    step without bf16 autocast: what the autocast buys on this CPU (the same batches, in order)."""
+    step without bf16 autocast: what the autocast buys on this CPU (the same batches, in order).
+    MFU counts 4·N FLOPs per non-pad token (N: every matmul weight, the tied output layer once,
+    the input embedding being a lookup) against the CPU's measured matmul peak in the run's precision."""
+    from transformers import AutoModelForCausalLM
+
     from tasks.adapters.model.base_models import ensure_packaged_base
     from tasks.adapters.ops.config_files import load_profile
 
     profile = load_profile("smollm2-135m")
     base = ensure_packaged_base(profile.packaged, workdir / "models")
     rows = rows_for(3000)[1].train[:steps * profile.training.batch_size]
+    matmul_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
+    peaks = {"fp32": cpu_matmul_peak_gflops("fp32"), "bf16": cpu_matmul_peak_gflops("bf16")} if device in ("cpu", "auto") else {}
     results = {}
     for name, update in {"as_configured": {}, "without_bf16_autocast": {"cpu_bf16_autocast": False}}.items():
         cfg = profile.training.model_copy(update={"max_steps": steps, "save_steps": 10_000, "device": device, **update})
         run = run_ours(base, rows, cfg, workdir / f"smollm2-{name}")
-        results[name] = {**run, "tokens_per_s": run["tokens"] / run["wall_s"],
-                         "answer_tokens_per_s": run["answer_tokens"] / run["wall_s"]}
+        tokens_per_s = run["tokens"] / run["wall_s"]
+        peak = peaks.get(run["precision"])
+        mfu = model_flops_utilisation(matmul_params, tokens_per_s, peak / 1e3 if peak else None)  # takes TFLOP/s
+        results[name] = {**run, "tokens_per_s": tokens_per_s, "answer_tokens_per_s": run["answer_tokens"] / run["wall_s"],
+                         "peak_gflops": peak, "mfu": mfu}
     results["autocast_gain"] = results["as_configured"]["tokens_per_s"] / results["without_bf16_autocast"]["tokens_per_s"]
-    results["steps"], results["batch_size"] = steps, profile.training.batch_size
+    results["steps"], results["batch_size"], results["matmul_params"] = steps, profile.training.batch_size, matmul_params
+    results["cpu_peak_gflops"] = peaks
     return results
 
 
@@ -346,34 +380,42 @@ def large_model_section(args, workdir: Path) -> dict:
                              steps=args.large_steps, batch_size=args.large_batch, peak_tflops=args.peak_tflops)
 
 
+def training_markdown(t: dict, title: str) -> list[str]:
+    lines = [f"## Training step ({title})", "",
+             f"{t['model_parameters'] / 1e6:.1f}M parameters ({t.get('profile', 'bench')}), {t['steps']} steps x batch "
+             f"{t['batch_size']}, median of {t['reps']} on {t['device']} ({t['precision']})", "",
+             "| | wall s | examples/s | answer tokens/s | tokens/s (non-pad) | pad share | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for name in (*VARIANTS, "baseline"):
+        r = t[name]
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['examples_per_s']:.2f} | {r['answer_tokens_per_s']:.0f} | "
+                     f"{r['tokens_per_s']:.0f} | {r['pad_share']:.0%} | {r['peak_rss_mib']:.0f} |")
+    return lines + ["", f"**speedup: {t['speedup']:.2f}x** in answer tokens/s over the baseline "
+                        f"({t['speedup_tokens']:.2f}x in non-pad tokens/s, {t['speedup_wall']:.2f}x in wall time for the "
+                        f"same number of examples and steps: the length-grouped sampler starts with the longest batch); "
+                        f"in non-pad tokens/s, length-grouped batches are worth {t['gains']['length_grouping']:.2f}x "
+                        f"and skipping gradient checkpointing (TRL's default is on) {t['gains']['no_checkpointing']:.2f}x", ""]
+
+
 def markdown(results: dict) -> str:
-    t = results.get("training")
     lines = ["# make bench", "", f"machine: {results['machine']}", ""]
-    if t:
-        lines += ["## Training step (bench profile)", "",
-                  f"{t['model_parameters'] / 1e6:.1f}M-parameter Mistral, {t['steps']} steps x batch {t['batch_size']}, "
-                  f"median of {t['reps']} on {t['device']} ({t['precision']})", "",
-                  "| | wall s | examples/s | answer tokens/s | tokens/s (non-pad) | pad share | peak RSS MiB |",
-                  "|---|---|---|---|---|---|---|"]
-        for name in (*VARIANTS, "baseline"):
-            r = t[name]
-            lines.append(f"| {name} | {r['wall_s']:.1f} | {r['examples_per_s']:.2f} | {r['answer_tokens_per_s']:.0f} | "
-                         f"{r['tokens_per_s']:.0f} | {r['pad_share']:.0%} | {r['peak_rss_mib']:.0f} |")
-        lines += ["", f"**speedup: {t['speedup']:.2f}x** in answer tokens/s over the baseline "
-                      f"({t['speedup_tokens']:.2f}x in non-pad tokens/s, {t['speedup_wall']:.2f}x in wall time for the "
-                      f"same number of examples and steps: the length-grouped sampler starts with the longest batch); "
-                      f"in non-pad tokens/s, length-grouped batches are worth {t['gains']['length_grouping']:.2f}x "
-                      f"and skipping gradient checkpointing (TRL's default is on) {t['gains']['no_checkpointing']:.2f}x", ""]
+    for section, title in (("training", "bench profile"), ("smollm2_vs_trl", "smollm2-135m profile against plain TRL")):
+        if t := results.get(section):
+            lines += training_markdown(t, title)
     if results.get("smollm2"):
         m = results["smollm2"]
         lines += ["## Training step (smollm2-135m profile, the default)", "",
                   f"SmolLM2-135M-Instruct, LoRA r16 all-linear, {m['steps']} steps x batch {m['batch_size']}, one run each", "",
-                  "| | precision | wall s | tokens/s (non-pad) | answer tokens/s |", "|---|---|---|---|---|"]
+                  "| | precision | wall s | tokens/s (non-pad) | answer tokens/s | MFU vs measured peak |",
+                  "|---|---|---|---|---|---|"]
         for name in ("as_configured", "without_bf16_autocast"):
             r = m[name]
+            mfu = f"{r['mfu']:.1%} of {r['peak_gflops']:.0f} GFLOP/s" if r.get("mfu") else "n/a"
             lines.append(f"| {name} | {r['precision']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.0f} | "
-                         f"{r['answer_tokens_per_s']:.0f} |")
-        lines += ["", f"bf16 autocast: **{m['autocast_gain']:.2f}x** tokens/s", ""]
+                         f"{r['answer_tokens_per_s']:.0f} | {mfu} |")
+        peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m.get("cpu_peak_gflops", {}).items())
+        lines += ["", f"bf16 autocast: **{m['autocast_gain']:.2f}x** tokens/s; CPU matmul peak (1024², best of 10): "
+                      f"{peaks or 'not measured'}; {m.get('matmul_params', 0) / 1e6:.0f}M matmul parameters", ""]
     if results.get("large_model"):
         lines += large_model_markdown(results["large_model"])
     if results.get("stages"):
@@ -403,7 +445,7 @@ def default_sections(device: str) -> list[str]:
     import torch
 
     wants_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return ["training", "smollm2", "stages", "orchestration", *(["large_model"] if wants_gpu else [])]
+    return ["training", "smollm2", "smollm2_vs_trl", "stages", "orchestration", *(["large_model"] if wants_gpu else [])]
 
 
 def main() -> None:
@@ -412,8 +454,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--only", help="comma-separated sections: training, smollm2, stages, orchestration, large_model "
-                                       "(default: the first four, plus large_model on a CUDA machine)")
+    parser.add_argument("--only", help="comma-separated sections: training, smollm2, smollm2_vs_trl, stages, orchestration, "
+                                       "large_model "
+                                       "(default: all but large_model, plus large_model on a CUDA machine)")
+    parser.add_argument("--smollm2-reps", type=int, default=1, help="repetitions of the SmolLM2-against-TRL section")
     parser.add_argument("--large-steps", type=int, default=10, help="timed steps of the 7B-shaped model")
     parser.add_argument("--large-batch", type=int, default=16, help="batch size of the 7B-shaped model")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU, if not in the table")
@@ -428,6 +472,7 @@ def main() -> None:
     sections = args.only.split(",") if args.only else default_sections(args.device)
     runners = {"training": lambda work: bench_training(args.reps, args.device, work),
                "smollm2": lambda work: bench_smollm2(args.device, work),
+               "smollm2_vs_trl": lambda work: bench_training(args.smollm2_reps, args.device, work, "smollm2-135m", steps=8),
                "large_model": lambda work: large_model_section(args, work),
                "stages": lambda work: bench_stages([int(s) for s in args.sizes.split(",")], work),
                "orchestration": bench_orchestration}
