@@ -119,6 +119,13 @@ def run_ours(base: Path, rows, cfg, out_dir: Path, model=None) -> dict:
             "padded_tokens": counter.padded_tokens, "device": info["device"], "precision": info["precision"]}
 
 
+def parameter_count(base: Path) -> int:
+    """Every weight of the model in `base`, a tied output layer counted once."""
+    from transformers import AutoModelForCausalLM
+
+    return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
+
+
 def summarise_runs(runs: list[dict], examples: int) -> dict:
     """Medians over repetitions. Tokens are counted exactly per run (each run samples its own batches)."""
     return {"wall_s": median([r["wall_s"] for r in runs]),
@@ -200,9 +207,7 @@ def bench_training(reps: int, device: str, workdir: Path, profile_name: str = "b
         for conn, process in workers.values():
             conn.send(None)
             process.join(timeout=30)
-    from transformers import AutoModelForCausalLM
-
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
+    params = parameter_count(base)
     examples = cfg.max_steps * cfg.batch_size
     summary = {name: summarise_runs(r, examples) for name, r in runs.items()}
     ours, baseline = summary["ours"], summary["baseline"]
@@ -305,15 +310,13 @@ def bench_smollm2(device: str, workdir: Path, steps: int = 8) -> dict:
     step without bf16 autocast: what the autocast buys on this CPU (the same batches, in order).
     MFU counts 4·N FLOPs per non-pad token (N: every matmul weight, the tied output layer once,
     the input embedding being a lookup) against the CPU's measured matmul peak in the run's precision."""
-    from transformers import AutoModelForCausalLM
-
     from tasks.adapters.model.base_models import ensure_packaged_base
     from tasks.adapters.ops.config_files import load_profile
 
     profile = load_profile("smollm2-135m")
     base = ensure_packaged_base(profile.packaged, workdir / "models")
     rows = rows_for(3000)[1].train[:steps * profile.training.batch_size]
-    matmul_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
+    matmul_params = parameter_count(base)
     peaks = {"fp32": cpu_matmul_peak_gflops("fp32"), "bf16": cpu_matmul_peak_gflops("bf16")} if device in ("cpu", "auto") else {}
     results = {}
     for name, update in {"as_configured": {}, "without_bf16_autocast": {"cpu_bf16_autocast": False}}.items():
