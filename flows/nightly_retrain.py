@@ -1,10 +1,12 @@
 """The nightly retrain, as a table of contents:
 
-    build-dataset -> validate-dataset -> [unchanged? stop] -> [build-preferences] -> train-adapter
-        -> [refine-preferences] -> register-adapter -> evaluate-model -> promote-model
+    build-dataset -> validate-dataset -> [train-reward-model] -> [unchanged? stop] -> [build-preferences]
+        -> train-adapter -> [refine-preferences] -> register-adapter -> evaluate-model -> promote-model
 
 The bracketed preference stages run where the profile's `refine.enabled` (or `--refine`) says so:
 the pairs are built and validated before any training, and DPO refines the SFT adapter after it.
+The process reward model (`reward.enabled`) trains first, only when its step labels or settings
+changed; its champion then scores the held-out answers in evaluate-model.
 
 Each stage is a sub-flow; a failed stage stops the run before anything later is trained,
 registered or promoted (a registered version whose evaluation fails is tagged and never promoted).
@@ -46,18 +48,23 @@ from tasks.domain.run_spec import EvaluationSpec, RunSpec
 from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_evaluation_task, publish_promotion_task
 from tasks.model_tasks import (
     build_preferences_task,
+    build_step_data_task,
+    find_reward_model_task,
     find_trained_version_task,
     prepare_base_model_task,
     reconcile_interrupted_runs_task,
     refine_adapter_task,
     register_adapter_task,
+    register_reward_model_task,
     train_adapter_task,
+    train_reward_model_task,
 )
 from tasks.report_tasks import publish_validation_task, record_failure, write_run_record_task
 from tasks.stages.build_dataset import require_valid
 from tasks.stages.build_preferences import PreferenceSet, require_valid_pairs
 from tasks.stages.evaluate import Evaluation
 from tasks.stages.promote import Promotion
+from tasks.stages.reward import RewardModel, require_valid_steps
 from tasks.stages.train import Registration, TrainedAdapter
 
 
@@ -96,6 +103,23 @@ def train_adapter(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, 
                   base_override: str | None = None, measure_eval_loss: bool = True) -> TrainedAdapter:
     base_model = prepare_base_model_task(spec, dataset, base_override)
     return train_adapter_task(spec, dataset, report, base_model, tracking, measure_eval_loss)
+
+
+@flow(name="train-reward-model")
+def reward_model(spec: RunSpec, dataset: DatasetRef, tracking: Tracking, base_override: str | None = None,
+                 force: bool = False) -> RewardModel:
+    """Step labels built and validated (a failed check stops the run here), then the process
+    reward model trained, measured and put through its own gate, unless a version with the same
+    step data and settings is registered already."""
+    steps = build_step_data_task(spec, dataset)
+    publish_validation_task(steps.report, "step labels")
+    require_valid_steps(steps.report)
+    key, previous = find_reward_model_task(spec, dataset, steps, base_override, tracking)
+    if previous and not force:
+        return previous
+    base_model = prepare_base_model_task(spec, dataset, base_override)
+    trained = train_reward_model_task(spec, dataset, steps, base_model, tracking)
+    return register_reward_model_task(spec, dataset, trained, tracking, key)
 
 
 @flow(name="build-preferences")
@@ -235,6 +259,10 @@ def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, b
     record.update({"validation_success": True, "data_docs": report.data_docs_index})
     if config.storage.backend == "s3":
         record.update({"dataset_uri": publish_dataset_task(dataset, config)})
+    if spec.reward.enabled:
+        reward = reward_model(spec, dataset, tracking, base_model, force)
+        record.update({"reward_model": reward.to_dict()})
+        spec = spec.scored_by(reward.champion_uri)
     key, previous = find_trained_version_task(spec, dataset, base_model, tracking)
     record.update({"training_key": key})
     if previous and previous["pending_evaluation"] and not force:  # trained and registered, then stopped

@@ -14,6 +14,7 @@ from tasks.domain.config import DeviceSlotConfig
 from tasks.domain.run_spec import RunSpec
 from tasks.retry_policy import SERVICE_RETRIES
 from tasks.stages import refine as refine_stage
+from tasks.stages import reward as reward_stage
 from tasks.stages import train as stage
 from tasks.stages.build_preferences import PreferenceSet, build_preferences
 
@@ -79,3 +80,30 @@ def refine_adapter_task(spec: RunSpec, dataset: DatasetRef, trained: stage.Train
                         tracking: Tracking) -> stage.TrainedAdapter:
     with training_slot(spec.config.device_slot):
         return refine_stage.refine_and_track(spec, dataset, trained, preferences, paths(), tracking)
+
+
+@task(name="build-step-labels", cache_policy=NO_CACHE)
+def build_step_data_task(spec: RunSpec, dataset: DatasetRef) -> reward_stage.StepSet:
+    return reward_stage.build_step_data(dataset, spec.config, spec.reward, spec.framework, paths().step_labels,
+                                        spec.evaluation.heldout)
+
+
+@task(name="find-reward-model", cache_policy=NO_CACHE, **SERVICE_RETRIES)
+def find_reward_model_task(spec: RunSpec, dataset: DatasetRef, steps: reward_stage.StepSet, base_override: str | None,
+                           tracking: Tracking) -> tuple[str, reward_stage.RewardModel | None]:
+    """The reward model's key, and the registered version already trained with it (None: train)."""
+    key = reward_stage.reward_key(spec, steps, base_override)
+    return key, reward_stage.find_reward_model(spec, dataset.domain, key, tracking)
+
+
+@task(name="train-reward-model", cache_policy=NO_CACHE)
+def train_reward_model_task(spec: RunSpec, dataset: DatasetRef, steps: reward_stage.StepSet, base_model: str,
+                            tracking: Tracking) -> reward_stage.TrainedReward:
+    with training_slot(spec.config.device_slot):
+        return reward_stage.train_and_measure(spec, dataset, steps, base_model, paths(), tracking)
+
+
+@task(name="register-reward-model", cache_policy=NO_CACHE)
+def register_reward_model_task(spec: RunSpec, dataset: DatasetRef, trained: reward_stage.TrainedReward,
+                               tracking: Tracking, key: str) -> reward_stage.RewardModel:
+    return reward_stage.register_and_gate(spec, dataset, trained, tracking, key)

@@ -92,3 +92,28 @@ def model_name(name: str | None, config_path: str) -> str:
 
     config = load_pipeline_config(config_path)
     return config.tracking.registered_model(load_framework(config.framework).domain)
+
+
+def reward_model_uri(config_path: str, given: str | None = None) -> str:
+    """The process reward model to score with: as given, else the configured domain's champion."""
+    if given:
+        return given
+    from tasks.adapters.ops.config_files import load_framework, load_pipeline_config
+    from tasks.adapters.tracking.registry import CHAMPION
+    from tasks.adapters.tracking.runs import Tracking
+    from tasks.domain.errors import RslmError
+
+    config = load_pipeline_config(config_path)
+    name = config.tracking.reward_model(load_framework(config.framework).domain)
+    if Tracking.configured().registry.version_for_alias(name, CHAMPION) is None:
+        raise RslmError(f"{name} has no @champion yet: the pipeline trains one where the profile's reward.enabled "
+                        "is true (pass --reward-model to name another)")
+    return f"models:/{name}@{CHAMPION}"
+
+
+def registered_scorer(model_uri: str):
+    """A registered process reward model, from the configured MLflow store."""
+    from tasks.adapters.ops.settings import paths
+    from tasks.adapters.tracking.runs import Tracking
+
+    return Tracking.configured().registry.load_reward_scorer(model_uri, paths().registry_cache)

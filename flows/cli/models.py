@@ -5,7 +5,18 @@ import json
 
 import click
 
-from flows.cli.common import champion_uri, config_option, model_name, registered_generator, setup
+from flows.cli.common import (
+    champion_uri,
+    config_option,
+    model_name,
+    registered_generator,
+    registered_scorer,
+    reward_model_uri,
+    setup,
+)
+
+reward_model_option = click.option("--reward-model", "reward_uri",
+                                   help="Process reward model URI (default: the configured domain's -prm@champion).")
 
 
 @click.command()
@@ -13,12 +24,17 @@ from flows.cli.common import champion_uri, config_option, model_name, registered
 @click.option("--model", "model_uri", help="Registry URI (default: the configured domain's @champion).")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory instead of a registered model.")
 @click.option("--max-new-tokens", type=int, help="Answer length cap in tokens (default: the model's own).")
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy (0.7 with --best-of).")
+@click.option("--best-of", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Sample N answers and print the one the process reward model scores highest (scores on stderr).")
+@reward_model_option
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @config_option
-def chat(question, model_uri, adapter, max_new_tokens, temperature, config_path) -> None:
+def chat(question, model_uri, adapter, max_new_tokens, temperature, best_of, reward_uri, seed, config_path) -> None:
     """Answer QUESTION with the champion (or --model URI, or --adapter DIR under the framework's system prompt)."""
     setup()
     length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    scorer = registered_scorer(reward_model_uri(config_path, reward_uri)) if best_of > 1 else None
     if adapter:
         from tasks.adapters.model.inference import load_adapter_generator
         from tasks.adapters.ops.config_files import load_framework, load_pipeline_config
@@ -27,7 +43,29 @@ def chat(question, model_uri, adapter, max_new_tokens, temperature, config_path)
         generator = load_adapter_generator(adapter, system)
     else:
         generator = registered_generator(model_uri or champion_uri(config_path))
-    click.echo(generator.reply([question], temperature=temperature, **length)[0])
+    if scorer is None:
+        click.echo(generator.reply([question], temperature=temperature, seed=seed, **length)[0])
+        return
+    from tasks.adapters.model.best_of import best_of as choose
+
+    picked = choose(generator, scorer, generator.conversation(question), best_of, temperature=temperature, seed=seed,
+                    **length)
+    click.echo(picked.text)
+    click.echo(json.dumps(picked.metadata()), err=True)
+
+
+@click.command()
+@click.argument("question")
+@click.argument("answer")
+@reward_model_option
+@config_option
+def score(question, answer, reward_uri, config_path) -> None:
+    """Score each step of ANSWER to QUESTION with the process reward model: JSON with per-step
+    scores (probability the step is sound) and the answer's score (its weakest step)."""
+    setup()
+    uri = reward_model_uri(config_path, reward_uri)
+    (scored,) = registered_scorer(uri).score([question], [answer])
+    click.echo(json.dumps({"question": question, "reward_model": uri, **scored.to_dict()}, indent=2))
 
 
 @click.command()

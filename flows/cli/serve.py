@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from flows.cli.common import champion_uri, config_option, registered_generator, setup
+from flows.cli.common import champion_uri, config_option, registered_generator, registered_scorer, reward_model_uri, setup
 
 
 @click.command()
@@ -18,8 +18,10 @@ from flows.cli.common import champion_uri, config_option, registered_generator, 
 @click.option("--token-env", default="RSLM_SERVE_TOKEN", show_default=True,
               help="Environment variable holding the bearer token clients must send (unset: no auth).")
 @click.option("--system", "system_prompt", default=None, help="System prompt when a request has none.")
+@click.option("--reward-model", "reward_uri",
+              help="Process reward model for requests with best_of > 1 (default: the domain's -prm@champion, if any).")
 @config_option
-def serve(model_uri, adapter, base, host, port, token_env, system_prompt, config_path) -> None:
+def serve(model_uri, adapter, base, host, port, token_env, system_prompt, reward_uri, config_path) -> None:
     """An OpenAI-compatible server (/v1/models, /v1/chat/completions): the champion unless told otherwise."""
     setup()
     from tasks.adapters.model import chat_server as server
@@ -36,5 +38,20 @@ def serve(model_uri, adapter, base, host, port, token_env, system_prompt, config
         generator = registered_generator(model_id)
     if system_prompt is not None:
         generator.system_prompt = system_prompt
-    click.echo(f"serving {model_id} on http://{host}:{port}/v1" + (" (bearer token required)" if token else ""))
-    server.run(generator, model_id, host, port, token)
+    scorer, scored_by = _reward_scorer(config_path, reward_uri)
+    click.echo(f"serving {model_id} on http://{host}:{port}/v1" + (" (bearer token required)" if token else "")
+               + (f"; best_of scored by {scored_by}" if scorer else "; no reward model: best_of is refused"))
+    server.run(generator, model_id, host, port, token, scorer)
+
+
+def _reward_scorer(config_path: str, given: str | None):
+    """The reward model named, else the domain's champion one where it exists (None: best_of off)."""
+    from tasks.domain.errors import RslmError
+
+    try:
+        uri = reward_model_uri(config_path, given)
+    except RslmError:
+        if given:
+            raise
+        return None, None
+    return registered_scorer(uri), uri

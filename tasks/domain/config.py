@@ -10,6 +10,7 @@ from tasks.domain.framework import Slug
 from tasks.domain.frozen import Frozen
 from tasks.domain.preferences import RULE_BASED, Kind
 from tasks.domain.promotion import PromotionGate
+from tasks.domain.steps import CORRUPTIONS, StepKind
 
 
 class LoraSettings(Frozen):
@@ -104,6 +105,28 @@ class RefineConfig(Frozen):
     heldout_pairs: int = Field(default=150, ge=0)
 
 
+class RewardConfig(Frozen):
+    """The process reward model (issue 17): the profile's base with LoRA and a two-class token
+    head, trained on step-labelled answers (the framework's, and copies with one step broken),
+    read at each step's last token."""
+
+    enabled: bool = False            # the profile's choice: whether the nightly run trains one
+    kinds: list[StepKind] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1)
+    per_row: int = Field(default=2, ge=1, le=5)  # corrupted copies per answer, kinds in rotation
+    max_steps: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=1.0e-3, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    max_length: int = Field(default=384, ge=16)
+    lora: LoraSettings = LoraSettings()
+    # Held-out step-labelled answers (from the eval split) the model is measured on, balanced by kind. 0: all.
+    heldout_examples: int = Field(default=400, ge=0)
+    # The gate: how often the corrupted step must score lowest of its answer, and how far that may
+    # fall below the champion reward model's on the same held-out answers.
+    min_bad_step_found: float = Field(default=0.8, ge=0, le=1)
+    max_bad_step_found_drop: float | None = Field(default=0.02, ge=0, le=1)
+
+
 class ModelProfile(Frozen):
     name: str
     kind: Literal["tiny", "pretrained", "packaged"]
@@ -117,6 +140,7 @@ class ModelProfile(Frozen):
     log_base_model: bool = False
     training: TrainingConfig = TrainingConfig()
     refine: RefineConfig = RefineConfig()
+    reward: RewardConfig = RewardConfig()
 
 
 class ImportedDatasetConfig(Frozen):
@@ -208,6 +232,14 @@ class TrackingConfig(Frozen):
 
     def registered_model(self, domain: str) -> str:
         return f"{self.registered_model_prefix}-{domain}"
+
+    def reward_model(self, domain: str) -> str:
+        """The domain's process reward model, registered beside its chat model.
+
+        >>> TrackingConfig().reward_model("devops")
+        'reasoning-slm-devops-prm'
+        """
+        return f"{self.registered_model_prefix}-{domain}-prm"
 
 
 class StabilityConfig(Frozen):
@@ -306,6 +338,8 @@ class PipelineConfig(Frozen):
     training_overrides: dict[str, Any] = Field(default_factory=dict)
     # ... and on top of its refine (DPO) section (e.g. {"enabled": true} for `rslm pipeline --refine`).
     refine_overrides: dict[str, Any] = Field(default_factory=dict)
+    # ... and on top of its reward (process reward model) section (e.g. {"enabled": false}).
+    reward_overrides: dict[str, Any] = Field(default_factory=dict)
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +369,11 @@ def effective_training(profile: ModelProfile, pipeline: PipelineConfig) -> Train
 def effective_refine(profile: ModelProfile, pipeline: PipelineConfig) -> RefineConfig:
     """The profile's refine section with the pipeline's overrides applied (validated again)."""
     return RefineConfig.model_validate(apply_overrides(profile.refine.model_dump(), pipeline.refine_overrides))
+
+
+def effective_reward(profile: ModelProfile, pipeline: PipelineConfig) -> RewardConfig:
+    """The profile's reward section with the pipeline's overrides applied (validated again)."""
+    return RewardConfig.model_validate(apply_overrides(profile.reward.model_dump(), pipeline.reward_overrides))
 
 
 def flatten_params(prefix: str, value: Any) -> dict[str, str]:

@@ -36,6 +36,7 @@ from tasks.domain.promotion import (
     DRIFT,
     HELDOUT_BASE_STRUCTURED,
     HELDOUT_GAIN,
+    HELDOUT_STEP_REWARD,
     HELDOUT_STRUCTURED,
     HELDOUT_STYLE,
     LOSS,
@@ -202,6 +203,8 @@ class HeldOutAnswer:
     tuned_new_numbers: list[str] = field(default_factory=list)
     base_style: float = 0.0
     tuned_style: float = 0.0
+    # The process reward model's score of each step of the tuned answer (empty: none was scored).
+    tuned_step_scores: list[float] = field(default_factory=list)
 
 
 def heldout_style(question: str, answer: str, style: Style) -> float:
@@ -259,15 +262,32 @@ def answered_heldout_metrics(questions: Sequence[str], answers: Sequence[str], s
 
 
 def heldout_markdown(rows: Sequence[HeldOutAnswer], title: str) -> str:
-    """Base vs tuned answers side by side, with the shape verdict of each."""
+    """Base vs tuned answers side by side, with the shape verdict of each (and the reward model's
+    score of each tuned step, where one scored them)."""
     def cell(text: str, ok: bool) -> str:
         flat = " ".join(text.split()).replace("|", "\\|") or "(empty)"
         return f"{'✓' if ok else '✗'} {flat}"
 
+    scored = any(r.tuned_step_scores for r in rows)
     lines = [f"# {title}", "", "✓ = in the trained shape (1-3 numbered reasons, each a real clause)", "",
-             "| question | base | tuned |", "|---|---|---|"]
-    lines += [f"| {r.question} | {cell(r.base, r.base_structured)} | {cell(r.tuned, r.tuned_structured)} |" for r in rows]
+             "| question | base | tuned |" + (" step scores |" if scored else ""), "|---|---|---|" + ("---|" if scored else "")]
+    lines += [f"| {r.question} | {cell(r.base, r.base_structured)} | {cell(r.tuned, r.tuned_structured)} |"
+              + (f" {' '.join(f'{v:.2f}' for v in r.tuned_step_scores) or '-'} |" if scored else "") for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def step_reward_metrics(step_scores: Sequence[Sequence[float]]) -> dict[str, float]:
+    """The reward model's verdict on a set of answers: the mean over answers of their mean step
+    score (`heldout/step_reward`) and of their weakest step's (`heldout/answer_reward`). An answer
+    with no steps scores 0.
+
+    >>> step_reward_metrics([[0.9, 0.5], []])
+    {'heldout/step_reward': 0.35, 'heldout/answer_reward': 0.25}
+    """
+    if not step_scores:
+        return {}
+    return {HELDOUT_STEP_REWARD: mean(sum(s) / len(s) if s else 0.0 for s in step_scores),
+            "heldout/answer_reward": mean(min(s) if s else 0.0 for s in step_scores)}
 
 
 @dataclass

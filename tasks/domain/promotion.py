@@ -32,11 +32,14 @@ HELDOUT_STRUCTURED = "heldout/structured"
 HELDOUT_BASE_STRUCTURED = "heldout/base_structured"
 HELDOUT_GAIN = "heldout/structured_gain"
 HELDOUT_STYLE = "heldout/style"
+HELDOUT_STEP_REWARD = "heldout/step_reward"  # the process reward model's mean step score on held-out answers
+BAD_STEP_FOUND = "bad_step_found"  # a reward model's: how often the corrupted step scores lowest
 # What the comparison table and chart show, in order, and which direction is better.
 KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
     LOSS: "lower", PERPLEXITY: "lower", STYLE: "higher", "within_word_cap": "higher",
     "key_term_coverage": "higher", "no_hedging": "higher", STRUCTURED: "higher", DEGENERATE: "lower", NUMBERS_RIGHT: "higher",
     CONSISTENCY: "higher", DRIFT: "lower", HELDOUT_STRUCTURED: "higher", HELDOUT_GAIN: "higher", HELDOUT_STYLE: "higher",
+    HELDOUT_STEP_REWARD: "higher",
 }
 
 
@@ -61,6 +64,10 @@ class PromotionGate(Frozen):
     # A preference-refined (DPO) version against its own SFT parent, measured the same way on the
     # held-out questions: refinement that costs style is refused. `None` switches it off.
     max_refined_heldout_style_drop: float | None = Field(default=0.0, ge=0, le=1)
+    # The process reward model's judgement of the held-out answers (mean step score, 0-1): a floor,
+    # and how far below the champion's (scored by the same reward model) it may fall.
+    min_heldout_step_reward: float | None = Field(default=None, ge=0, le=1)
+    max_heldout_step_reward_drop: float | None = Field(default=None, ge=0, le=1)
 
 
 class Check(BaseModel):
@@ -126,6 +133,14 @@ def _style_drop_check(challenger: Metrics, champion: Metrics, gate: PromotionGat
                  detail=f"{new:.3f} vs champion {old:.3f} (floor {floor:.3f})")
 
 
+def _not_below_champion(name: str, metric: str, challenger: Metrics, champion: Metrics, max_drop: float) -> Check:
+    new, old = challenger.get(metric), champion.get(metric)
+    if not (_measured(new) and _measured(old)):
+        return _missing(name, metric)
+    floor = old - max_drop
+    return Check(name=name, passed=new >= floor - 1e-12, detail=f"{new:.3f} vs champion {old:.3f} (floor {floor:.3f})")
+
+
 def _bound_check(name: str, metric: str, value: float | None, bound: float, *, upper: bool) -> Check:
     if not _measured(value):
         return _missing(name, metric)
@@ -169,6 +184,9 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
     checks: list[Check] = list(preconditions or [])
     if champion is not None:
         checks += [_loss_check(challenger, champion, gate), _style_drop_check(challenger, champion, gate)]
+    if champion is not None and gate.max_heldout_step_reward_drop is not None:
+        checks.append(_not_below_champion("held-out step reward not lower", HELDOUT_STEP_REWARD, challenger, champion,
+                                          gate.max_heldout_step_reward_drop))
     if sft_parent is not None and gate.max_refined_heldout_style_drop is not None:
         checks.append(_refined_check(challenger, sft_parent, gate.max_refined_heldout_style_drop))
     if gate.min_style_adherence is not None:
@@ -185,9 +203,31 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
               ("degenerate answers bound", DEGENERATE, gate.max_degenerate, True),
               ("held-out structure floor", HELDOUT_STRUCTURED, gate.min_heldout_structured, False),
               ("beats its base on held-out questions", HELDOUT_GAIN, gate.min_heldout_gain, False),
-              ("numbers as the reference computes them", NUMBERS_RIGHT, gate.min_numbers_right, False)]
+              ("numbers as the reference computes them", NUMBERS_RIGHT, gate.min_numbers_right, False),
+              ("held-out step reward floor", HELDOUT_STEP_REWARD, gate.min_heldout_step_reward, False)]
     checks += [_bound_check(name, metric, challenger.get(metric), bound, upper=upper)
                for name, metric, bound, upper in floors if bound is not None]
+    return Decision(promote=all(c.passed for c in checks), checks=checks,
+                    challenger_version=challenger_version, champion_version=champion_version)
+
+
+def decide_reward_model(challenger: Metrics, champion: Metrics | None, *, min_bad_step_found: float,
+                        max_drop: float | None, challenger_version: str, champion_version: str | None = None,
+                        preconditions: list[Check] | None = None) -> Decision:
+    """A process reward model's gate: it must find the corrupted step often enough on held-out
+    step labels and, where a champion reward model was measured on the same labels, not much
+    less often than it.
+
+    >>> decide_reward_model({BAD_STEP_FOUND: 0.85}, {BAD_STEP_FOUND: 0.9}, min_bad_step_found=0.8, max_drop=0.02,
+    ...                     challenger_version="2", champion_version="1").reasons()[1]
+    'FAIL corrupted step found no less often than the champion: 0.850 vs champion 0.900 (floor 0.880)'
+    """
+    checks: list[Check] = list(preconditions or [])
+    checks.append(_bound_check("corrupted step scored lowest", BAD_STEP_FOUND, challenger.get(BAD_STEP_FOUND),
+                               min_bad_step_found, upper=False))
+    if champion is not None and max_drop is not None:
+        checks.append(_not_below_champion("corrupted step found no less often than the champion", BAD_STEP_FOUND,
+                                          challenger, champion, max_drop))
     return Decision(promote=all(c.passed for c in checks), checks=checks,
                     challenger_version=challenger_version, champion_version=champion_version)
 

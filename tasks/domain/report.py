@@ -37,6 +37,7 @@ class RunRecord(BaseModel):
     sft_adapter_dir: str | None = None
     sft_run_id: str | None = None
     preferences_path: str | None = None  # the validated pairs DPO trained on
+    reward_model: dict[str, Any] = {}  # the process reward model: version, status, verdict, held-out figures
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str | None = None
     mlflow_run_id: str | None = None

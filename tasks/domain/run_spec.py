@@ -11,8 +11,10 @@ from tasks.domain.config import (
     PipelineConfig,
     ProbeSet,
     RefineConfig,
+    RewardConfig,
     TrainingConfig,
     effective_refine,
+    effective_reward,
     effective_training,
 )
 from tasks.domain.framework import Framework
@@ -28,6 +30,9 @@ class EvaluationSpec(Frozen):
     probes: ProbeSet
     heldout: HeldOutSet | None = None
     slot: DeviceSlotConfig = DeviceSlotConfig()  # evaluation runs models on the device too
+    # The process reward model that scores the held-out answers' steps (`models:/NAME/VERSION`);
+    # None: no step reward is measured.
+    reward_model: str | None = None
 
 
 class RunSpec(Frozen):
@@ -46,3 +51,12 @@ class RunSpec(Frozen):
     def refine(self) -> RefineConfig:
         """The profile's preference-refinement (DPO) section with the run's overrides applied."""
         return effective_refine(self.profile, self.config)
+
+    def scored_by(self, reward_model: str | None) -> RunSpec:
+        """This spec with held-out answers scored by `reward_model` in evaluation."""
+        return self.model_copy(update={"evaluation": self.evaluation.model_copy(update={"reward_model": reward_model})})
+
+    @property
+    def reward(self) -> RewardConfig:
+        """The profile's process-reward-model section with the run's overrides applied."""
+        return effective_reward(self.profile, self.config)

@@ -14,7 +14,14 @@ from tasks.adapters.ops.settings import Paths
 from tasks.adapters.tracking.registry import CHAMPION, ModelRegistry, VersionInfo
 from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.errors import RslmError, first_line
-from tasks.domain.evaluation import METRICS_VERSION, AnswerRecord, EvaluationResult, HeldOutAnswer, heldout_markdown
+from tasks.domain.evaluation import (
+    METRICS_VERSION,
+    AnswerRecord,
+    EvaluationResult,
+    HeldOutAnswer,
+    heldout_markdown,
+    step_reward_metrics,
+)
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import KEY_METRICS, comparison_markdown
 from tasks.domain.records import Row, require_metadata
@@ -39,6 +46,7 @@ class Evaluation:
     report_dir: str = ""
     plots: list[str] = field(default_factory=list)
     heldout_markdown: str = ""  # base vs tuned answers to the held-out questions, side by side
+    reward_model: str | None = None  # the process reward model that scored the held-out answers' steps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +73,7 @@ def _cache_key(eval_sha: str, spec: EvaluationSpec) -> str:
     return content_hash({"eval": eval_sha, "evaluation": spec.settings.model_dump(), "probes": spec.probes.model_dump(),
                          "framework": spec.framework.model_dump(mode="json"),
                          "heldout": spec.heldout.model_dump() if spec.heldout else None,
+                         "reward_model": spec.reward_model,
                          "metrics_version": METRICS_VERSION})[:16]
 
 
@@ -83,6 +92,9 @@ def _measure(info: VersionInfo, rows: list[Row], spec: EvaluationSpec, registry:
     generator = registry.load_generator(info.uri, paths.registry_cache)
     questions = [q.question for q in spec.heldout.questions] if spec.heldout else []
     result = evaluate_generator(generator, rows, spec.framework, spec.probes.probes, spec.settings, questions)
+    del generator
+    if spec.reward_model and result.heldout:
+        _score_steps(result, spec, registry, paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "answers.json").write_text(json.dumps([asdict(a) for a in result.answers], indent=1))
     # result.json last: its presence marks a complete cached evaluation
@@ -90,6 +102,17 @@ def _measure(info: VersionInfo, rows: list[Row], spec: EvaluationSpec, registry:
                                   "probe_kl": result.probe_kl, "heldout": [asdict(h) for h in result.heldout]},
                                  indent=1))
     return result
+
+
+def _score_steps(result: EvaluationResult, spec: EvaluationSpec, registry: ModelRegistry, paths: Paths) -> None:
+    """The reward model's score of every step of the held-out answers, on the answers and as
+    `heldout/step_reward` and `heldout/answer_reward`."""
+    scorer = registry.load_reward_scorer(spec.reward_model, paths.registry_cache)
+    scored = scorer.score([h.question for h in result.heldout], [h.tuned for h in result.heldout],
+                          spec.settings.batch_size)
+    for answer, steps in zip(result.heldout, scored, strict=True):
+        answer.tuned_step_scores = [round(v, 4) for v in steps.scores]
+    result.metrics.update(step_reward_metrics([s.scores for s in scored]))
 
 
 def _log_to_run(evaluation: Evaluation, result: EvaluationResult, tracking: Tracking) -> None:
@@ -118,7 +141,8 @@ def _log_to_run(evaluation: Evaluation, result: EvaluationResult, tracking: Trac
         run.log_text(evaluation.markdown(), "evaluation/comparison.md")
         run.log_image(chart)
         run.set_tags({"evaluation.eval_sha256": evaluation.eval_sha256,
-                           "evaluation.champion_version": evaluation.champion_version or "none"})
+                           "evaluation.champion_version": evaluation.champion_version or "none",
+                           "evaluation.reward_model": evaluation.reward_model or "none"})
 
 
 def evaluate_version(model_uri: str, spec: EvaluationSpec, paths: Paths, tracking: Tracking,
@@ -135,6 +159,7 @@ def evaluate_version(model_uri: str, spec: EvaluationSpec, paths: Paths, trackin
         result = _measure(info, rows, spec, registry, paths, report_dir)
         evaluation = Evaluation(name=info.name, version=info.version, run_id=info.run_id, eval_path=path,
                                 eval_sha256=eval_sha, metrics=result.metrics, report_dir=str(report_dir),
+                                reward_model=spec.reward_model,
                                 heldout_markdown=heldout_markdown(result.heldout, f"{info.name} v{info.version}: base vs tuned "
                                                                   "on held-out questions") if result.heldout else "")
         champion = registry.version_for_alias(info.name, CHAMPION)

@@ -63,6 +63,15 @@ class Generator:
         ((text, generated),) = self._generate([prompt], max_new_tokens, temperature)
         return text, len(prompt), generated
 
+    def sample(self, conversation: Sequence[Message], n: int, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               temperature: float = 0.7, seed: int = 0) -> list[tuple[str, int]]:
+        """n sampled answers to one conversation, in one batch: (text, generated tokens) each."""
+        import torch
+
+        prompt = self.prompt_ids(conversation)
+        torch.manual_seed(seed)
+        return self._generate([prompt] * n, max_new_tokens, temperature)
+
     def _generate(self, encoded: list[list[int]], max_new_tokens: int, temperature: float) -> list[tuple[str, int]]:
         """(text, generated token count) per prompt; the count stops at the end-of-turn token or padding."""
         import torch

@@ -67,6 +67,11 @@ class Paths:
         return self.home / "preferences"
 
     @property
+    def step_labels(self) -> Path:
+        """Step-labelled answers for the process reward model, by dataset and settings."""
+        return self.home / "step-labels"
+
+    @property
     def last_run(self) -> Path:
         return self.home / "last-run.json"
 

@@ -190,25 +190,41 @@ class TrackedRun:
         _mlflow().set_tags(tags)
 
     def log_adapter_model(self, adapter_dir: Path, *, base_source: str, log_base: bool, system_prompt: str) -> str:
-        """Log base + adapter as a pyfunc model in this run; returns its model URI."""
-        mlflow = _mlflow()
+        """Log base + adapter as a pyfunc chat model in this run; returns its model URI."""
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
         from tasks.adapters.model.inference import DEFAULT_MAX_NEW_TOKENS
         from tasks.adapters.tracking import pyfunc_model
 
+        signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
+                                   params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]))
+        return self._log_pyfunc(pyfunc_model.__file__, adapter_dir, base_source, log_base, signature,
+                                {"system_prompt": system_prompt, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS})
+
+    def log_reward_model(self, adapter_dir: Path, *, base_source: str, log_base: bool, system_prompt: str) -> str:
+        """Log base + reward adapter (LoRA and token head) as a pyfunc scorer; returns its model URI."""
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        from tasks.adapters.tracking import pyfunc_reward_model
+
+        signature = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "answer")]),
+                                   outputs=Schema([ColSpec("string")]))
+        return self._log_pyfunc(pyfunc_reward_model.__file__, adapter_dir, base_source, log_base, signature,
+                                {"system_prompt": system_prompt})
+
+    def _log_pyfunc(self, code_file: str, adapter_dir: Path, base_source: str, log_base: bool, signature,
+                    config: dict) -> str:
+        mlflow = _mlflow()
         artifacts = {"adapter": str(adapter_dir)}
         if log_base:
             artifacts["base_model"] = str(base_source)
-        signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
-                                   params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]))
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=pyfunc_model.__file__,  # models from code: no pickle in the registry
+            python_model=code_file,  # models from code: no pickle in the registry
             artifacts=artifacts,
-            model_config={"base_model": str(base_source), "system_prompt": system_prompt,
-                          "max_new_tokens": DEFAULT_MAX_NEW_TOKENS},
+            model_config={"base_model": str(base_source), **config},
             code_paths=[str(REPO_ROOT / "tasks")],  # the model loads wherever the pinned libraries are installed
             pip_requirements=["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "accelerate==1.15.0",
                               "safetensors==0.8.0", "sentencepiece==0.2.3", "mlflow==3.17.2", "pydantic>=2.10"],

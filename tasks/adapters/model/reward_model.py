@@ -1,0 +1,209 @@
+"""The process reward model: the profile's base with LoRA and a two-class token-classification
+head, trained with the plain `transformers.Trainer` (TRL deleted its `PRMTrainer` in 2026).
+
+An answer is read as the prompt (rendered by the profile's chat format, up to the assistant
+header) followed by its steps, each ending with a newline. The label of a step sits on that
+step's last token; every other position is -100, so the loss is read only at step ends. A step's
+score is the probability of "good" there."""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.adapters.model.base_models import load_tokenizer, runtime, torch_dtype
+from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
+from tasks.adapters.model.training import MetricsSink, metrics_callback
+from tasks.domain.config import LoraSettings, RewardConfig, TrainingConfig
+from tasks.domain.devices import weights_precision
+from tasks.domain.errors import RslmError
+from tasks.domain.records import Message
+from tasks.domain.steps import StepExample, answer_score, answer_steps
+
+STEP_END = "\n"
+IGNORE = -100
+NUM_LABELS = 2  # 0 bad, 1 good
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SUMMARY_FILE = "reward_summary.json"
+
+
+@dataclass(frozen=True)
+class StepTokens:
+    input_ids: list[int]
+    labels: list[int]          # the step's label at its last token, -100 elsewhere
+    step_ends: list[int]       # position of each step's last token
+
+
+def step_tokens(codec: ChatCodec, prompt: Sequence[Message], steps: Sequence[str],
+                labels: Sequence[int] | None = None) -> StepTokens:
+    """Prompt ids, then each step's ids (with its newline), the label at the step's last token."""
+    ids = list(codec.prompt_ids(prompt))
+    targets = [IGNORE] * len(ids)
+    ends = []
+    for i, step in enumerate(steps):
+        piece = codec.encode_text(step.strip() + STEP_END)
+        ids += piece
+        targets += [IGNORE] * (len(piece) - 1) + [labels[i] if labels is not None else IGNORE]
+        ends.append(len(ids) - 1)
+    return StepTokens(ids, targets, ends)
+
+
+def _lora(lora: LoraSettings):
+    from peft import LoraConfig
+
+    targets = PROJECTIONS if lora.target_modules == "all-linear" else lora.target_modules
+    # TOKEN_CLS: PEFT trains and saves the new head ("score") in full beside the adapter
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      task_type="TOKEN_CLS", modules_to_save=["score"])
+
+
+def _load_classifier(base_source: str | Path, precision: str, device: str):
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized": expected, it is what we train
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(
+            str(base_source), num_labels=NUM_LABELS, dtype=torch_dtype(weights_precision(device, precision)),
+            use_safetensors=True, trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model.to(device)
+
+
+def _collate(pad_id: int):
+    def collate(features: list[dict]):
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        def padded(key, value):
+            return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features])
+        return {"input_ids": padded("input_ids", pad_id), "labels": padded("labels", IGNORE),
+                "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
+                                                for f in features])}
+    return collate
+
+
+def train_reward_model(base_source: str | Path, examples: Sequence[StepExample], cfg: RewardConfig,
+                       training: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
+                       chat_format: str | None = None) -> dict:
+    """LoRA + token head on the step-labelled `examples`; saves the adapter with the head
+    (safetensors), the tokenizer and a summary to `out_dir`. Examples over `cfg.max_length` tokens
+    are dropped, never cut (a cut answer would lose the labels of its last steps)."""
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    device, precision = runtime(training.device, training.precision, training.cpu_bf16_autocast)
+    torch.manual_seed(training.seed)
+    tokenizer = load_tokenizer(base_source)
+    codec = chat_codec(tokenizer, chat_format)
+    encoded = [step_tokens(codec, e.prompt, e.steps, e.labels) for e in examples]
+    kept = [t for t in encoded if len(t.input_ids) <= cfg.max_length]
+    if not kept:
+        raise RslmError(f"no step-labelled answer fits reward.max_length={cfg.max_length} tokens")
+    model = get_peft_model(_load_classifier(base_source, precision, device), _lora(cfg.lora))
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio,
+        logging_steps=5, logging_first_step=True, save_strategy="no", report_to="none", seed=training.seed,
+        data_seed=training.seed, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+        dataloader_num_workers=0, remove_unused_columns=False,
+        train_sampling_strategy="group_by_length", length_column_name="length")
+    dataset = Dataset.from_list([{"input_ids": t.input_ids, "labels": t.labels, "length": len(t.input_ids)}
+                                 for t in kept])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collate(tokenizer.pad_token_id),
+                      callbacks=[metrics_callback(sink)])
+    started = time.perf_counter()
+    trainer.train()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {"base_model": str(base_source), "device": device, "precision": precision, "chat_format": codec.fmt.name,
+               "steps": trainer.state.global_step, "examples": len(kept), "dropped_too_long": len(encoded) - len(kept),
+               "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+               "duration_s": time.perf_counter() - started,
+               "history": [h for h in trainer.state.log_history if "loss" in h]}
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+@dataclass
+class StepScores:
+    steps: list[str]
+    scores: list[float]
+
+    @property
+    def answer(self) -> float:
+        return answer_score(self.scores)
+
+    def to_dict(self) -> dict:
+        return {"steps": [{"step": s, "score": round(v, 4)} for s, v in zip(self.steps, self.scores, strict=True)],
+                "answer_score": round(self.answer, 4) if self.scores else None}
+
+
+@dataclass
+class RewardScorer:
+    """A trained process reward model, ready to score answers to questions."""
+
+    model: object
+    codec: ChatCodec
+    device: str
+    system_prompt: str
+
+    def conversation(self, question: str) -> list[Message]:
+        return [Message(role="system", content=self.system_prompt), Message(role="user", content=question)]
+
+    def score(self, questions: Sequence[str], answers: Sequence[str], batch_size: int = 16) -> list[StepScores]:
+        """Each answer's steps and their scores, under the model's system prompt. An answer with
+        no text has no steps and scores NaN."""
+        steps = [answer_steps(a) for a in answers]
+        scores = self.score_steps([self.conversation(q) for q in questions], steps, batch_size)
+        return [StepScores(s, v) for s, v in zip(steps, scores, strict=True)]
+
+    def score_steps(self, prompts: Sequence[Sequence[Message]], steps: Sequence[Sequence[str]],
+                    batch_size: int = 16) -> list[list[float]]:
+        """P(good) at each step's end, for step lists under their prompt turns."""
+        import torch
+        from tqdm.auto import tqdm
+
+        encoded = [step_tokens(self.codec, p, s) for p, s in zip(prompts, steps, strict=True)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        results: dict[int, list[float]] = {}
+        pad = self.codec.tokenizer.pad_token_id
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="scoring steps", unit="batch", leave=False, disable=len(starts) < 2):
+            batch = [i for i in order[start:start + batch_size]]
+            width = max(len(encoded[i].input_ids) for i in batch)
+            ids = torch.tensor([encoded[i].input_ids + [pad] * (width - len(encoded[i].input_ids)) for i in batch],
+                               device=self.device)
+            mask = torch.tensor([[1] * len(encoded[i].input_ids) + [0] * (width - len(encoded[i].input_ids))
+                                 for i in batch], device=self.device)
+            with torch.no_grad():
+                good = torch.softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)[..., 1]
+            for row, i in enumerate(batch):
+                results[i] = [float(good[row, end]) for end in encoded[i].step_ends]
+        return [results[i] for i in range(len(encoded))]
+
+
+def load_reward_scorer(base_source: str | Path, adapter_dir: str | Path, system_prompt: str,
+                       device: str = "auto") -> RewardScorer:
+    """Base + reward adapter (with its head), in eval mode."""
+    from peft import PeftModel
+
+    chosen_device, precision = runtime(device, "auto")
+    saved = Path(adapter_dir) / "tokenizer"
+    tokenizer = load_tokenizer(saved if saved.is_dir() else base_source)
+    with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; nothing to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(_load_classifier(base_source, precision, chosen_device), str(adapter_dir))
+    model.eval()
+    return RewardScorer(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt)

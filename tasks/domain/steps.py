@@ -1,0 +1,277 @@
+"""Step-labelled answers for the process reward model (issue 17). Every answer is a chain of steps:
+its numbered reasons (text before the first number is a step of its own). The framework's answer
+labels every step good; a corrupted copy breaks exactly one step and labels that one bad.
+
+The corruptions are the failures a small model shows, one step at a time: a reason pasted from
+another pattern, a computed number gone wrong, the step's claim negated (a contradiction of the
+principle it states), hedging filler, and a step cut off mid-sentence.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.domain.framework import Framework
+from tasks.domain.frozen import Frozen
+from tasks.domain.hashing import content_hash
+from tasks.domain.metrics import numbered_reasons
+from tasks.domain.preferences import corrupt, reasons_by_pattern
+from tasks.domain.records import Message, Row
+
+StepKind = Literal["correct", "other_pattern", "wrong_number", "contradiction", "hedged", "cut_short"]
+CORRUPTIONS: tuple[StepKind, ...] = ("other_pattern", "wrong_number", "contradiction", "hedged", "cut_short")
+GOOD, BAD = 1, 0
+
+
+class StepExample(Frozen):
+    """One row of `reasoning_steps.jsonl`: the prompt turns, the answer's steps and a label per step."""
+
+    id: str
+    prompt: list[Message] = Field(min_length=1)
+    steps: list[str] = Field(min_length=1)
+    labels: list[int] = Field(min_length=1)
+    kind: StepKind
+    bad_step: int | None = None  # index of the corrupted step; None for a correct answer
+    source_row_id: str
+    pattern_id: str
+    split: Literal["train", "eval"]
+
+    @model_validator(mode="after")
+    def _one_label_per_step(self) -> StepExample:
+        if len(self.labels) != len(self.steps):
+            raise ValueError(f"{len(self.steps)} steps but {len(self.labels)} labels")
+        return self
+
+    def question(self) -> str:
+        return [m.content for m in self.prompt if m.role == "user"][-1]
+
+
+def answer_steps(answer: str) -> list[str]:
+    """The answer's steps, each numbered reason with its marker; text before the first marker
+    (a preamble such as "Sure! Here are reasons:") is a step of its own.
+
+    >>> answer_steps("1. Isolation: one blast radius. 2. Routing: separate tables.")
+    ['1. Isolation: one blast radius.', '2. Routing: separate tables.']
+    >>> answer_steps("Sure! 1. Isolation: one blast radius.")
+    ['Sure!', '1. Isolation: one blast radius.']
+    """
+    return [f"{number}. {text}" if number else text for number, text in numbered_reasons(answer) if text or number]
+
+
+def joined(steps: Sequence[str]) -> str:
+    return " ".join(steps)
+
+
+def _body(step: str) -> tuple[str, str]:
+    """('N. ', rest) for a numbered step; ('', step) otherwise."""
+    match = re.match(r"\d{1,2}[.)]\s+", step)
+    return (match.group(), step[match.end():]) if match else ("", step)
+
+
+# A step's claim turned into its opposite: the first of these found in the step (by position)
+# is swapped. Negations go both ways, so "is not" becomes "is" and "is" becomes "is not".
+_OPPOSITES: tuple[tuple[str, str], ...] = (
+    ("is not", "is"), ("are not", "are"), ("cannot", "can"), ("does not", "does"), ("never", "always"),
+    ("always", "never"), ("is", "is not"), ("are", "are not"), ("can", "cannot"), ("fewer", "more"),
+    ("more", "fewer"), ("less", "more"), ("cheaper", "costlier"), ("smaller", "larger"), ("larger", "smaller"),
+    ("faster", "slower"), ("slower", "faster"), ("cheap", "expensive"), ("instant", "slow"), ("only", "never"),
+    ("keeps", "loses"), ("keep", "lose"), ("stays", "leaks"), ("stay", "leak"), ("lower", "higher"),
+    ("higher", "lower"), ("reduces", "increases"), ("increases", "reduces"), ("rises", "falls"), ("falls", "rises"),
+)
+_OPPOSITE_RE = re.compile(r"\b(" + "|".join(re.escape(a) for a, _ in _OPPOSITES) + r")\b", re.IGNORECASE)
+_OPPOSITE_OF = {a: b for a, b in _OPPOSITES}
+
+
+def contradicted(step: str) -> str | None:
+    """The step with its claim negated, or None where it holds nothing to negate.
+
+    >>> contradicted("1. Isolation: each /24 is its own blast radius.")
+    '1. Isolation: each /24 is not its own blast radius.'
+    >>> contradicted("2. Cost: a cache hit never reaches the origin.")
+    '2. Cost: a cache hit always reaches the origin.'
+    """
+    marker, body = _body(step)
+    label, colon, claim = body.partition(": ")
+    text = claim if colon else body
+    match = _OPPOSITE_RE.search(text)
+    if not match:
+        return None
+    swapped = _OPPOSITE_OF[match.group().lower()]
+    negated = text[:match.start()] + swapped + text[match.end():]
+    return marker + (f"{label}{colon}{negated}" if colon else negated)
+
+
+def cut_short(step: str) -> str | None:
+    """The step stopped mid-sentence: its first half of words, no closing punctuation.
+
+    >>> cut_short("2. Routing: per-subnet route tables keep public and private paths apart.")
+    '2. Routing: per-subnet route tables keep'
+    """
+    marker, body = _body(step)
+    words = body.split()
+    if len(words) < 4:
+        return None
+    return marker + " ".join(words[:max(2, len(words) // 2)]).rstrip(".,;:")
+
+
+def hedged_step(step: str, banned_phrases: Sequence[str], rng: random.Random) -> str | None:
+    """The step opened with hedging filler.
+
+    >>> hedged_step("2. Routing: separate tables.", ["maybe"], random.Random(0))
+    '2. Maybe, routing: separate tables.'
+    """
+    if not banned_phrases:
+        return None
+    marker, body = _body(step)
+    phrase = rng.choice(list(banned_phrases))
+    return f"{marker}{phrase[:1].upper()}{phrase[1:]}, {body[:1].lower()}{body[1:]}"
+
+
+def _changed_step(steps: Sequence[str], corrupted_answer: str | None) -> tuple[list[str], int] | None:
+    """A whole-answer corruption as (its steps, the one changed step), or None where it did not
+    change exactly one step (a step must stay a step for its label to mean anything)."""
+    if corrupted_answer is None:
+        return None
+    after = answer_steps(corrupted_answer)
+    changed = [i for i, (a, b) in enumerate(zip(steps, after, strict=False)) if a != b]
+    return (after, changed[0]) if len(after) == len(steps) and len(changed) == 1 else None
+
+
+StepCorruption = Callable[[str], str | None]
+
+
+def _one_step(steps: Sequence[str], change: StepCorruption, rng: random.Random) -> tuple[list[str], int] | None:
+    """`change` applied to one step picked at random among those it can change."""
+    candidates = [(i, changed) for i, step in enumerate(steps)
+                  if (changed := change(step)) is not None and changed != step]
+    if not candidates:
+        return None
+    index, changed = rng.choice(candidates)
+    return [*steps[:index], changed, *steps[index + 1:]], index
+
+
+def corrupt_steps(kind: StepKind, row: Row, framework: Framework, pool: dict[str, list[str]],
+                  rng: random.Random) -> tuple[list[str], int] | None:
+    """The row's answer as steps with exactly one broken by `kind`, and that step's index; None
+    where the answer cannot be broken this way (no computed number to get wrong, say)."""
+    steps = answer_steps(row.turns("assistant")[-1])
+    if kind in ("other_pattern", "wrong_number"):  # whole-answer corruptions that change one reason
+        return _changed_step(steps, corrupt(kind, row, framework, pool, rng))
+    if kind == "contradiction":
+        return _one_step(steps, contradicted, rng)
+    if kind == "hedged":
+        return _one_step(steps, lambda s: hedged_step(s, framework.style.banned_phrases, rng), rng)
+    if kind == "cut_short":
+        return _one_step(steps, cut_short, rng)
+    raise ValueError(f"{kind!r} is not a step corruption")
+
+
+def _example(row: Row, kind: StepKind, steps: list[str], bad: int | None) -> StepExample:
+    return StepExample(
+        id=f"{row.id}-{kind}-{content_hash(steps)[:8]}", prompt=list(row.messages[:-1]), steps=steps,
+        labels=[BAD if i == bad else GOOD for i in range(len(steps))], kind=kind, bad_step=bad,
+        source_row_id=row.id, pattern_id=row.metadata.pattern_id, split=row.metadata.split or "train")
+
+
+def step_examples(rows: Sequence[Row], framework: Framework, *, seed: int,
+                  kinds: Sequence[StepKind] = CORRUPTIONS, per_row: int = 2) -> list[StepExample]:
+    """Per row: the framework's answer with every step good, then up to `per_row` corrupted copies,
+    kinds in rotation (skipping one the answer cannot take), each with its one bad step.
+    Deterministic for a seed."""
+    rng = random.Random(seed)
+    pool = reasons_by_pattern(rows)
+    examples: list[StepExample] = []
+    for turn, row in enumerate(rows):
+        steps = answer_steps(row.turns("assistant")[-1])
+        examples.append(_example(row, "correct", steps, None))
+        made = 0
+        for offset in range(len(kinds)):
+            if made == per_row:
+                break
+            kind = kinds[(turn * per_row + offset) % len(kinds)]
+            broken = corrupt_steps(kind, row, framework, pool, rng)
+            if broken is not None:
+                examples.append(_example(row, kind, *broken))
+                made += 1
+    return examples
+
+
+def labels_consistent(example: StepExample) -> bool:
+    """A correct answer has no bad step; a corrupted one exactly one, where `bad_step` says."""
+    bad = [i for i, label in enumerate(example.labels) if label == BAD]
+    return bad == ([] if example.kind == "correct" else [example.bad_step])
+
+
+def auroc(good: Sequence[float], bad: Sequence[float]) -> float:
+    """The chance that a good step scores above a bad one (ties count half): 1.0 ranks every bad
+    step below every good one, 0.5 is a coin.
+
+    >>> auroc([0.9, 0.8], [0.1, 0.85])
+    0.75
+    """
+    if not good or not bad:
+        return float("nan")
+    ranked = sorted([(s, 1) for s in good] + [(s, 0) for s in bad])
+    wins, i = 0.0, 0
+    bad_below = 0
+    while i < len(ranked):  # walk ties as one block
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        block_good = sum(label for _, label in ranked[i:j])
+        block_bad = (j - i) - block_good
+        wins += block_good * (bad_below + block_bad / 2)
+        bad_below += block_bad
+        i = j
+    return wins / (len(good) * len(bad))
+
+
+def answer_score(step_scores: Sequence[float]) -> float:
+    """An answer is as good as its weakest step."""
+    return min(step_scores) if step_scores else float("nan")
+
+
+def step_metrics(examples: Sequence[StepExample], scores: Sequence[Sequence[float]],
+                 threshold: float = 0.5) -> dict[str, float]:
+    """How a reward model's step scores (probability each step is good) agree with the labels:
+    step accuracy at `threshold`, AUROC of good against bad steps, and how often the corrupted
+    step scores lowest of its answer (`bad_step_found`, overall and per kind).
+
+    >>> ex = lambda kind, bad: StepExample(id=kind, prompt=[Message(role="user", content="q")], steps=["a", "b"],
+    ...     labels=[0 if i == bad else 1 for i in range(2)], kind=kind, bad_step=bad, source_row_id="r",
+    ...     pattern_id="p", split="eval")
+    >>> m = step_metrics([ex("correct", None), ex("hedged", 1), ex("cut_short", 0)], [[0.9, 0.8], [0.7, 0.2], [0.6, 0.4]])
+    >>> m["bad_step_found"], m["bad_step_found/hedged"], m["step_accuracy"], m["auroc"]
+    (0.5, 1.0, 0.6666666666666666, 0.875)
+    """
+    if len(examples) != len(scores):
+        raise ValueError(f"{len(examples)} examples but {len(scores)} score lists")
+    good = [s for e, ss in zip(examples, scores, strict=True) for s, label in zip(ss, e.labels, strict=True) if label == GOOD]
+    bad = [s for e, ss in zip(examples, scores, strict=True) for s, label in zip(ss, e.labels, strict=True) if label == BAD]
+    right = sum(s >= threshold for s in good) + sum(s < threshold for s in bad)
+    found: dict[str, list[bool]] = {}
+    for example, ss in zip(examples, scores, strict=True):
+        if example.bad_step is not None:
+            found.setdefault(example.kind, []).append(min(range(len(ss)), key=ss.__getitem__) == example.bad_step)
+    correct = [answer_score(ss) for e, ss in zip(examples, scores, strict=True) if e.kind == "correct"]
+    corrupted = [answer_score(ss) for e, ss in zip(examples, scores, strict=True) if e.kind != "correct"]
+    every = [hit for hits in found.values() for hit in hits]
+    return {"step_accuracy": right / max(1, len(good) + len(bad)), "auroc": auroc(good, bad),
+            "answer_auroc": auroc(correct, corrupted),
+            "bad_step_found": sum(every) / len(every) if every else float("nan"),
+            **{f"bad_step_found/{kind}": sum(hits) / len(hits) for kind, hits in sorted(found.items())},
+            "examples": float(len(examples)), "steps": float(len(good) + len(bad))}
+
+
+def best_index(answer_scores: Sequence[float]) -> int:
+    """The answer a reward model ranks highest (the first of equals; an unscored answer, NaN, last).
+
+    >>> best_index([0.4, float("nan"), 0.9, 0.9])
+    2
+    """
+    ranked = [(-s if s == s else float("inf"), i) for i, s in enumerate(answer_scores)]
+    return min(ranked)[1]

@@ -1,0 +1,147 @@
+"""The process reward model (issue 17): step-labelled data, its Great Expectations suite, the
+token-level labels, and the nightly stage that trains, registers, gates and reuses it, with the
+uses built on it (evaluation's step reward, `rslm score`, best-of-n chat)."""
+import json
+from collections import Counter, defaultdict
+
+import pytest
+
+from tasks.domain.steps import CORRUPTIONS, answer_steps, labels_consistent, step_examples
+
+from conftest import tiny_run
+
+
+@pytest.fixture(scope="module")
+def examples(small_build, devops_framework):
+    return step_examples(small_build.train, devops_framework, seed=3)
+
+
+def test_every_corruption_breaks_exactly_the_step_it_labels(examples):
+    kinds = Counter(e.kind for e in examples)
+    assert set(CORRUPTIONS) <= set(kinds) and kinds["correct"] == len({e.source_row_id for e in examples})
+    correct = {e.source_row_id: e for e in examples if e.kind == "correct"}
+    where = defaultdict(Counter)
+    for example in examples:
+        assert labels_consistent(example) and len(example.labels) == len(example.steps)
+        if example.kind == "correct":
+            assert set(example.labels) == {1}
+            continue
+        original = correct[example.source_row_id].steps
+        changed = [i for i, (a, b) in enumerate(zip(original, example.steps, strict=True)) if a != b]
+        assert changed == [example.bad_step], (example.kind, original, example.steps)
+        where[example.kind][example.bad_step] += 1
+    # the broken step is not always in the same place, so position alone cannot give it away
+    assert all(len(positions) >= 2 for kind, positions in where.items() if kind != "wrong_number")
+
+
+def test_step_labels_suite_names_the_line_of_a_bad_label(examples, tmp_path):
+    from tasks.adapters.data.preference_store import write_record_set
+    from tasks.domain.config import PipelineConfig, RewardConfig
+    from tasks.domain.errors import DatasetFormatError, DataValidationError
+    from tasks.stages.reward import STEPS_FILE, check_steps, require_valid_steps
+
+    config, reward = PipelineConfig(), RewardConfig()
+    target = write_record_set(tmp_path / "steps", {STEPS_FILE: examples[:40]}, {})
+    assert check_steps(target / STEPS_FILE, reward, config, [], [], tmp_path / "ok").success
+    lines = (target / STEPS_FILE).read_text().splitlines()
+    broken = next(i for i, line in enumerate(lines) if json.loads(line)["kind"] != "correct")
+    record = json.loads(lines[broken])
+    record["labels"] = [1] * len(record["labels"])  # a corrupted answer with no bad step
+    lines[broken] = json.dumps(record)
+    (target / STEPS_FILE).write_text("\n".join(lines) + "\n")
+    report = check_steps(target / STEPS_FILE, reward, config, [], [], tmp_path / "bad")
+    assert not report.success
+    with pytest.raises(DataValidationError, match="step labels failed validation") as failed:
+        require_valid_steps(report)
+    assert f"{STEPS_FILE}:{broken + 1})" in report.summary() and "exactly one" in report.summary()
+    assert failed.value.failures == report.failures
+    # a question from the held-out set in a training prompt fails too
+    held = examples[0].question()
+    report = check_steps(target / STEPS_FILE, reward, config, [], [held], tmp_path / "held")
+    assert not report.success and "held-out question" in report.summary()
+    record["labels"] = record["labels"][:-1]  # one label short: refused as the line is read
+    lines[broken] = json.dumps(record)
+    (target / STEPS_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetFormatError, match=f"line {broken + 1}:.*labels"):
+        check_steps(target / STEPS_FILE, reward, config, [], [], tmp_path / "short")
+
+
+def test_labels_sit_on_each_steps_last_token(tiny_base, examples):
+    from tasks.adapters.model.base_models import load_tokenizer
+    from tasks.adapters.model.chat_codec import chat_codec
+    from tasks.adapters.model.reward_model import IGNORE, step_tokens
+
+    codec = chat_codec(load_tokenizer(tiny_base))
+    example = next(e for e in examples if e.kind != "correct")
+    tokens = step_tokens(codec, example.prompt, example.steps, example.labels)
+    labelled = [i for i, label in enumerate(tokens.labels) if label != IGNORE]
+    assert labelled == tokens.step_ends and [tokens.labels[i] for i in labelled] == example.labels
+    prompt_length = len(codec.prompt_ids(example.prompt))
+    assert tokens.input_ids[:prompt_length] == codec.prompt_ids(example.prompt)
+    for start, end, step in zip([prompt_length - 1, *tokens.step_ends], tokens.step_ends, example.steps, strict=False):
+        assert codec.tokenizer.decode(tokens.input_ids[start + 1:end + 1]).strip() == step.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harness, rslm_home):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+    from flows.cli import cli
+    from flows.nightly_retrain import nightly_retrain
+
+    reward = {"enabled": True, "max_steps": 8, "heldout_examples": 24, "min_bad_step_found": 0.0}
+    first = nightly_retrain(overrides=tiny_run(6, reward_overrides=reward))
+    prm = first["reward_model"]
+    assert (prm["name"], prm["version"], prm["status"]) == ("reasoning-slm-devops-prm", "1", "trained")
+    assert prm["verdict"] == "promoted" and prm["champion_version"] == "1" and "champion" in prm["aliases"]
+    assert 0 <= prm["metrics"]["bad_step_found"] <= 1 and prm["metrics"]["examples"] == 24
+    # evaluation scored the chat model's held-out answers with the champion reward model
+    metrics = first["evaluation"]["metrics"]
+    assert 0 <= metrics["heldout/answer_reward"] <= metrics["heldout/step_reward"] <= 1
+    client = MlflowClient(tracking_uri=first["mlflow_tracking_uri"], registry_uri=first["mlflow_tracking_uri"])
+    run = client.get_run(prm["run_id"])
+    assert run.data.params["reward.lora.r"] == "16" and "prm/heldout/auroc" in run.data.metrics
+    assert len(client.get_metric_history(prm["run_id"], "prm/train/loss")) >= 2
+    artifacts = {a.path for a in client.list_artifacts(prm["run_id"], "reward")}
+    assert "reward/heldout_step_scores.json" in artifacts
+    assert client.get_run(first["mlflow_run_id"]).data.tags["evaluation.reward_model"] == "models:/reasoning-slm-devops-prm/1"
+
+    # the registered reward model loads as a pyfunc scorer outside the project's CLI
+    mlflow.set_tracking_uri(first["mlflow_tracking_uri"])
+    scorer = mlflow.pyfunc.load_model("models:/reasoning-slm-devops-prm@champion")
+    import pandas as pd
+
+    answer = "1. Isolation: each /24 is its own blast radius. 2. Routing: route tables stay apart."
+    (scored,) = scorer.predict(pd.DataFrame({"question": ["Why split a /16 VPC?"], "answer": [answer]}))
+    scored = json.loads(scored)
+    assert [s["step"] for s in scored["steps"]] == answer_steps(answer)
+    assert scored["answer_score"] == min(s["score"] for s in scored["steps"])
+
+    # unchanged step labels and settings: nothing retrained
+    again = nightly_retrain(overrides=tiny_run(6, reward_overrides=reward))
+    assert again["reward_model"]["status"] == "unchanged" and again["reward_model"]["version"] == "1"
+
+    # a reward model that misses the gate is registered, and the champion stays
+    strict = nightly_retrain(overrides=tiny_run(6, reward_overrides={**reward, "min_bad_step_found": 1.0}))
+    assert strict["reward_model"]["version"] == "2" and strict["reward_model"]["verdict"] == "rejected"
+    assert strict["reward_model"]["champion_version"] == "1"
+    assert str(client.get_model_version_by_alias("reasoning-slm-devops-prm", "champion").version) == "1"
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["score", "Why split a /16 VPC?", answer])
+    assert out.exit_code == 0, out.output
+    printed = json.loads(out.stdout)
+    assert printed["reward_model"].endswith("-prm@champion") and len(printed["steps"]) == 2
+
+    chat = runner.invoke(cli, ["chat", "Why pin images by digest?", "--model", "models:/reasoning-slm-devops/1",
+                               "--best-of", "3", "--max-new-tokens", "12"])
+    assert chat.exit_code == 0, chat.output
+    metadata = json.loads(chat.stderr.strip().splitlines()[-1])
+    assert metadata["best_of"] == 3 and len(metadata["candidates"]) == 3
+    best = metadata["candidates"][metadata["chosen"]]
+    assert chat.stdout.strip() == best["text"].strip()
+    scores = [c["answer_score"] if c["answer_score"] is not None else -1 for c in metadata["candidates"]]
+    assert (best["answer_score"] if best["answer_score"] is not None else -1) == max(scores)
