@@ -182,6 +182,8 @@ def test_serve_speaks_the_openai_api(served):
     bad = httpx.post(f"{served}/v1/chat/completions", json={"messages": [{"role": "assistant", "content": "x"}]},
                      headers=headers, timeout=10)
     assert bad.status_code == 400 and "alternate" in bad.json()["error"]["message"]
+    unscored = httpx.post(f"{served}/v1/chat/completions", json={**body, "best_of": 2}, headers=headers, timeout=10)
+    assert unscored.status_code == 400 and "process reward model" in unscored.json()["error"]["message"]
 
 
 @pytest.mark.slow

@@ -92,12 +92,20 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     from flows.cli import cli
     from flows.nightly_retrain import nightly_retrain
 
-    reward = {"enabled": True, "max_steps": 8, "heldout_examples": 24, "min_bad_step_found": 0.0}
+    # the top block only, class-weighted: the options SmolLM2's profile measured, exercised here
+    reward = {"enabled": True, "max_steps": 8, "heldout_examples": 24, "min_bad_step_found": 0.0, "top_layers": 1,
+              "balance_labels": True}
     first = nightly_retrain(overrides=tiny_run(6, reward_overrides=reward))
     prm = first["reward_model"]
     assert (prm["name"], prm["version"], prm["status"]) == ("reasoning-slm-devops-prm", "1", "trained")
     assert prm["verdict"] == "promoted" and prm["champion_version"] == "1" and "champion" in prm["aliases"]
     assert 0 <= prm["metrics"]["bad_step_found"] <= 1 and prm["metrics"]["examples"] == 24
+    from safetensors import safe_open
+
+    adapter = next((rslm_home / "adapters" / "devops").glob("prm-*/adapter_model.safetensors"))
+    with safe_open(str(adapter), "pt") as weights:
+        adapted = {key.split(".layers.")[1].split(".")[0] for key in weights.keys() if "lora_" in key}
+        assert adapted == {"1"} and any("score" in key for key in weights.keys())  # top block only, and the head
     # evaluation scored the chat model's held-out answers with the champion reward model
     metrics = first["evaluation"]["metrics"]
     assert 0 <= metrics["heldout/answer_reward"] <= metrics["heldout/step_reward"] <= 1
@@ -131,6 +139,10 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     assert str(client.get_model_version_by_alias("reasoning-slm-devops-prm", "champion").version) == "1"
 
     runner = CliRunner()
+    listed = runner.invoke(cli, ["models", "reasoning-slm-devops-prm", "--json"])
+    rows = {row["version"]: row for row in json.loads(listed.stdout)}
+    assert rows["1"]["aliases"] == "champion" and rows["2"]["decision"] == "rejected"
+    assert rows["1"]["bad_step_found"] == prm["metrics"]["bad_step_found"]
     out = runner.invoke(cli, ["score", "Why split a /16 VPC?", answer])
     assert out.exit_code == 0, out.output
     printed = json.loads(out.stdout)
@@ -145,3 +157,17 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     assert chat.stdout.strip() == best["text"].strip()
     scores = [c["answer_score"] if c["answer_score"] is not None else -1 for c in metadata["candidates"]]
     assert (best["answer_score"] if best["answer_score"] is not None else -1) == max(scores)
+
+    # the server's best_of: the same choice, with every candidate's step scores in the response
+    from fastapi.testclient import TestClient
+
+    from flows.cli.common import registered_generator, registered_scorer
+    from tasks.adapters.model.chat_server import create_app
+
+    app = create_app(registered_generator("models:/reasoning-slm-devops/1"), "v1", None,
+                     registered_scorer("models:/reasoning-slm-devops-prm@champion"))
+    body = {"messages": [{"role": "user", "content": "Why pin images by digest?"}], "max_tokens": 12, "best_of": 3}
+    reply = TestClient(app).post("/v1/chat/completions", json=body).json()
+    reward = reply["reward"]
+    assert reward["best_of"] == 3 and reply["choices"][0]["message"]["content"] == reward["candidates"][reward["chosen"]]["text"]
+    assert all("steps" in c and "answer_score" in c for c in reward["candidates"])

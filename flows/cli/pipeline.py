@@ -34,8 +34,10 @@ from flows.cli.common import (
 @click.option("--refine/--no-refine", default=None,
               help="Refine the SFT adapter with DPO on the framework's preference pairs before registering "
                    "(default: the profile's refine.enabled).")
+@click.option("--reward/--no-reward", default=None,
+              help="Train the process reward model when its step labels changed (default: the profile's reward.enabled).")
 def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force, dataset_source,
-             refine) -> None:
+             refine, reward) -> None:
     """Run the nightly_retrain flow once: build (or import), validate, train, [refine,] register, evaluate, promote."""
     setup()
     from flows.resolution import resolve_pipeline
@@ -46,6 +48,8 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
         overrides["dataset.source"] = str(Path(dataset_source).resolve())
     if refine is not None:
         overrides["refine_overrides.enabled"] = refine
+    if reward is not None:
+        overrides["reward_overrides.enabled"] = reward
     resolve_pipeline(load_pipeline_config(config_path, overrides))  # a bad flag, file or row fails here, before any server starts
     start_flows()
     from flows.nightly_retrain import nightly_retrain
@@ -54,8 +58,11 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
     click.echo(json.dumps({**{k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
                                                      "registered_model", "model_version", "aliases")},
                            "eval": {k: record["evaluation"].get("metrics", {}).get(k)
-                                    for k in ("loss", "style_adherence", "consistency", "drift_kl")},
-                           "promotion": record["promotion"].get("verdict")}, indent=2))
+                                    for k in ("loss", "style_adherence", "consistency", "drift_kl",
+                                              "heldout/step_reward")},
+                           "promotion": record["promotion"].get("verdict"),
+                           **({"reward_model": _reward_summary(record["reward_model"])} if record["reward_model"] else {})},
+                          indent=2))
     if record["status"] == "unchanged":
         click.echo(f"nothing changed since v{record['model_version']}: nothing trained (use --force to retrain)")
     from tasks.adapters.ops.settings import paths
@@ -192,3 +199,10 @@ def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> N
     report = validate_dataset(spec, dataset)
     trained = train_adapter(spec, dataset, report, Tracking.configured(), base_model)
     click.echo(json.dumps(trained.to_dict(), indent=2))
+
+
+def _reward_summary(reward: dict) -> dict:
+    figures = reward.get("metrics", {})
+    return {"version": reward["version"], "status": reward["status"], "verdict": reward["verdict"],
+            "champion_version": reward["champion_version"],
+            **{k: figures.get(k) for k in ("bad_step_found", "auroc", "step_accuracy")}}

@@ -118,7 +118,13 @@ class RewardConfig(Frozen):
     learning_rate: float = Field(default=1.0e-3, gt=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     max_length: int = Field(default=384, ge=16)
+    # Weigh each label's loss inversely to its share of the training steps: most steps are good,
+    # and unweighted the model learns little about the one bad step per corrupted answer.
+    balance_labels: bool = False
     lora: LoraSettings = LoraSettings()
+    # Adapt only the top N transformer blocks (0: all): the backward pass then stops there, so a
+    # step costs about half as much and the same minutes buy twice the examples.
+    top_layers: int = Field(default=0, ge=0)
     # Held-out step-labelled answers (from the eval split) the model is measured on, balanced by kind. 0: all.
     heldout_examples: int = Field(default=400, ge=0)
     # The gate: how often the corrupted step must score lowest of its answer, and how far that may

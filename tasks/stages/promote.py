@@ -13,6 +13,7 @@ from tasks.domain.errors import RslmError
 from tasks.domain.promotion import Check, Decision, comparison_markdown, decide, eligibility
 from tasks.stages.evaluate import EVALUATION_STATUS, Evaluation
 from tasks.stages.refine import PARENT_RUN_TAG, sft_parent_metrics
+from tasks.stages.reward import REWARD_KEY_TAG
 
 
 @dataclass
@@ -107,9 +108,14 @@ def model_table(name: str, tracking: Tracking) -> list[dict]:
     """`rslm models`: one row per version with its aliases, key metrics and decision."""
     rows = []
     for v in tracking.registry.versions(name):
-        rows.append({"version": v.version, "aliases": ",".join(sorted(v.aliases)) or "-",
-                     "eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
-                     "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl"),
+        if REWARD_KEY_TAG in v.tags:  # a process reward model: its held-out step figures
+            figures = {"bad_step_found": v.metrics.get("prm/heldout/bad_step_found"),
+                       "auroc": v.metrics.get("prm/heldout/auroc"),
+                       "step_accuracy": v.metrics.get("prm/heldout/step_accuracy")}
+        else:
+            figures = {"eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
+                       "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl")}
+        rows.append({"version": v.version, "aliases": ",".join(sorted(v.aliases)) or "-", **figures,
                      "evaluation": v.tags.get(EVALUATION_STATUS, "-"), "decision": v.tags.get("promotion.decision", "-"),
                      "run": v.run_status})
     return rows

@@ -28,11 +28,11 @@ from tasks.domain.promotion import Check, decide_reward_model, eligibility
 from tasks.domain.run_spec import RunSpec
 from tasks.domain.sampling import round_robin
 from tasks.domain.steps import StepExample, step_examples
+from tasks.stages.evaluate import EVALUATION_STATUS
 
 STEPS_FILE = "reasoning_steps.jsonl"
 STEPS_EVAL_FILE = "reasoning_steps.eval.jsonl"
 REWARD_KEY_TAG = "reward_key"
-EVALUATION_STATUS = "evaluation.status"
 PREFIX = "prm/"  # the reward model's metrics on its MLflow run
 
 

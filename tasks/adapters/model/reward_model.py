@@ -51,13 +51,14 @@ def step_tokens(codec: ChatCodec, prompt: Sequence[Message], steps: Sequence[str
     return StepTokens(ids, targets, ends)
 
 
-def _lora(lora: LoraSettings):
+def _lora(lora: LoraSettings, top_layers: int, num_layers: int):
     from peft import LoraConfig
 
     targets = PROJECTIONS if lora.target_modules == "all-linear" else lora.target_modules
+    layers = list(range(max(0, num_layers - top_layers), num_layers)) if top_layers else None
     # TOKEN_CLS: PEFT trains and saves the new head ("score") in full beside the adapter
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      task_type="TOKEN_CLS", modules_to_save=["score"])
+                      layers_to_transform=layers, task_type="TOKEN_CLS", modules_to_save=["score"])
 
 
 def _load_classifier(base_source: str | Path, precision: str, device: str):
@@ -90,6 +91,28 @@ def _collate(pad_id: int):
     return collate
 
 
+def label_weights(labels: Sequence[Sequence[int]]) -> list[float]:
+    """Per-class loss weights (bad, good), inversely proportional to each label's count, mean 1.
+
+    >>> label_weights([[IGNORE, 1, 1, 0], [1, 1, 1]])
+    [3.0, 0.6]
+    """
+    counts = [sum(label == c for row in labels for label in row) for c in range(NUM_LABELS)]
+    total = sum(counts)
+    return [total / (NUM_LABELS * n) if n else 0.0 for n in counts]
+
+
+def _weighted_loss(weights: Sequence[float]):
+    """Cross-entropy at step ends with per-class weights (Trainer's `compute_loss_func`)."""
+    def loss(outputs, labels, num_items_in_batch=None):
+        import torch
+
+        logits = outputs.logits.float()
+        return torch.nn.functional.cross_entropy(logits.view(-1, NUM_LABELS), labels.view(-1).to(logits.device),
+                                                 weight=torch.tensor(weights, device=logits.device), ignore_index=IGNORE)
+    return loss
+
+
 def train_reward_model(base_source: str | Path, examples: Sequence[StepExample], cfg: RewardConfig,
                        training: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
                        chat_format: str | None = None) -> dict:
@@ -109,7 +132,8 @@ def train_reward_model(base_source: str | Path, examples: Sequence[StepExample],
     kept = [t for t in encoded if len(t.input_ids) <= cfg.max_length]
     if not kept:
         raise RslmError(f"no step-labelled answer fits reward.max_length={cfg.max_length} tokens")
-    model = get_peft_model(_load_classifier(base_source, precision, device), _lora(cfg.lora))
+    base = _load_classifier(base_source, precision, device)
+    model = get_peft_model(base, _lora(cfg.lora, cfg.top_layers, base.config.num_hidden_layers))
     args = TrainingArguments(
         output_dir=str(out_dir / "checkpoints"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio,
@@ -119,8 +143,9 @@ def train_reward_model(base_source: str | Path, examples: Sequence[StepExample],
         train_sampling_strategy="group_by_length", length_column_name="length")
     dataset = Dataset.from_list([{"input_ids": t.input_ids, "labels": t.labels, "length": len(t.input_ids)}
                                  for t in kept])
+    weights = label_weights([t.labels for t in kept]) if cfg.balance_labels else None
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collate(tokenizer.pad_token_id),
-                      callbacks=[metrics_callback(sink)])
+                      callbacks=[metrics_callback(sink)], compute_loss_func=_weighted_loss(weights) if weights else None)
     started = time.perf_counter()
     trainer.train()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +153,8 @@ def train_reward_model(base_source: str | Path, examples: Sequence[StepExample],
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"base_model": str(base_source), "device": device, "precision": precision, "chat_format": codec.fmt.name,
-               "steps": trainer.state.global_step, "examples": len(kept), "dropped_too_long": len(encoded) - len(kept),
+               "steps": trainer.state.global_step, "examples": len(kept), "label_weights": weights,
+               "dropped_too_long": len(encoded) - len(kept),
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "duration_s": time.perf_counter() - started,
                "history": [h for h in trainer.state.log_history if "loss" in h]}
