@@ -31,7 +31,7 @@ from tasks.domain.metrics import (
     word_count,
 )
 from tasks.domain.records import Message, Row
-from tasks.domain.sampling import round_robin
+from tasks.domain.sampling import round_robin, spread_sample
 
 Kind = Literal["hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number", "on_policy"]
 RULE_BASED: tuple[Kind, ...] = ("hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number")
@@ -279,13 +279,7 @@ def balanced_sample(pairs: Sequence[PreferencePair], n: int) -> list[PreferenceP
     >>> [p.id for p in balanced_sample(pairs, 3)]
     ['hedged0x', 'over_cap0x', 'hedged2y']
     """
-    if not n or n >= len(pairs):
-        return list(pairs)
-    by_kind: dict[str, dict[str, list[PreferencePair]]] = defaultdict(lambda: defaultdict(list))
-    for pair in pairs:
-        by_kind[pair.kind][pair.pattern_id].append(pair)
-    across_patterns = [round_robin(patterns.values(), len(pairs)) for patterns in by_kind.values()]
-    return round_robin(across_patterns, n)
+    return spread_sample(pairs, n, kind=lambda p: p.kind, pattern=lambda p: p.pattern_id)
 
 
 def hardest(pairs: Sequence[PreferencePair], margins: Sequence[float], n: int) -> list[PreferencePair]:

@@ -6,7 +6,7 @@ The reward model is a function of its step data and settings: a version register
 key is reused, so an unchanged nightly trains nothing here either (issue 17)."""
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from tasks.domain.errors import DataValidationError
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import Check, decide_reward_model, eligibility
 from tasks.domain.run_spec import RunSpec
-from tasks.domain.sampling import round_robin
+from tasks.domain.sampling import spread_sample
 from tasks.domain.steps import StepExample, step_examples
 from tasks.stages.evaluate import EVALUATION_STATUS
 
@@ -151,22 +151,9 @@ class TrainedReward:
     summary: dict
 
 
-def _balanced(examples: Sequence[StepExample], n: int) -> list[StepExample]:
-    """Up to n examples round-robin across kinds (all when n is 0)."""
-    by_kind: dict[str, list[StepExample]] = defaultdict(list)
-    for example in examples:
-        by_kind[example.kind].append(example)
-    return round_robin(by_kind.values(), n or len(examples))
-
-
-def _training_examples(examples: Sequence[StepExample], cfg: RewardConfig) -> list[StepExample]:
-    """What `max_steps x batch_size` can see: balanced across kinds, then interleaved across
-    patterns within a kind (the file is grouped by pattern)."""
-    by_kind: dict[str, dict[str, list[StepExample]]] = defaultdict(lambda: defaultdict(list))
-    for example in examples:
-        by_kind[example.kind][example.pattern_id].append(example)
-    across_patterns = [round_robin(patterns.values(), len(examples)) for patterns in by_kind.values()]
-    return round_robin(across_patterns, cfg.max_steps * cfg.batch_size)
+def _spread(examples: Sequence[StepExample], n: int) -> list[StepExample]:
+    """Up to n examples across kinds and, within a kind, across patterns (the file is grouped by pattern)."""
+    return spread_sample(examples, n, kind=lambda e: e.kind, pattern=lambda e: e.pattern_id)
 
 
 def _score(scorer, examples: Sequence[StepExample], batch_size: int) -> list[list[float]]:
@@ -208,8 +195,8 @@ def train_and_measure(spec: RunSpec, dataset: DatasetRef, steps: StepSet, base_m
     from tasks.domain.steps import step_metrics
 
     cfg, profile, training, domain = spec.reward, spec.profile, spec.training, dataset.domain
-    train = _training_examples([e for _, e in read_located(Path(steps.train_path), StepExample)], cfg)
-    held_out = _balanced([e for _, e in read_located(Path(steps.eval_path), StepExample)], cfg.heldout_examples)
+    train = _spread([e for _, e in read_located(Path(steps.train_path), StepExample)], cfg.max_steps * cfg.batch_size)
+    held_out = _spread([e for _, e in read_located(Path(steps.eval_path), StepExample)], cfg.heldout_examples)
     key = content_hash({"steps": steps.sha256, "reward": cfg.model_dump(), "base": base_model})
     adapter_dir = paths.adapters / domain / f"prm-{key[:12]}"
     work_dir = staging_dir(adapter_dir)
