@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from expectations.prompt_checks import decontamination, prompt_columns
 from tasks.domain.config import ValidationConfig
-from tasks.domain.contamination import NGRAM, overlap_with
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import hedges, is_structured, word_count
 from tasks.domain.preferences import RULES, PreferencePair, broken_rule
@@ -22,12 +22,9 @@ def flatten_pairs(pairs: Sequence[PreferencePair], framework: Framework, pool: d
                   located: tuple[str, Sequence[int]] | None = None) -> pd.DataFrame:
     """One row per pair with what the suite checks. `located`: (file, line of each pair), so a
     failure names the line of the pairs file to look at."""
-    prompts = ["\n".join(m.content for m in p.prompt if m.role == "user") for p in pairs]
-    eval_overlap = overlap_with(prompts, eval_questions) if eval_questions else [0.0] * len(pairs)
-    heldout_overlap = overlap_with(prompts, heldout_questions) if heldout_questions else [0.0] * len(pairs)
-    where = (lambda i: {"file": located[0], "line": located[1][i]}) if located else (lambda i: {})
+    shared = prompt_columns([x.prompt for x in pairs], eval_questions, heldout_questions, located)
     return pd.DataFrame.from_records([{
-        **where(i),
+        **shared[i],
         "id": pair.id,
         "kind": pair.kind,
         "chosen_words": word_count(pair.chosen),
@@ -35,8 +32,6 @@ def flatten_pairs(pairs: Sequence[PreferencePair], framework: Framework, pool: d
         "chosen_hedged": bool(hedges(pair.chosen, framework.style.banned_phrases)),
         "rejected_differs": pair.rejected.strip() != pair.chosen.strip(),
         "breaks_claimed_rule": broken_rule(pair, framework, pool),
-        "eval_overlap": eval_overlap[i],
-        "heldout_overlap": heldout_overlap[i],
     } for i, pair in enumerate(pairs)])
 
 
@@ -65,10 +60,5 @@ def build_suite(framework: Framework, validation: ValidationConfig):
                                         meta=rule("rejected differs from chosen")),
         gxe.ExpectColumnValuesToBeInSet(column="breaks_claimed_rule", value_set=[True],
                                         meta=rule("rejected breaks the rule its pair claims")),
-        gxe.ExpectColumnValuesToBeBetween(column="eval_overlap", max_value=validation.max_eval_overlap,
-                                          meta=rule(f"no prompt holds an eval-split question (at most "
-                                                    f"{validation.max_eval_overlap:.0%} of its {NGRAM}-word runs)")),
-        gxe.ExpectColumnValuesToBeBetween(column="heldout_overlap", max_value=validation.max_heldout_overlap,
-                                          meta=rule(f"no prompt holds a held-out question (at most "
-                                                    f"{validation.max_heldout_overlap:.0%} of its {NGRAM}-word runs)")),
+        *decontamination(validation),
     ])

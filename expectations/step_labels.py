@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from expectations.prompt_checks import decontamination, prompt_columns
 from tasks.domain.config import ValidationConfig
-from tasks.domain.contamination import NGRAM, overlap_with
 from tasks.domain.steps import BAD, GOOD, StepExample, StepKind, labels_consistent
 
 SUITE_NAME = "reasoning_steps"
@@ -19,20 +19,15 @@ def flatten_steps(examples: Sequence[StepExample], eval_questions: Sequence[str]
                   heldout_questions: Sequence[str] = (),
                   located: tuple[str, Sequence[int]] | None = None) -> pd.DataFrame:
     """One row per example with what the suite checks. `located`: (file, line of each example)."""
-    prompts = ["\n".join(m.content for m in e.prompt if m.role == "user") for e in examples]
-    eval_overlap = overlap_with(prompts, eval_questions) if eval_questions else [0.0] * len(examples)
-    heldout_overlap = overlap_with(prompts, heldout_questions) if heldout_questions else [0.0] * len(examples)
-    where = (lambda i: {"file": located[0], "line": located[1][i]}) if located else (lambda i: {})
+    shared = prompt_columns([x.prompt for x in examples], eval_questions, heldout_questions, located)
     return pd.DataFrame.from_records([{
-        **where(i),
+        **shared[i],
         "id": example.id,
         "kind": example.kind,
         "labels_binary": all(label in (GOOD, BAD) for label in example.labels),
         "label_per_step": len(example.labels) == len(example.steps),
         "bad_step_as_claimed": labels_consistent(example),
         "empty_steps": sum(not step.strip() for step in example.steps),
-        "eval_overlap": eval_overlap[i],
-        "heldout_overlap": heldout_overlap[i],
     } for i, example in enumerate(examples)])
 
 
@@ -51,10 +46,5 @@ def build_suite(validation: ValidationConfig, kinds: Sequence[StepKind]):
         gxe.ExpectColumnValuesToBeInSet(column="bad_step_as_claimed", value_set=[True],
                                         meta=rule("a correct answer has no bad step, a corrupted one exactly one")),
         gxe.ExpectColumnValuesToBeBetween(column="empty_steps", max_value=0, meta=rule("no step is empty")),
-        gxe.ExpectColumnValuesToBeBetween(column="eval_overlap", max_value=validation.max_eval_overlap,
-                                          meta=rule(f"no prompt holds an eval-split question (at most "
-                                                    f"{validation.max_eval_overlap:.0%} of its {NGRAM}-word runs)")),
-        gxe.ExpectColumnValuesToBeBetween(column="heldout_overlap", max_value=validation.max_heldout_overlap,
-                                          meta=rule(f"no prompt holds a held-out question (at most "
-                                                    f"{validation.max_heldout_overlap:.0%} of its {NGRAM}-word runs)")),
+        *decontamination(validation),
     ])
