@@ -83,6 +83,36 @@ def test_labels_sit_on_each_steps_last_token(tiny_base, examples):
 
 
 @pytest.mark.slow
+def test_reward_model_gives_its_head_its_own_rate_and_reads_answers_without_the_system_turn(tiny_base, examples,
+                                                                                             tmp_path):
+    from peft import get_peft_model
+
+    from tasks.adapters.model.reward_model import _load_classifier, _lora, _optimizer, load_reward_scorer, train_reward_model
+    from tasks.adapters.ops.config_files import load_profile
+    from tasks.domain.config import RewardConfig
+    from tasks.domain.records import Message
+
+    profile = load_profile("tiny")
+    cfg = RewardConfig(max_steps=2, batch_size=4, learning_rate=1e-4, head_learning_rate=5e-2, top_layers=1)
+    model = get_peft_model(_load_classifier(tiny_base, "fp32", "cpu"), _lora(cfg.lora, 1, 2))
+    _, kwargs = _optimizer(model, cfg)
+    rest, head = kwargs["params"]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in rest["params"] + head["params"]} == trainable and head["lr"] == 5e-2
+    assert {name for name, p in model.named_parameters() if any(p is h for h in head["params"])} == {
+        name for name, p in model.named_parameters() if p.requires_grad and ".score." in name}
+
+    summary = train_reward_model(tiny_base, examples[:16], cfg, profile.training, tmp_path / "prm")
+    assert summary["system_turn"] is False and summary["steps"] == 2
+    scorer = load_reward_scorer(tiny_base, tmp_path / "prm", "You are terse.", "cpu")
+    example = examples[0]
+    question = [m for m in example.prompt if m.role == "user"]
+    under_other_system = [Message(role="system", content="Answer at great length, in French."), *question]
+    assert scorer.score_steps([example.prompt], [example.steps]) == scorer.score_steps([under_other_system],
+                                                                                      [example.steps])
+
+
+@pytest.mark.slow
 @pytest.mark.integration
 def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harness, rslm_home):
     from click.testing import CliRunner
@@ -92,9 +122,9 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     from flows.cli import cli
     from flows.nightly_retrain import nightly_retrain
 
-    # the top block only, class-weighted: the options SmolLM2's profile measured, exercised here
+    # the top block only, the head at its own rate, class-weighted: options SmolLM2's profile measured
     reward = {"enabled": True, "max_steps": 8, "heldout_examples": 24, "min_bad_step_found": 0.0, "top_layers": 1,
-              "balance_labels": True}
+              "balance_labels": True, "head_learning_rate": 5e-2}
     first = nightly_retrain(overrides=tiny_run(6, reward_overrides=reward))
     prm = first["reward_model"]
     assert (prm["name"], prm["version"], prm["status"]) == ("reasoning-slm-devops-prm", "1", "trained")
@@ -111,7 +141,8 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     assert 0 <= metrics["heldout/answer_reward"] <= metrics["heldout/step_reward"] <= 1
     client = MlflowClient(tracking_uri=first["mlflow_tracking_uri"], registry_uri=first["mlflow_tracking_uri"])
     run = client.get_run(prm["run_id"])
-    assert run.data.params["reward.lora.r"] == "16" and "prm/heldout/auroc" in run.data.metrics
+    assert run.data.params["reward.lora.r"] == "16" and run.data.params["reward.head_learning_rate"] == "0.05"
+    assert "prm/heldout/auroc" in run.data.metrics
     assert len(client.get_metric_history(prm["run_id"], "prm/train/loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(prm["run_id"], "reward")}
     assert "reward/heldout_step_scores.json" in artifacts

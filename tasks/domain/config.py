@@ -116,8 +116,14 @@ class RewardConfig(Frozen):
     max_steps: int = Field(default=60, ge=1)
     batch_size: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=1.0e-3, gt=0)
+    # The new token head's own learning rate (None: learning_rate). The head starts from random and
+    # must move far; LoRA at the same high rate can collapse to predicting the label prior.
+    head_learning_rate: float | None = Field(default=None, gt=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     max_length: int = Field(default=384, ge=16)
+    # Read the answer under the system prompt too. Off: a reward model serves one domain, whose system
+    # prompt is the same in every example, so it carries nothing to learn and costs about 30% of the tokens.
+    system_turn: bool = False
     # Weigh each label's loss inversely to its share of the training steps: most steps are good,
     # and unweighted the model learns little about the one bad step per corrupted answer.
     balance_labels: bool = False

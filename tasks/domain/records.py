@@ -61,6 +61,11 @@ class Row(_Strict):
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
 
 
+def question_turns(system_prompt: str, question: str) -> list[Message]:
+    """A single question under the domain's system prompt: what the models are asked at serving time."""
+    return [Message(role="system", content=system_prompt), Message(role="user", content=question)]
+
+
 def derived_id(messages: list) -> str:
     """A stable id for a row that brings none: the same conversation always gets the same id.
 

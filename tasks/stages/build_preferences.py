@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expectations.preference_pairs import build_suite, flatten_pairs
-from tasks.adapters.data.dataset_store import DatasetRef, file_sha256, read_rows
+from tasks.adapters.data.dataset_store import DatasetRef, read_rows
 from tasks.adapters.data.gx_runner import ValidationReport, run_suite
 from tasks.adapters.data.preference_store import EVAL_FILE, TRAIN_FILE, read_located_preferences, write_preferences
 from tasks.domain.config import HeldOutSet, PipelineConfig
@@ -18,21 +18,9 @@ from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.preferences import build_pairs, reasons_by_pattern
 from tasks.domain.records import Row
+from tasks.stages.record_set import CheckedRecords
 
-
-@dataclass(frozen=True)
-class PreferenceSet:
-    directory: str
-    train_path: str
-    eval_path: str
-    counts: dict[str, dict[str, int]]  # split -> kind -> pairs
-    report: ValidationReport
-    sha256: str = ""  # of the training pairs file: what a refined version is tagged with
-
-    def summary(self) -> str:
-        train = self.counts["train"]
-        return (f"{sum(train.values())} training pairs ({', '.join(f'{k} {n}' for k, n in sorted(train.items()))}), "
-                f"{sum(self.counts['eval'].values())} held-out pairs; validation: {self.report.summary()}")
+PreferenceSet = CheckedRecords  # the pairs DPO trains on and is measured with
 
 
 def build_preferences(dataset: DatasetRef, framework: Framework, config: PipelineConfig, root: Path,
@@ -52,8 +40,7 @@ def build_preferences(dataset: DatasetRef, framework: Framework, config: Pipelin
         "seed": config.seed, "counts": counts, "files": {"train": TRAIN_FILE, "eval": EVAL_FILE}})
     report = check_pairs(target / TRAIN_FILE, framework, config, PairContext.of(train_rows, eval_rows, heldout),
                          target / "validation")
-    return PreferenceSet(str(target), str(target / TRAIN_FILE), str(target / EVAL_FILE), counts, report,
-                         file_sha256(str(target / TRAIN_FILE)))
+    return CheckedRecords.written(target, TRAIN_FILE, EVAL_FILE, counts, report, unit="pairs")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from expectations.step_labels import build_suite, flatten_steps
-from tasks.adapters.data.dataset_store import DatasetRef, file_sha256, read_rows
+from tasks.adapters.data.dataset_store import DatasetRef, read_rows
 from tasks.adapters.data.gx_runner import ValidationReport, run_suite
 from tasks.adapters.data.preference_store import read_located, write_record_set
 from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
@@ -29,6 +29,7 @@ from tasks.domain.run_spec import RunSpec
 from tasks.domain.sampling import spread_sample
 from tasks.domain.steps import StepExample, step_examples
 from tasks.stages.evaluate import EVALUATION_STATUS
+from tasks.stages.record_set import CheckedRecords
 
 STEPS_FILE = "reasoning_steps.jsonl"
 STEPS_EVAL_FILE = "reasoning_steps.eval.jsonl"
@@ -36,19 +37,7 @@ REWARD_KEY_TAG = "reward_key"
 PREFIX = "prm/"  # the reward model's metrics on its MLflow run
 
 
-@dataclass(frozen=True)
-class StepSet:
-    directory: str
-    train_path: str
-    eval_path: str
-    counts: dict[str, dict[str, int]]  # split -> kind -> answers
-    report: ValidationReport
-    sha256: str
-
-    def summary(self) -> str:
-        train = self.counts["train"]
-        return (f"{sum(train.values())} step-labelled answers ({', '.join(f'{k} {n}' for k, n in sorted(train.items()))}), "
-                f"{sum(self.counts['eval'].values())} held out; validation: {self.report.summary()}")
+StepSet = CheckedRecords  # the step-labelled answers the reward model trains on and is measured with
 
 
 def build_step_data(dataset: DatasetRef, config: PipelineConfig, spec_reward: RewardConfig, framework, root: Path,
@@ -71,8 +60,7 @@ def build_step_data(dataset: DatasetRef, config: PipelineConfig, spec_reward: Re
     heldout_questions = [q.question for q in heldout.questions] if heldout else []
     report = check_steps(target / STEPS_FILE, spec_reward, config, eval_questions, heldout_questions,
                          target / "validation")
-    return StepSet(str(target), str(target / STEPS_FILE), str(target / STEPS_EVAL_FILE), counts, report,
-                   file_sha256(str(target / STEPS_FILE)))
+    return CheckedRecords.written(target, STEPS_FILE, STEPS_EVAL_FILE, counts, report, unit="step-labelled answers")
 
 
 def check_steps(path: Path, reward: RewardConfig, config: PipelineConfig, eval_questions: Sequence[str],

@@ -120,6 +120,25 @@ def load_base_model(source: str | Path, precision: Precision, device: Device):
     return model.to(device)
 
 
+def adapter_tokenizer(adapter_dir: str | Path | None, base_source: str | Path):
+    """The tokenizer saved beside an adapter (what it was trained with), else the base's."""
+    saved = Path(adapter_dir) / "tokenizer" if adapter_dir else None
+    return load_tokenizer(saved if saved and saved.is_dir() else base_source)
+
+
+def with_adapter(model, adapter_dir: str | Path):
+    """`model` with the PEFT adapter (LoRA, and any saved head) in `adapter_dir` applied, in eval mode."""
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; nothing to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        tuned = PeftModel.from_pretrained(model, str(adapter_dir))
+    tuned.eval()
+    return tuned
+
+
 def packaged_gguf(spec: PackagedModel) -> Path:
     """The GGUF file inside the installed package, or a one-line error saying how to install it."""
     import importlib.util

@@ -1,14 +1,13 @@
 """Load base + adapter and answer prompts, formatted by the same chat codec as training."""
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.adapters.model.base_models import load_base_model, load_tokenizer, runtime
+from tasks.adapters.model.base_models import adapter_tokenizer, load_base_model, runtime, with_adapter
 from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
-from tasks.domain.records import Message
+from tasks.domain.records import Message, question_turns
 
 DEFAULT_MAX_NEW_TOKENS = 96  # terse answers: 60 words fit comfortably
 
@@ -25,7 +24,7 @@ class Generator:
         return self.codec.tokenizer
 
     def conversation(self, question: str) -> list[Message]:
-        return [Message(role="system", content=self.system_prompt), Message(role="user", content=question)]
+        return question_turns(self.system_prompt, question)
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         return self.codec.prompt_ids(messages)
@@ -97,18 +96,10 @@ class Generator:
 def load_generator(base_source: str | Path, adapter_dir: str | Path | None, system_prompt: str,
                    device: str = "auto", precision: str = "auto") -> Generator:
     """Base model plus (optionally) a LoRA adapter, in eval mode on the chosen device."""
-    from peft import PeftModel
-
     chosen_device, chosen_precision = runtime(device, precision)
-    saved_tokenizer = Path(adapter_dir) / "tokenizer" if adapter_dir else None
-    tokenizer_source = saved_tokenizer if saved_tokenizer and saved_tokenizer.is_dir() else base_source
-    tokenizer = load_tokenizer(tokenizer_source)
+    tokenizer = adapter_tokenizer(adapter_dir, base_source)
     model = load_base_model(base_source, chosen_precision, chosen_device)
-    if adapter_dir:
-        with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; nothing to act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = PeftModel.from_pretrained(model, str(adapter_dir))
-    model.eval()
+    model = with_adapter(model, adapter_dir) if adapter_dir else model.eval()
     return Generator(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt)
 
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.adapters.model.base_models import load_tokenizer, runtime, torch_dtype
+from tasks.adapters.model.base_models import adapter_tokenizer, load_tokenizer, runtime, torch_dtype, with_adapter
 from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
 from tasks.adapters.model.training import MetricsSink, metrics_callback
 from tasks.domain.config import LoraSettings, RewardConfig, TrainingConfig
 from tasks.domain.devices import weights_precision
 from tasks.domain.errors import RslmError
-from tasks.domain.records import Message
+from tasks.domain.records import Message, question_turns
 from tasks.domain.steps import StepExample, answer_score, answer_steps
 
 STEP_END = "\n"
@@ -38,9 +37,10 @@ class StepTokens:
 
 
 def step_tokens(codec: ChatCodec, prompt: Sequence[Message], steps: Sequence[str],
-                labels: Sequence[int] | None = None) -> StepTokens:
-    """Prompt ids, then each step's ids (with its newline), the label at the step's last token."""
-    ids = list(codec.prompt_ids(prompt))
+                labels: Sequence[int] | None = None, system_turn: bool = True) -> StepTokens:
+    """Prompt ids (without its system turn unless `system_turn`), then each step's ids (with its
+    newline), the label at the step's last token."""
+    ids = list(codec.prompt_ids([m for m in prompt if system_turn or m.role != "system"]))
     targets = [IGNORE] * len(ids)
     ends = []
     for i, step in enumerate(steps):
@@ -113,6 +113,22 @@ def _weighted_loss(weights: Sequence[float]):
     return loss
 
 
+def _optimizer(model, cfg: RewardConfig):
+    """AdamW with the head in its own group at `head_learning_rate` (Trainer's
+    `optimizer_cls_and_kwargs`; None keeps Trainer's single-rate AdamW)."""
+    if cfg.head_learning_rate is None:
+        return None
+    import torch
+
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    head = [p for name, p in trainable if ".score." in name]
+    rest = [p for name, p in trainable if ".score." not in name]
+    if not head:
+        raise RslmError("reward model: no trainable `score` head found for head_learning_rate")
+    return torch.optim.AdamW, {"params": [{"params": rest}, {"params": head, "lr": cfg.head_learning_rate}],
+                               "lr": cfg.learning_rate, "weight_decay": 0.0}
+
+
 def train_reward_model(base_source: str | Path, examples: Sequence[StepExample], cfg: RewardConfig,
                        training: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
                        chat_format: str | None = None) -> dict:
@@ -128,7 +144,7 @@ def train_reward_model(base_source: str | Path, examples: Sequence[StepExample],
     torch.manual_seed(training.seed)
     tokenizer = load_tokenizer(base_source)
     codec = chat_codec(tokenizer, chat_format)
-    encoded = [step_tokens(codec, e.prompt, e.steps, e.labels) for e in examples]
+    encoded = [step_tokens(codec, e.prompt, e.steps, e.labels, cfg.system_turn) for e in examples]
     kept = [t for t in encoded if len(t.input_ids) <= cfg.max_length]
     if not kept:
         raise RslmError(f"no step-labelled answer fits reward.max_length={cfg.max_length} tokens")
@@ -145,7 +161,8 @@ def train_reward_model(base_source: str | Path, examples: Sequence[StepExample],
                                  for t in kept])
     weights = label_weights([t.labels for t in kept]) if cfg.balance_labels else None
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collate(tokenizer.pad_token_id),
-                      callbacks=[metrics_callback(sink)], compute_loss_func=_weighted_loss(weights) if weights else None)
+                      callbacks=[metrics_callback(sink)], compute_loss_func=_weighted_loss(weights) if weights else None,
+                      optimizer_cls_and_kwargs=_optimizer(model, cfg))
     started = time.perf_counter()
     trainer.train()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +170,7 @@ def train_reward_model(base_source: str | Path, examples: Sequence[StepExample],
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"base_model": str(base_source), "device": device, "precision": precision, "chat_format": codec.fmt.name,
+               "system_turn": cfg.system_turn,
                "steps": trainer.state.global_step, "examples": len(kept), "label_weights": weights,
                "dropped_too_long": len(encoded) - len(kept),
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
@@ -184,9 +202,10 @@ class RewardScorer:
     codec: ChatCodec
     device: str
     system_prompt: str
+    system_turn: bool = True  # as trained (reward.system_turn); models from before the option read it
 
     def conversation(self, question: str) -> list[Message]:
-        return [Message(role="system", content=self.system_prompt), Message(role="user", content=question)]
+        return question_turns(self.system_prompt, question)
 
     def score(self, questions: Sequence[str], answers: Sequence[str], batch_size: int = 16) -> list[StepScores]:
         """Each answer's steps and their scores, under the model's system prompt. An answer with
@@ -201,13 +220,13 @@ class RewardScorer:
         import torch
         from tqdm.auto import tqdm
 
-        encoded = [step_tokens(self.codec, p, s) for p, s in zip(prompts, steps, strict=True)]
+        encoded = [step_tokens(self.codec, p, s, system_turn=self.system_turn) for p, s in zip(prompts, steps, strict=True)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
         results: dict[int, list[float]] = {}
         pad = self.codec.tokenizer.pad_token_id
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="scoring steps", unit="batch", leave=False, disable=len(starts) < 2):
-            batch = [i for i in order[start:start + batch_size]]
+            batch = order[start:start + batch_size]
             width = max(len(encoded[i].input_ids) for i in batch)
             ids = torch.tensor([encoded[i].input_ids + [pad] * (width - len(encoded[i].input_ids)) for i in batch],
                                device=self.device)
@@ -223,13 +242,10 @@ class RewardScorer:
 def load_reward_scorer(base_source: str | Path, adapter_dir: str | Path, system_prompt: str,
                        device: str = "auto") -> RewardScorer:
     """Base + reward adapter (with its head), in eval mode."""
-    from peft import PeftModel
-
     chosen_device, precision = runtime(device, "auto")
-    saved = Path(adapter_dir) / "tokenizer"
-    tokenizer = load_tokenizer(saved if saved.is_dir() else base_source)
-    with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; nothing to act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = PeftModel.from_pretrained(_load_classifier(base_source, precision, chosen_device), str(adapter_dir))
-    model.eval()
-    return RewardScorer(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt)
+    tokenizer = adapter_tokenizer(adapter_dir, base_source)
+    model = with_adapter(_load_classifier(base_source, precision, chosen_device), adapter_dir)
+    summary = Path(adapter_dir) / SUMMARY_FILE
+    trained = json.loads(summary.read_text()) if summary.is_file() else {}
+    return RewardScorer(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt,
+                        system_turn=trained.get("system_turn", True))
