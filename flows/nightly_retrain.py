@@ -49,6 +49,7 @@ from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_ev
 from tasks.model_tasks import (
     build_preferences_task,
     build_step_data_task,
+    export_model_task,
     find_reward_model_task,
     find_trained_version_task,
     prepare_base_model_task,
@@ -186,8 +187,19 @@ def evaluate_and_promote(spec: RunSpec, name: str, version: str, tracking: Track
         "report_dir": evaluation.report_dir}})
     promotion = promote_model(spec.config, evaluation, tracking)
     aliases = sorted({"challenger", *(alias for alias, v in promotion.aliases.items() if v == version)})
-    record.update({"promotion": {"verdict": promotion.verdict, **promotion.decision}, "aliases": aliases,
-                   "status": "succeeded"})
+    record.update({"promotion": {"verdict": promotion.verdict, **promotion.decision}, "aliases": aliases})
+    if spec.config.export.on_promotion and "champion" in aliases:
+        record.update({"export": export_champion(spec, f"models:/{name}/{version}", tracking)})
+    record.update({"status": "succeeded"})
+
+
+@flow(name="export-model")
+def export_champion(spec: RunSpec, model_uri: str, tracking: Tracking) -> dict:
+    """The `export` deployment's work on promotion: the configured formats, checked and recorded."""
+    from tasks.domain.export_spec import parse_formats
+
+    report = export_model_task(spec, model_uri, parse_formats(",".join(spec.config.export.formats)), tracking)
+    return {k: report[k] for k in ("out_dir", "formats", "seconds", "ollama_command")}
 
 
 @flow(name="nightly-retrain", on_failure=[record_failure])

@@ -87,3 +87,15 @@ def refine_on_demand(model_uri: str, config_path: str = PIPELINE_CONFIG, overrid
     evaluate_and_promote(spec, registration.name, registration.version, tracking, record)
     record.update({"finished_at": utc_now()})
     return record.model_dump(mode="json")
+
+
+@flow(name="export-on-demand")
+def export_on_demand(model_uri: str, config_path: str = PIPELINE_CONFIG, formats: str = "") -> dict:
+    """Merge a registered version, write its GGUF files and Modelfile (`formats`, default
+    export.formats), each read back and checked; recorded on the version."""
+    from tasks.domain.export_spec import parse_formats
+    from tasks.model_tasks import export_model_task
+
+    config = load_pipeline_config(config_path)
+    return export_model_task(resolve_pipeline(config), model_uri, parse_formats(formats or ",".join(config.export.formats)),
+                             Tracking.configured())

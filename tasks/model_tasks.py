@@ -107,3 +107,13 @@ def train_reward_model_task(spec: RunSpec, dataset: DatasetRef, steps: reward_st
 def register_reward_model_task(spec: RunSpec, dataset: DatasetRef, trained: reward_stage.TrainedReward,
                                tracking: Tracking, key: str) -> reward_stage.RewardModel:
     return reward_stage.register_and_gate(spec, dataset, trained, tracking, key)
+
+
+@task(name="export-model", cache_policy=NO_CACHE)
+def export_model_task(spec: RunSpec, model_uri: str, formats: list[str], tracking: Tracking) -> dict:
+    """Merge, GGUF and Modelfile for a registered version, each checked; holds the device slot
+    (merging and answering the check questions use the whole CPU)."""
+    from tasks.stages.export import export_version
+
+    with training_slot(spec.config.device_slot):
+        return export_version(spec, model_uri, formats, None, paths(), tracking).to_dict()

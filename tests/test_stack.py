@@ -103,7 +103,7 @@ def test_nightly_deployment_runs_the_retrain_at_two_every_night():
     assert schedule["timezone"] == "{{ $RSLM_TIMEZONE }}"
     CronSchedule(cron=schedule["cron"], timezone="Europe/Berlin")  # a valid cron for Prefect
     assert {d["name"] for d in DEPLOYMENTS} == {"nightly-retrain", "nightly-domains", "build-dataset", "evaluate",
-                                                "refine", "promote"}
+                                                "refine", "promote", "export"}
     domains = next(d for d in DEPLOYMENTS if d["name"] == "nightly-domains")
     assert all((REPO / path).is_file() for path in domains["parameters"]["frameworks"])
     assert [s["active"] for s in domains["schedules"]] == [False], "the other domains retrain only when switched on"

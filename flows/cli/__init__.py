@@ -18,7 +18,7 @@ def cli() -> None:
 
 for command in (pipeline.pipeline, pipeline.generate, pipeline.validate, pipeline.format_, pipeline.preferences,
                 pipeline.train,
-                models.chat, models.score, serve.serve,
+                models.chat, models.score, models.export, serve.serve,
                 models.evaluate, models.refine, models.promote, models.rollback, models.models,
                 data.dataset, local_stack.stack):
     cli.add_command(command)

@@ -1,4 +1,4 @@
-"""`rslm chat | evaluate | refine | promote | rollback | models`: the registered models and their champion."""
+"""`rslm chat | score | export | evaluate | refine | promote | rollback | models`: the registered models and their champion."""
 from __future__ import annotations
 
 import json
@@ -66,6 +66,40 @@ def score(question, answer, reward_uri, config_path) -> None:
     uri = reward_model_uri(config_path, reward_uri)
     (scored,) = registered_scorer(uri).score([question], [answer])
     click.echo(json.dumps({"question": question, "reward_model": uri, **scored.to_dict()}, indent=2))
+
+
+@click.command()
+@click.option("--model", "model_uri", help="Registry URI (default: the configured domain's @champion).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory (default: .rslm/exports/NAME-vVERSION).")
+@click.option("--format", "formats", help="Comma-separated: merged,gguf,ollama (default: export.formats).")
+@config_option
+def export(model_uri, out_dir, formats, config_path) -> None:
+    """Merge a registered version into its base and write GGUF files and an Ollama Modelfile; each is
+    read back and checked against base + adapter (logits, tokens, chat template, held-out style)
+    before anything is kept; recorded on the version's run (export/) and tags."""
+    setup()
+    from pathlib import Path
+
+    from tasks.adapters.ops.config_files import load_pipeline_config, resolve_run
+    from tasks.adapters.ops.settings import paths
+    from tasks.adapters.tracking.runs import Tracking
+    from tasks.domain.errors import ConfigError
+    from tasks.domain.export_spec import parse_formats
+    from tasks.stages.export import export_version
+
+    spec = resolve_run(load_pipeline_config(config_path))
+    try:
+        chosen = parse_formats(formats or ",".join(spec.config.export.formats))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    report = export_version(spec, model_uri or champion_uri(config_path), chosen, Path(out_dir) if out_dir else None,
+                            paths(), Tracking.configured())
+    for check in report.checks:
+        click.echo(check.line())
+    click.echo(json.dumps({"model": report.model_uri, "out_dir": report.out_dir, "minutes": round(report.seconds / 60, 1),
+                           "files": {f.path: {"bytes": f.bytes, "sha256": f.sha256} for f in report.files
+                                     if "/" not in f.path or f.path.endswith(".safetensors")},
+                           "ollama": report.ollama_command}, indent=2))
 
 
 @click.command()

@@ -13,6 +13,8 @@ from flows.cli.common import champion_uri, config_option, registered_generator, 
 @click.option("--model", "model_uri", help="Registry URI (default: the configured domain's @champion).")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter directory (base from its summary).")
 @click.option("--base", type=click.Path(exists=True, file_okay=False), help="Base model directory (alone: no adapter).")
+@click.option("--merged", type=click.Path(exists=True, file_okay=False),
+              help="A merged export (rslm export: DIR/merged), under the system prompt it was exported with.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless a token is set).")
 @click.option("--port", default=8000, show_default=True)
 @click.option("--token-env", default="RSLM_SERVE_TOKEN", show_default=True,
@@ -21,7 +23,7 @@ from flows.cli.common import champion_uri, config_option, registered_generator, 
 @click.option("--reward-model", "reward_uri",
               help="Process reward model for requests with best_of > 1 (default: the domain's -prm@champion, if any).")
 @config_option
-def serve(model_uri, adapter, base, host, port, token_env, system_prompt, reward_uri, config_path) -> None:
+def serve(model_uri, adapter, base, merged, host, port, token_env, system_prompt, reward_uri, config_path) -> None:
     """An OpenAI-compatible server (/v1/models, /v1/chat/completions): the champion unless told otherwise."""
     setup()
     from tasks.adapters.model import chat_server as server
@@ -31,6 +33,10 @@ def serve(model_uri, adapter, base, host, port, token_env, system_prompt, reward
     server.check_exposure(host, token, token_env)
     if adapter:
         generator, model_id = load_adapter_generator(adapter, ""), Path(adapter).name
+    elif merged:
+        from tasks.adapters.model.gguf_export import load_merged
+
+        generator, model_id = load_merged(merged), Path(merged).resolve().parent.name
     elif base:
         generator, model_id = load_generator(base, None, ""), Path(base).name
     else:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from tasks.domain.export_spec import EXPORT_FORMATS, GGUF_TYPES, ExportFormat, GgufType
 from tasks.domain.framework import Slug
 from tasks.domain.frozen import Frozen
 from tasks.domain.preferences import RULE_BASED, Kind
@@ -332,6 +333,42 @@ class PreferencesConfig(Frozen):
     per_row: int = Field(default=1, ge=1, le=5)  # pairs per source row, kinds in rotation
 
 
+class ExportBounds(Frozen):
+    """How close an exported form must stay to base + adapter, on the same token sequences."""
+
+    max_logit_gap: float = Field(ge=0)        # largest |logit difference| at any position, any word
+    max_top1_changed: float = Field(ge=0, le=1)  # share of positions whose most likely next word changed
+    min_style_agreement: float = Field(ge=0, le=1)  # share of held-out questions with the same style score
+
+
+def _default_export_bounds() -> dict[str, ExportBounds]:
+    return {"merged": ExportBounds(max_logit_gap=1e-3, max_top1_changed=0.0, min_style_agreement=1.0),
+            "f16": ExportBounds(max_logit_gap=0.25, max_top1_changed=0.01, min_style_agreement=1.0),
+            "q8_0": ExportBounds(max_logit_gap=2.5, max_top1_changed=0.05, min_style_agreement=0.75)}
+
+
+class ExportConfig(Frozen):
+    """`rslm export` (issue 18): a registered version merged, written as GGUF and an Ollama Modelfile,
+    each read back and checked against base + adapter before anything is kept."""
+
+    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS), min_length=1)
+    gguf_types: list[GgufType] = Field(default_factory=lambda: list(GGUF_TYPES), min_length=1)
+    ollama_gguf: GgufType = "q8_0"       # the GGUF the Modelfile points at
+    verify_questions: int = Field(default=8, ge=1)  # held-out questions every exported form answers
+    bounds: dict[str, ExportBounds] = Field(default_factory=_default_export_bounds)  # merged, f16, q8_0
+    log_weights: bool = False            # also log the weight files to the run (large); their sha256 always is
+    on_promotion: bool = False           # the nightly run exports each new @champion (`export` deployment)
+
+    @model_validator(mode="after")
+    def _bounds_for_every_form(self) -> ExportConfig:
+        missing = sorted({"merged", *self.gguf_types} - set(self.bounds))
+        if missing:
+            raise ValueError(f"export.bounds has no entry for {', '.join(missing)}")
+        if "ollama" in self.formats and self.ollama_gguf not in self.gguf_types:
+            raise ValueError(f"export.ollama_gguf {self.ollama_gguf!r} is not among gguf_types {self.gguf_types}")
+        return self
+
+
 class PipelineConfig(Frozen):
     framework: str = "configs/frameworks/devops.yaml"
     profile: str = "smollm2-135m"
@@ -346,6 +383,7 @@ class PipelineConfig(Frozen):
     notifications: NotificationsConfig = NotificationsConfig()
     device_slot: DeviceSlotConfig = DeviceSlotConfig()
     preferences: PreferencesConfig = PreferencesConfig()
+    export: ExportConfig = ExportConfig()
     # Per-run adjustments on top of the profile's training section (e.g. max_steps for a smoke run).
     training_overrides: dict[str, Any] = Field(default_factory=dict)
     # ... and on top of its refine (DPO) section (e.g. {"enabled": true} for `rslm pipeline --refine`).

@@ -38,6 +38,7 @@ class RunRecord(BaseModel):
     sft_run_id: str | None = None
     preferences_path: str | None = None  # the validated pairs DPO trained on
     reward_model: dict[str, Any] = {}  # the process reward model: version, status, verdict, held-out figures
+    export: dict[str, Any] = {}  # export.on_promotion: where the new champion's merged model, GGUF files and Modelfile lie
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str | None = None
     mlflow_run_id: str | None = None

@@ -39,6 +39,11 @@ class Paths:
         return self.home / "mlartifacts"
 
     @property
+    def exports(self) -> Path:
+        """`rslm export`'s default: one directory per exported version."""
+        return self.home / "exports"
+
+    @property
     def registry_cache(self) -> Path:
         """Registered model versions downloaded for local evaluation and chat (immutable)."""
         return self.home / "registry-cache"

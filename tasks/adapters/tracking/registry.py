@@ -230,7 +230,7 @@ class ModelRegistry:
         staging.replace(target)
         return target
 
-    def _base_and_adapter(self, model_uri: str, cache_root: Path) -> tuple[str, Path, str]:
+    def base_and_adapter(self, model_uri: str, cache_root: Path) -> tuple[str, Path, str]:
         """A registered version's base (bundled, else referenced), adapter and system prompt."""
         config, artifacts = model_files(self.download(self.resolve(model_uri), cache_root))
         return str(artifacts.get("base_model") or config["base_model"]), artifacts["adapter"], config.get("system_prompt", "")
@@ -240,12 +240,12 @@ class ModelRegistry:
         ready to answer: the bundled base when the model carries one, else the base it references."""
         from tasks.adapters.model.inference import load_generator
 
-        base, adapter, system_prompt = self._base_and_adapter(model_uri, cache_root)
+        base, adapter, system_prompt = self.base_and_adapter(model_uri, cache_root)
         return load_generator(base, adapter, system_prompt, device=device)
 
     def load_reward_scorer(self, model_uri: str, cache_root: Path, device: str = "auto"):
         """A registered process reward model, ready to score answers' steps."""
         from tasks.adapters.model.reward_model import load_reward_scorer
 
-        base, adapter, system_prompt = self._base_and_adapter(model_uri, cache_root)
+        base, adapter, system_prompt = self.base_and_adapter(model_uri, cache_root)
         return load_reward_scorer(base, adapter, system_prompt, device=device)

@@ -1,0 +1,213 @@
+"""Stage: a registered chat-model version -> a merged model, GGUF files and an Ollama Modelfile ->
+each read back and checked against base + adapter -> published whole, logged to the version's run
+(`export/`) and tagged on the version (issue 18).
+
+Every form answers the same held-out questions greedily and is scored on the same token sequences
+as base + adapter. One failed check fails the export: nothing is published or tagged, and the
+staging directory is removed."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.adapters.data.dataset_store import file_sha256
+from tasks.adapters.model.chat_codec import chat_codec
+from tasks.adapters.model.gguf_export import (
+    ExportError,
+    logit_gap,
+    merge_adapter,
+    read_back_gguf,
+    remove,
+    sequence_logits,
+    write_gguf,
+)
+from tasks.adapters.model.inference import Generator, load_generator
+from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
+from tasks.adapters.ops.settings import Paths
+from tasks.adapters.tracking.runs import Tracking
+from tasks.domain.config import ExportBounds, ExportConfig
+from tasks.domain.evaluation import heldout_style
+from tasks.domain.export_spec import ExportCheck, ExportFormat, failed, modelfile, template_matches, within
+from tasks.domain.framework import Framework
+from tasks.domain.records import question_turns
+from tasks.domain.run_spec import RunSpec
+
+MERGED_DIR = "merged"
+MODELFILE = "Modelfile"
+MANIFEST = "export_manifest.json"
+FALLBACK_QUESTION = "Why does this design choice matter? Give your reasons."  # a domain with no held-out questions
+
+
+@dataclass
+class ExportedFile:
+    path: str      # relative to the export directory
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ExportReport:
+    model_uri: str
+    name: str
+    version: str
+    out_dir: str
+    formats: list[str]
+    files: list[ExportedFile]
+    checks: list[ExportCheck]
+    answers: list[dict] = field(default_factory=list)  # per question: each form's answer and style
+    seconds: float = 0.0
+    ollama_command: str | None = None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "checks": [c.model_dump() for c in self.checks]}
+
+
+@dataclass
+class _Form:
+    """One way of running the model (base + adapter, merged, a GGUF) and what it gave."""
+
+    label: str
+    generator: Generator
+    answers: list[str] = field(default_factory=list)
+
+
+def _answers(form: _Form, questions: list[str], max_new_tokens: int) -> list[str]:
+    form.answers = form.generator.reply(questions, max_new_tokens=max_new_tokens)
+    return form.answers
+
+
+def _compare(form: _Form, reference: _Form, sequences, ref_logits, questions: list[str], bounds: ExportBounds,
+             framework: Framework) -> list[ExportCheck]:
+    """The form's logits on the reference's token sequences, its tokenization and its held-out style verdicts."""
+    checks = []
+    ours = [reference.generator.prompt_ids(question_turns(framework.system_prompt, q)) for q in questions]
+    theirs = [form.generator.prompt_ids(question_turns(framework.system_prompt, q)) for q in questions]
+    checks.append(ExportCheck(name=f"{form.label}: prompt tokens", passed=ours == theirs,
+                              detail="same ids as training" if ours == theirs else "its tokenizer encodes prompts differently"))
+    gap, changed = logit_gap(ref_logits, sequence_logits(form.generator.model, sequences))
+    checks.append(within(f"{form.label}: max |logit difference|", gap, bounds.max_logit_gap))
+    checks.append(within(f"{form.label}: top-1 changed", changed, bounds.max_top1_changed, "share of positions"))
+    same = [heldout_style(q, a, framework.style) == heldout_style(q, b, framework.style)
+            for q, a, b in zip(questions, form.answers, reference.answers, strict=True)]
+    agreement = sum(same) / len(same)
+    checks.append(ExportCheck(name=f"{form.label}: held-out style verdicts", passed=agreement >= bounds.min_style_agreement,
+                              value=agreement, bound=bounds.min_style_agreement, detail="share equal to base + adapter"))
+    return checks
+
+
+def _template_check(merged_dir: Path, framework: Framework, question: str) -> ExportCheck:
+    """The merged tokenizer's chat template renders exactly the prompt the model was trained on."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+    codec = chat_codec(tokenizer)
+    turns = question_turns(framework.system_prompt, question)
+    theirs = tokenizer.apply_chat_template([m.model_dump() for m in turns], tokenize=False, add_generation_prompt=True)
+    ours = codec.fmt.prompt(turns)
+    detail = "renders the trained prompt" if theirs == ours else f"renders {theirs[:80]!r}, trained on {ours[:80]!r}"
+    return ExportCheck(name="merged: chat template", passed=theirs == ours, detail=detail)
+
+
+def _source_pre_tokenizer(spec: RunSpec, base: str) -> str | None:
+    """llama.cpp's pre-tokenizer name for a base converted from a packaged GGUF (SmolLM2), read
+    from that file; None for other bases."""
+    from tasks.adapters.model.base_models import base_provenance, packaged_gguf
+    from tasks.adapters.model.gguf_export import gguf_text_field
+
+    packaged = spec.profile.packaged
+    if packaged is None or base_provenance(base).get("package") != packaged.package:
+        return None
+    return gguf_text_field(packaged_gguf(packaged), "tokenizer.ggml.pre")
+
+
+def _files(root: Path) -> list[ExportedFile]:
+    return [ExportedFile(str(p.relative_to(root)), p.stat().st_size, file_sha256(str(p)))
+            for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], out_dir: Path | None, paths: Paths,
+                   tracking: Tracking, settings: ExportConfig | None = None) -> ExportReport:
+    """Write and check every asked-for form of a registered version; publish them whole into
+    `out_dir` (default `<RSLM home>/exports/<name>-v<version>`); record them on the version."""
+    settings = settings or spec.config.export
+    framework, registry = spec.framework, tracking.registry
+    info = registry.resolve(model_uri, with_run=True)
+    target = out_dir or paths.exports / f"{info.name}-v{info.version}"
+    base, adapter, system_prompt = registry.base_and_adapter(model_uri, paths.registry_cache)
+    heldout = spec.evaluation.heldout
+    questions = [q.question for q in heldout.questions][:settings.verify_questions] if heldout else [FALLBACK_QUESTION]
+    max_new = spec.evaluation.settings.max_new_tokens
+    started = time.perf_counter()
+    staging = staging_dir(target)
+    remove(staging)
+    try:
+        reference = _Form("base + adapter", load_generator(base, adapter, system_prompt, device="cpu", precision="fp32"))
+        _answers(reference, questions, max_new)
+        sequences = [reference.generator.prompt_ids(question_turns(system_prompt, q))
+                     + reference.generator.codec.encode_text(" " + a) for q, a in zip(questions, reference.answers, strict=True)]
+        ref_logits = sequence_logits(reference.generator.model, sequences)
+        merged_dir = merge_adapter(base, adapter, staging / MERGED_DIR, max_new,
+                                   {"model_uri": info.uri, "run_id": info.run_id, "system_prompt": system_prompt})
+        checks = [_template_check(merged_dir, framework, questions[0])]
+        merged = _Form("merged", load_generator(merged_dir, None, system_prompt, device="cpu", precision="fp32"))
+        _answers(merged, questions, max_new)
+        checks += _compare(merged, reference, sequences, ref_logits, questions, settings.bounds["merged"], framework)
+        forms = [reference, merged]
+        stem = f"{info.name}-v{info.version}"
+        if "gguf" in formats:
+            pre_tokenizer = _source_pre_tokenizer(spec, base)
+            for quant in settings.gguf_types:
+                path = write_gguf(merged_dir, staging / f"{stem}-{quant}.gguf", quant, stem, pre_tokenizer)
+                model, tokenizer = read_back_gguf(path)
+                form = _Form(f"gguf {quant}", Generator(model=model, codec=chat_codec(tokenizer), device="cpu",
+                                                         system_prompt=system_prompt))
+                _answers(form, questions, max_new)
+                checks += _compare(form, reference, sequences, ref_logits, questions, settings.bounds[quant], framework)
+                forms.append(form)
+                del model
+        command = None
+        if "ollama" in formats:
+            fmt = reference.generator.codec.fmt
+            text = modelfile(f"{stem}-{settings.ollama_gguf}.gguf", fmt, system_prompt, max_new)
+            (staging / MODELFILE).write_text(text)
+            matches = template_matches(fmt, system_prompt, questions[0])
+            checks.append(ExportCheck(name="ollama: template", passed=matches,
+                                      detail="renders the trained prompt" if matches else "renders a different prompt"))
+            command = f"ollama create {info.name.removeprefix('reasoning-slm-')} -f {target / MODELFILE}"
+        problems = failed(checks)
+        if problems:
+            raise ExportError(f"export of {model_uri} failed {len(problems)} check(s), nothing kept: "
+                              + "; ".join(c.line() for c in problems))
+        answers = [{"question": q, **{f.label: {"answer": f.answers[i], "style": heldout_style(q, f.answers[i], framework.style)}
+                                      for f in forms}} for i, q in enumerate(questions)]
+        report = ExportReport(model_uri=model_uri, name=info.name, version=info.version, out_dir=str(target),
+                              formats=list(formats), files=[], checks=checks, answers=answers,
+                              seconds=time.perf_counter() - started, ollama_command=command)
+        report.files = _files(staging)
+        (staging / MANIFEST).write_text(json.dumps(report.to_dict(), indent=1))
+    except BaseException:
+        remove(staging)
+        raise
+    publish_directory(staging, target)
+    _record(tracking, info, target, report, settings)
+    return report
+
+
+def _record(tracking: Tracking, info, target: Path, report: ExportReport, settings: ExportConfig) -> None:
+    """The manifest (files, sha256, checks, answers), the Modelfile and the small files to the
+    version's run under `export/`; what was exported as tags on the version."""
+    with tracking.resume(info.run_id) as run:
+        run.log_dict(report.to_dict(), "export/manifest.json")
+        for f in report.files:
+            small = f.bytes < 2**20
+            if small or settings.log_weights:
+                run.log_file(target / f.path, "/".join(["export", *Path(f.path).parent.parts]))
+        run.log_table(pd.DataFrame([{"question": a["question"], **{k: v["answer"] for k, v in a.items() if k != "question"}}
+                                    for a in report.answers]), "export/answers.json")
+    tags = {"export.formats": ",".join(report.formats), "export.dir": str(target)}
+    tags |= {f"export.sha256.{Path(f.path).name}": f.sha256 for f in report.files if f.path.endswith(".gguf")}
+    tracking.registry.set_version_tags(info.name, info.version, tags)
