@@ -47,6 +47,33 @@ def test_converted_weights_equal_the_gguf_models(smollm2_base):
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
+def test_our_gguf_carries_the_upstream_tokenizer_and_reads_back_close_to_the_model(smollm2_base, tmp_path):
+    """What llama.cpp and Ollama read: our f16 GGUF's tokenizer metadata equals the upstream file's,
+    and transformers' GGUF loader gives back the model within the f16 bound."""
+    import gguf as gguf_py
+    from transformers import AutoModelForCausalLM
+
+    from tasks.adapters.model.gguf_export import gguf_text_field, read_back_gguf, write_gguf
+
+    upstream = packaged_gguf(PROFILE.packaged)
+    ours = write_gguf(smollm2_base, tmp_path / "smollm2-f16.gguf", "f16", "smollm2",
+                      gguf_text_field(upstream, "tokenizer.ggml.pre"))
+    theirs_fields, our_fields = gguf_py.GGUFReader(str(upstream)), gguf_py.GGUFReader(str(ours))
+    for key in ("model", "pre", "tokens", "token_type", "merges", "bos_token_id", "eos_token_id", "padding_token_id",
+                "add_bos_token"):
+        assert our_fields.get_field(f"tokenizer.ggml.{key}").contents() == \
+            theirs_fields.get_field(f"tokenizer.ggml.{key}").contents(), key
+    model, tokenizer = read_back_gguf(ours)
+    text = "<|im_start|>user\nWhy split a /16 VPC into /24 subnets?<|im_end|>\n<|im_start|>assistant\n"
+    ids = torch.tensor([load_tokenizer(smollm2_base).encode(text, add_special_tokens=False)])
+    assert tokenizer.encode(text, add_special_tokens=False) == ids[0].tolist()
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(smollm2_base, use_safetensors=True).eval()(ids).logits
+        read_back = model(ids).logits
+    assert (reference - read_back).abs().max() < 0.25
+    assert torch.equal(reference.argmax(-1), read_back.argmax(-1))
+
+
 def test_chatml_codec_matches_the_models_own_template_and_masks_the_answer(smollm2_base, tiny_base):
     tokenizer = load_tokenizer(smollm2_base)
     codec = chat_codec(tokenizer, "chatml")  # refuses a template that renders differently from ours

@@ -132,8 +132,9 @@ def _add_tokenizer(writer, merged_dir: Path, tokenizer, codec: ChatCodec, vocab_
     kind = _tokenizer_model(tokenizer_json)
     vocab = tokenizer.get_vocab()
     by_id = {i: t for t, i in vocab.items()}
-    special = set(tokenizer.all_special_tokens) | set(codec.special_ids)
-    added = {t.content for t in tokenizer.added_tokens_decoder.values()}
+    added = {t.content: t.special for t in tokenizer.added_tokens_decoder.values()}
+    # control (never printed, as llama.cpp treats them): special tokens and added tokens marked special
+    special = set(tokenizer.all_special_tokens) | set(codec.special_ids) | {t for t, is_special in added.items() if is_special}
     tokens, types = [], []
     for i in range(vocab_size):
         token = by_id.get(i, f"[PAD{i}]")
