@@ -84,8 +84,8 @@ def _compare(form: _Form, reference: _Form, sequences, ref_logits, questions: li
              framework: Framework) -> list[ExportCheck]:
     """The form's logits on the reference's token sequences, its tokenization and its held-out style verdicts."""
     checks = []
-    ours = [reference.generator.prompt_ids(question_turns(framework.system_prompt, q)) for q in questions]
-    theirs = [form.generator.prompt_ids(question_turns(framework.system_prompt, q)) for q in questions]
+    ours = [reference.generator.prompt_ids(reference.generator.conversation(q)) for q in questions]
+    theirs = [form.generator.prompt_ids(form.generator.conversation(q)) for q in questions]
     checks.append(ExportCheck(name=f"{form.label}: prompt tokens", passed=ours == theirs,
                               detail="same ids as training" if ours == theirs else "its tokenizer encodes prompts differently"))
     gap, changed = logit_gap(ref_logits, sequence_logits(form.generator.model, sequences))
@@ -99,13 +99,13 @@ def _compare(form: _Form, reference: _Form, sequences, ref_logits, questions: li
     return checks
 
 
-def _template_check(merged_dir: Path, framework: Framework, question: str) -> ExportCheck:
+def _template_check(merged_dir: Path, system_prompt: str, question: str) -> ExportCheck:
     """The merged tokenizer's chat template renders exactly the prompt the model was trained on."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
     codec = chat_codec(tokenizer)
-    turns = question_turns(framework.system_prompt, question)
+    turns = question_turns(system_prompt, question)
     theirs = tokenizer.apply_chat_template([m.model_dump() for m in turns], tokenize=False, add_generation_prompt=True)
     ours = codec.fmt.prompt(turns)
     detail = "renders the trained prompt" if theirs == ours else f"renders {theirs[:80]!r}, trained on {ours[:80]!r}"
@@ -147,12 +147,13 @@ def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], o
     try:
         reference = _Form("base + adapter", load_generator(base, adapter, system_prompt, device="cpu", precision="fp32"))
         _answers(reference, questions, max_new)
-        sequences = [reference.generator.prompt_ids(question_turns(system_prompt, q))
+        # what every form is scored on: each question's prompt and base + adapter's answer to it
+        sequences = [reference.generator.prompt_ids(reference.generator.conversation(q))
                      + reference.generator.codec.encode_text(" " + a) for q, a in zip(questions, reference.answers, strict=True)]
         ref_logits = sequence_logits(reference.generator.model, sequences)
         merged_dir = merge_adapter(base, adapter, staging / MERGED_DIR, max_new,
                                    {"model_uri": info.uri, "run_id": info.run_id, "system_prompt": system_prompt})
-        checks = [_template_check(merged_dir, framework, questions[0])]
+        checks = [_template_check(merged_dir, system_prompt, questions[0])]
         merged = _Form("merged", load_generator(merged_dir, None, system_prompt, device="cpu", precision="fp32"))
         _answers(merged, questions, max_new)
         checks += _compare(merged, reference, sequences, ref_logits, questions, settings.bounds["merged"], framework)
@@ -177,7 +178,7 @@ def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], o
             matches = template_matches(fmt, system_prompt, questions[0])
             checks.append(ExportCheck(name="ollama: template", passed=matches,
                                       detail="renders the trained prompt" if matches else "renders a different prompt"))
-            command = f"ollama create {info.name.removeprefix('reasoning-slm-')} -f {target / MODELFILE}"
+            command = f"ollama create {info.name} -f {target / MODELFILE}"
         problems = failed(checks)
         if problems:
             raise ExportError(f"export of {model_uri} failed {len(problems)} check(s), nothing kept: "
