@@ -29,6 +29,26 @@ def test_only_lora_weights_change_and_loss_falls(tiny_base, small_build, tmp_pat
     assert info["counter"].loss_tokens < info["counter"].tokens, "prompt tokens carry no loss"
 
 
+def test_frozen_weights_in_bf16_under_cpu_autocast_train_as_autocast_alone_does(tiny_base, small_build, tmp_path):
+    """Issue 19: autocast reads bf16 copies of the base's weights anyway; keeping them in bf16 saves
+    the casts and must not change the losses. LoRA weights stay fp32."""
+    cfg = CFG.model_copy(update={"device": "cpu", "cpu_bf16_autocast": True, "max_steps": 6, "logging_steps": 1})
+    losses = {}
+    for bf16_weights in (False, True):
+        trainer, _, info = build_trainer(tiny_base, small_build.train, small_build.eval,
+                                         cfg.model_copy(update={"cpu_bf16_frozen_weights": bf16_weights}),
+                                         tmp_path / str(bf16_weights))
+        if info["precision"] != "bf16":
+            pytest.skip("this CPU has no bf16 instructions: no autocast to compare under")
+        named = dict(trainer.model.named_parameters())
+        frozen = {p.dtype for n, p in named.items() if n.endswith("base_layer.weight")}
+        assert frozen == ({torch.bfloat16} if bf16_weights else {torch.float32})
+        assert {p.dtype for p in named.values() if p.requires_grad} == {torch.float32}
+        trainer.train()
+        losses[bf16_weights] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses[True]) == 6 and losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
 def test_saved_adapter_reloads_with_plain_peft(tiny_base, small_build, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.adapters.data.dataset_store import file_sha256
+from tasks.adapters.model.base_models import runtime
 from tasks.adapters.model.chat_codec import chat_codec
 from tasks.adapters.model.gguf_export import (
     ExportError,
@@ -30,6 +31,7 @@ from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
 from tasks.adapters.ops.settings import Paths
 from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import ExportBounds, ExportConfig
+from tasks.domain.devices import weights_precision
 from tasks.domain.evaluation import heldout_style
 from tasks.domain.export_spec import ExportCheck, ExportFormat, failed, modelfile, template_matches, within
 from tasks.domain.framework import Framework
@@ -73,6 +75,13 @@ class _Form:
     label: str
     generator: Generator
     answers: list[str] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Drop the model (its answers and tokenizer stay) and give its memory back."""
+        import gc
+
+        self.generator.model = None
+        gc.collect()
 
 
 def _answers(form: _Form, questions: list[str], max_new_tokens: int) -> list[str]:
@@ -142,34 +151,42 @@ def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], o
     questions = [q.question for q in heldout.questions][:settings.verify_questions] if heldout else [FALLBACK_QUESTION]
     max_new = spec.evaluation.settings.max_new_tokens
     started = time.perf_counter()
+    device, precision = runtime(settings.device, "auto")
+    precision = weights_precision(device, precision)  # CPU: fp32 (exact merges); GPU or Mac: half, so a 7B fits
+    merged_bounds = settings.bounds["merged"] if precision == "fp32" else settings.bounds.get("merged_half",
+                                                                                              settings.bounds["merged"])
     staging = staging_dir(target)
     remove(staging)
     try:
-        reference = _Form("base + adapter", load_generator(base, adapter, system_prompt, device="cpu", precision="fp32"))
+        reference = _Form("base + adapter", load_generator(base, adapter, system_prompt, device=device, precision=precision))
         _answers(reference, questions, max_new)
         # what every form is scored on: each question's prompt and base + adapter's answer to it
         sequences = [reference.generator.prompt_ids(reference.generator.conversation(q))
                      + reference.generator.codec.encode_text(" " + a) for q, a in zip(questions, reference.answers, strict=True)]
         ref_logits = sequence_logits(reference.generator.model, sequences)
+        reference.release()  # one model in memory at a time: a 7B one is ~14 GB in half precision
         merged_dir = merge_adapter(base, adapter, staging / MERGED_DIR, max_new,
-                                   {"model_uri": info.uri, "run_id": info.run_id, "system_prompt": system_prompt})
+                                   {"model_uri": info.uri, "run_id": info.run_id, "system_prompt": system_prompt},
+                                   device, precision)
         checks = [_template_check(merged_dir, system_prompt, questions[0])]
-        merged = _Form("merged", load_generator(merged_dir, None, system_prompt, device="cpu", precision="fp32"))
+        merged = _Form("merged", load_generator(merged_dir, None, system_prompt, device=device, precision=precision))
         _answers(merged, questions, max_new)
-        checks += _compare(merged, reference, sequences, ref_logits, questions, settings.bounds["merged"], framework)
+        checks += _compare(merged, reference, sequences, ref_logits, questions, merged_bounds, framework)
+        merged.release()
         forms = [reference, merged]
         stem = f"{info.name}-v{info.version}"
         if "gguf" in formats:
             pre_tokenizer = _source_pre_tokenizer(spec, base)
             for quant in settings.gguf_types:
                 path = write_gguf(merged_dir, staging / f"{stem}-{quant}.gguf", quant, stem, pre_tokenizer)
-                model, tokenizer = read_back_gguf(path)
-                form = _Form(f"gguf {quant}", Generator(model=model, codec=chat_codec(tokenizer), device="cpu",
+                model, tokenizer = read_back_gguf(path, device, precision)
+                form = _Form(f"gguf {quant}", Generator(model=model, codec=chat_codec(tokenizer), device=device,
                                                          system_prompt=system_prompt))
+                del model
                 _answers(form, questions, max_new)
                 checks += _compare(form, reference, sequences, ref_logits, questions, settings.bounds[quant], framework)
+                form.release()
                 forms.append(form)
-                del model
         command = None
         if "ollama" in formats:
             fmt = reference.generator.codec.fmt

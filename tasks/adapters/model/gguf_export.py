@@ -30,8 +30,9 @@ class ExportError(RslmError):
 
 
 def merge_adapter(base_source: str | Path, adapter_dir: str | Path, out_dir: Path, max_new_tokens: int,
-                  provenance: dict) -> Path:
-    """Base + LoRA merged (`merge_and_unload`, fp32 on CPU) into a plain safetensors model with its
+                  provenance: dict, device: str = "cpu", precision: str = "fp32") -> Path:
+    """Base + LoRA merged (`merge_and_unload`; fp32 on CPU, the device's half precision on a GPU or
+    Mac, where a 7B model in fp32 would not fit) into a plain safetensors model with its
     tokenizer, a chat template equal to our format, a greedy generation config that stops at the
     format's end of turn, and `rslm_export.json` (where it came from, its system prompt). Loads with
     transformers alone, without peft."""
@@ -39,7 +40,7 @@ def merge_adapter(base_source: str | Path, adapter_dir: str | Path, out_dir: Pat
 
     tokenizer = adapter_tokenizer(adapter_dir, base_source)
     codec = chat_codec(tokenizer)
-    merged = with_adapter(load_base_model(base_source, "fp32", "cpu"), adapter_dir).merge_and_unload()
+    merged = with_adapter(load_base_model(base_source, precision, device), adapter_dir).merge_and_unload()
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = JINJA_TEMPLATES[codec.fmt.name]
@@ -165,7 +166,7 @@ def write_gguf(merged_dir: Path, out_path: Path, quant: GgufType, name: str, pre
     when whole. `pre_tokenizer` names llama.cpp's split regex for a byte-level vocabulary (SmolLM2:
     "smollm", as its upstream GGUF says)."""
     import gguf
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(str(merged_dir))
@@ -174,21 +175,21 @@ def write_gguf(merged_dir: Path, out_path: Path, quant: GgufType, name: str, pre
     codec = chat_codec(tokenizer)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     partial = out_path.with_name(out_path.name + ".partial")
-    writer = gguf.GGUFWriter(str(partial), arch)
+    # one tensor in memory at a time: read from the shards one by one, spooled to a temporary file
+    writer = gguf.GGUFWriter(str(partial), arch, use_temp_file=True)
     try:
         _add_model_metadata(writer, config, quant, name)
         _add_tokenizer(writer, merged_dir, tokenizer, codec, config.vocab_size, pre_tokenizer)
-        state = {}
         for shard in sorted(merged_dir.glob("*.safetensors")):
-            state.update(load_file(str(shard)))
-        for hf_name, value in state.items():
-            if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-                continue  # tied: the reader takes the output layer from token_embd
-            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
-                raise ExportError(f"no GGUF name for tensor {hf_name}")
-            data, raw_type = _tensor(gguf_name, value, config, quant)
-            writer.add_tensor(gguf_name, data, raw_dtype=raw_type)
+            with safe_open(str(shard), "pt") as weights:
+                for hf_name in weights.keys():
+                    if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+                        continue  # tied: the reader takes the output layer from token_embd
+                    gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                    if gguf_name is None:
+                        raise ExportError(f"no GGUF name for tensor {hf_name}")
+                    data, raw_type = _tensor(gguf_name, weights.get_tensor(hf_name), config, quant)
+                    writer.add_tensor(gguf_name, data, raw_dtype=raw_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -198,23 +199,26 @@ def write_gguf(merged_dir: Path, out_path: Path, quant: GgufType, name: str, pre
     return out_path
 
 
-def read_back_gguf(path: Path):
-    """(model, tokenizer) from a GGUF by transformers' own GGUF loader: the independent reader."""
+def read_back_gguf(path: Path, device: str = "cpu", precision: str = "fp32"):
+    """(model, tokenizer) from a GGUF by transformers' own GGUF loader, the independent reader; the
+    weights de-quantized to `precision` on `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.adapters.model.base_models import torch_dtype
 
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     if tokenizer.pad_token is None:  # batched generation needs one; as load_tokenizer does
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
-    return model.eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch_dtype(precision))
+    return model.to(device).eval(), tokenizer
 
 
 def sequence_logits(model, sequences: Sequence[Sequence[int]]):
-    """fp32 logits of each token sequence, one at a time (no padding to blur the comparison)."""
+    """fp32 logits of each token sequence, one at a time (no padding to blur the comparison), on the CPU."""
     import torch
 
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([list(ids)])).logits[0].float() for ids in sequences]
+        return [model(input_ids=torch.tensor([list(ids)], device=model.device)).logits[0].float().cpu() for ids in sequences]
 
 
 def logit_gap(reference, other) -> tuple[float, float]:

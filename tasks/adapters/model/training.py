@@ -110,6 +110,23 @@ def _datasets(examples: list[TokenizedExample]):
                                "length": len(e.input_ids)} for e in examples])
 
 
+def frozen_linears_to_bf16(model) -> int:
+    """Cast the base's linear weights to bf16 before LoRA wraps them (PEFT keeps its adapters in
+    fp32); the output layer stays as it is when it shares its weight with the embeddings. Returns
+    how many were cast. Only under CPU bf16 autocast, whose matmuls read bf16 weights anyway."""
+    import torch
+
+    embeddings = model.get_input_embeddings().weight
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embeddings:
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(torch.bfloat16)
+            cast += 1
+    return cast
+
+
 def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
                   cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None, model=None,
                   chat_format: str | None = None):
@@ -131,6 +148,8 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
     if not train_examples:
         raise RslmError(f"no training example fits max_length={cfg.max_length} tokens")
     model = load_base_model(base_source, precision, device) if model is None else model
+    if device == "cpu" and precision == "bf16" and cfg.cpu_bf16_frozen_weights:
+        frozen_linears_to_bf16(model)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
