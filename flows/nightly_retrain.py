@@ -196,9 +196,7 @@ def evaluate_and_promote(spec: RunSpec, name: str, version: str, tracking: Track
 @flow(name="export-model")
 def export_champion(spec: RunSpec, model_uri: str, tracking: Tracking) -> dict:
     """The `export` deployment's work on promotion: the configured formats, checked and recorded."""
-    from tasks.domain.export_spec import parse_formats
-
-    report = export_model_task(spec, model_uri, parse_formats(",".join(spec.config.export.formats)), tracking)
+    report = export_model_task(spec, model_uri, spec.config.export.formats_to_write(), tracking)
     return {k: report[k] for k in ("out_dir", "formats", "seconds", "ollama_command")}
 
 

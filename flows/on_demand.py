@@ -93,9 +93,8 @@ def refine_on_demand(model_uri: str, config_path: str = PIPELINE_CONFIG, overrid
 def export_on_demand(model_uri: str, config_path: str = PIPELINE_CONFIG, formats: str = "") -> dict:
     """Merge a registered version, write its GGUF files and Modelfile (`formats`, default
     export.formats), each read back and checked; recorded on the version."""
-    from tasks.domain.export_spec import parse_formats
     from tasks.model_tasks import export_model_task
 
     config = load_pipeline_config(config_path)
-    return export_model_task(resolve_pipeline(config), model_uri, parse_formats(formats or ",".join(config.export.formats)),
+    return export_model_task(resolve_pipeline(config), model_uri, config.export.formats_to_write(formats),
                              Tracking.configured())

@@ -84,12 +84,11 @@ def export(model_uri, out_dir, formats, config_path) -> None:
     from tasks.adapters.ops.settings import paths
     from tasks.adapters.tracking.runs import Tracking
     from tasks.domain.errors import ConfigError
-    from tasks.domain.export_spec import parse_formats
     from tasks.stages.export import export_version
 
     spec = resolve_run(load_pipeline_config(config_path))
     try:
-        chosen = parse_formats(formats or ",".join(spec.config.export.formats))
+        chosen = spec.config.export.formats_to_write(formats)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     report = export_version(spec, model_uri or champion_uri(config_path), chosen, Path(out_dir) if out_dir else None,

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.domain.export_spec import EXPORT_FORMATS, GGUF_TYPES, ExportFormat, GgufType
+from tasks.domain.export_spec import EXPORT_FORMATS, GGUF_TYPES, ExportFormat, GgufType, parse_formats
 from tasks.domain.framework import Slug
 from tasks.domain.frozen import Frozen
 from tasks.domain.preferences import RULE_BASED, Kind
@@ -365,6 +365,10 @@ class ExportConfig(Frozen):
     bounds: dict[str, ExportBounds] = Field(default_factory=_default_export_bounds)  # merged, f16, q8_0
     log_weights: bool = False            # also log the weight files to the run (large); their sha256 always is
     on_promotion: bool = False           # the nightly run exports each new @champion (`export` deployment)
+
+    def formats_to_write(self, asked: str | None = None) -> list[ExportFormat]:
+        """`asked` (comma-separated, e.g. a --format flag), else `formats`, with what each needs added."""
+        return parse_formats(asked or ",".join(self.formats))
 
     @model_validator(mode="after")
     def _bounds_for_every_form(self) -> ExportConfig:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from tasks.domain.formatting import BOS, EOS, IM_END, IM_START, INST_CLOSE, INST_OPEN, ChatFormat
 from tasks.domain.frozen import Frozen
-from tasks.domain.records import Message
+from tasks.domain.records import Message, question_turns
 
 ExportFormat = Literal["merged", "gguf", "ollama"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("merged", "gguf", "ollama")
@@ -98,7 +98,7 @@ def render_ollama_prompt(template: str, system: str, prompt: str) -> str:
 
 def template_matches(fmt: ChatFormat, system: str, question: str) -> bool:
     """Ollama's prompt for (system, question), with the BOS its runtime adds, equals ours."""
-    ours = fmt.prompt([Message(role="system", content=system), Message(role="user", content=question)])
+    ours = fmt.prompt(question_turns(system, question))
     theirs = (BOS if adds_bos(fmt) else "") + render_ollama_prompt(OLLAMA_TEMPLATES[fmt.name], system, question)
     return ours == theirs
 

@@ -8,6 +8,7 @@ staging directory is removed."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,15 +18,7 @@ import pandas as pd
 from tasks.adapters.data.dataset_store import file_sha256
 from tasks.adapters.model.base_models import runtime
 from tasks.adapters.model.chat_codec import chat_codec
-from tasks.adapters.model.gguf_export import (
-    ExportError,
-    logit_gap,
-    merge_adapter,
-    read_back_gguf,
-    remove,
-    sequence_logits,
-    write_gguf,
-)
+from tasks.adapters.model.gguf_export import ExportError, logit_gap, merge_adapter, read_back_gguf, sequence_logits, write_gguf
 from tasks.adapters.model.inference import Generator, load_generator
 from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
 from tasks.adapters.ops.settings import Paths
@@ -89,11 +82,11 @@ def _answers(form: _Form, questions: list[str], max_new_tokens: int) -> list[str
     return form.answers
 
 
-def _compare(form: _Form, reference: _Form, sequences, ref_logits, questions: list[str], bounds: ExportBounds,
-             framework: Framework) -> list[ExportCheck]:
-    """The form's logits on the reference's token sequences, its tokenization and its held-out style verdicts."""
+def _compare(form: _Form, reference: _Form, ours: list[list[int]], sequences, ref_logits, questions: list[str],
+             bounds: ExportBounds, framework: Framework) -> list[ExportCheck]:
+    """The form's tokenization of the questions' prompts against `ours` (base + adapter's), its
+    logits on the reference's token sequences, and its held-out style verdicts."""
     checks = []
-    ours = [reference.generator.prompt_ids(reference.generator.conversation(q)) for q in questions]
     theirs = [form.generator.prompt_ids(form.generator.conversation(q)) for q in questions]
     checks.append(ExportCheck(name=f"{form.label}: prompt tokens", passed=ours == theirs,
                               detail="same ids as training" if ours == theirs else "its tokenizer encodes prompts differently"))
@@ -156,13 +149,14 @@ def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], o
     merged_bounds = settings.bounds["merged"] if precision == "fp32" else settings.bounds.get("merged_half",
                                                                                               settings.bounds["merged"])
     staging = staging_dir(target)
-    remove(staging)
+    shutil.rmtree(staging, ignore_errors=True)
     try:
         reference = _Form("base + adapter", load_generator(base, adapter, system_prompt, device=device, precision=precision))
         _answers(reference, questions, max_new)
         # what every form is scored on: each question's prompt and base + adapter's answer to it
-        sequences = [reference.generator.prompt_ids(reference.generator.conversation(q))
-                     + reference.generator.codec.encode_text(" " + a) for q, a in zip(questions, reference.answers, strict=True)]
+        prompts = [reference.generator.prompt_ids(reference.generator.conversation(q)) for q in questions]
+        sequences = [ids + reference.generator.codec.encode_text(" " + a)
+                     for ids, a in zip(prompts, reference.answers, strict=True)]
         ref_logits = sequence_logits(reference.generator.model, sequences)
         reference.release()  # one model in memory at a time: a 7B one is ~14 GB in half precision
         merged_dir = merge_adapter(base, adapter, staging / MERGED_DIR, max_new,
@@ -171,7 +165,7 @@ def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], o
         checks = [_template_check(merged_dir, system_prompt, questions[0])]
         merged = _Form("merged", load_generator(merged_dir, None, system_prompt, device=device, precision=precision))
         _answers(merged, questions, max_new)
-        checks += _compare(merged, reference, sequences, ref_logits, questions, merged_bounds, framework)
+        checks += _compare(merged, reference, prompts, sequences, ref_logits, questions, merged_bounds, framework)
         merged.release()
         forms = [reference, merged]
         stem = f"{info.name}-v{info.version}"
@@ -184,7 +178,7 @@ def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], o
                                                          system_prompt=system_prompt))
                 del model
                 _answers(form, questions, max_new)
-                checks += _compare(form, reference, sequences, ref_logits, questions, settings.bounds[quant], framework)
+                checks += _compare(form, reference, prompts, sequences, ref_logits, questions, settings.bounds[quant], framework)
                 form.release()
                 forms.append(form)
         command = None
@@ -203,12 +197,11 @@ def export_version(spec: RunSpec, model_uri: str, formats: list[ExportFormat], o
         answers = [{"question": q, **{f.label: {"answer": f.answers[i], "style": heldout_style(q, f.answers[i], framework.style)}
                                       for f in forms}} for i, q in enumerate(questions)]
         report = ExportReport(model_uri=model_uri, name=info.name, version=info.version, out_dir=str(target),
-                              formats=list(formats), files=[], checks=checks, answers=answers,
+                              formats=list(formats), files=_files(staging), checks=checks, answers=answers,
                               seconds=time.perf_counter() - started, ollama_command=command)
-        report.files = _files(staging)
         (staging / MANIFEST).write_text(json.dumps(report.to_dict(), indent=1))
     except BaseException:
-        remove(staging)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     publish_directory(staging, target)
     _record(tracking, info, target, report, settings)

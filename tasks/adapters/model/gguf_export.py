@@ -11,7 +11,6 @@ GGUF conventions followed here (llama.cpp's, as its reader and transformers' GGU
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -228,10 +227,3 @@ def logit_gap(reference, other) -> tuple[float, float]:
     positions = sum(a.shape[0] for a in reference)
     flips = sum(int((a.argmax(-1) != b.argmax(-1)).sum()) for a, b in zip(reference, other, strict=True))
     return worst, flips / positions
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

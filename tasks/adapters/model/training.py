@@ -110,21 +110,18 @@ def _datasets(examples: list[TokenizedExample]):
                                "length": len(e.input_ids)} for e in examples])
 
 
-def frozen_linears_to_bf16(model) -> int:
+def frozen_linears_to_bf16(model) -> None:
     """Cast the base's linear weights to bf16 before LoRA wraps them (PEFT keeps its adapters in
-    fp32); the output layer stays as it is when it shares its weight with the embeddings. Returns
-    how many were cast. Only under CPU bf16 autocast, whose matmuls read bf16 weights anyway."""
+    fp32); the output layer stays as it is when it shares its weight with the embeddings. Only
+    under CPU bf16 autocast, whose matmuls read bf16 weights anyway."""
     import torch
 
     embeddings = model.get_input_embeddings().weight
-    cast = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight is not embeddings:
             module.weight.data = module.weight.data.to(torch.bfloat16)
             if module.bias is not None:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
-            cast += 1
-    return cast
 
 
 def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
