@@ -30,6 +30,13 @@ class TrainingConfig(Frozen):
     # Under that autocast, keep the frozen base's linear weights in bf16: autocast would cast them
     # from fp32 on every forward and backward, to the same values. LoRA weights and norms stay fp32.
     cpu_bf16_frozen_weights: bool = False
+    # The loss's output layer only at answer positions, in the autocast dtype. TRL does so only where
+    # Triton runs; its CPU/MPS fallback scores every position in fp32 (30% of a SmolLM2 CPU step).
+    head_on_answers_only: bool = True
+    # LoRA dropout's mask drawn 3 elements per 64-bit random draw on a CPU, not one (bernoulli_).
+    cpu_fast_dropout: bool = True
+    # The attention kernel the model is loaded with; eager beats SDPA's CPU flash kernel on short rows.
+    attention: Literal["sdpa", "eager"] = "sdpa"
     max_steps: int = Field(default=-1, description="-1: train for num_epochs")
     num_epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=2.0e-4, gt=0)

@@ -112,11 +112,12 @@ def check_tokenizer(tokenizer, samples: list[str]) -> None:
                 f"tokenizer does not round-trip {text[:50]!r} ({len(ids)} tokens): refusing to train on it")
 
 
-def load_base_model(source: str | Path, precision: Precision, device: Device):
+def load_base_model(source: str | Path, precision: Precision, device: Device, attention: str = "sdpa"):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(source), dtype=torch_dtype(weights_precision(device, precision)), use_safetensors=True, trust_remote_code=False)
+        str(source), dtype=torch_dtype(weights_precision(device, precision)), use_safetensors=True, trust_remote_code=False,
+        attn_implementation=attention)
     return model.to(device)
 
 

@@ -124,6 +124,27 @@ def frozen_linears_to_bf16(model) -> None:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
 
 
+def _answer_only_trainer_class():
+    """SFTTrainer whose loss runs the output layer only at answer positions (`fast_step`), logging
+    the same `mean_token_accuracy` as TRL's (its `entropy` would cost a pass over the vocabulary)."""
+    from trl import SFTTrainer
+
+    from tasks.adapters.model.fast_step import answer_only_loss
+
+    class AnswerOnlySFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:  # a caller that wants the logits gets TRL's own path, which builds them
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # accelerate puts the mixed-precision autocast around model.forward, which this bypasses
+            with self.accelerator.autocast():
+                loss, tokens, top1 = answer_only_loss(model, inputs, num_items_in_batch)
+            if tokens:
+                self._metrics["train" if model.training else "eval"]["mean_token_accuracy"].append(top1 / tokens)
+            return loss
+
+    return AnswerOnlySFTTrainer
+
+
 def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
                   cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None, model=None,
                   chat_format: str | None = None):
@@ -144,12 +165,16 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
     eval_examples, _ = tokenize_rows(eval_rows, codec, cfg.max_length)
     if not train_examples:
         raise RslmError(f"no training example fits max_length={cfg.max_length} tokens")
-    model = load_base_model(base_source, precision, device) if model is None else model
+    model = load_base_model(base_source, precision, device, cfg.attention) if model is None else model
     if device == "cpu" and precision == "bf16" and cfg.cpu_bf16_frozen_weights:
         frozen_linears_to_bf16(model)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    if cfg.cpu_fast_dropout:
+        from tasks.adapters.model.fast_step import use_fast_dropout
+
+        use_fast_dropout(model)
     args = SFTConfig(
         output_dir=str(out_dir / CHECKPOINTS),
         max_steps=cfg.max_steps, num_train_epochs=cfg.num_epochs,
@@ -167,7 +192,8 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
         eval_strategy="no", report_to="none", dataset_num_proc=None, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length",
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=_datasets(train_examples),
+    trainer_class = _answer_only_trainer_class() if cfg.head_on_answers_only else SFTTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=_datasets(train_examples),
                          eval_dataset=_datasets(eval_examples) if eval_examples else None,
                          processing_class=tokenizer, callbacks=[metrics_callback(sink)])
     counter = _CountingCollator(trainer.data_collator)

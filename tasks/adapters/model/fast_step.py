@@ -1,0 +1,89 @@
+"""Two pieces of the training step that cost more than they should, each behind its own
+TrainingConfig switch (issue 19; `make bench` measures each one alone):
+
+- `answer_only_loss`: the next-token loss with the output layer run only at answer positions.
+  TRL's fused LM head does that only where Triton runs; on a CPU or a Mac its torch fallback
+  scores every position in fp32 passes over the vocabulary, which was 30% of a SmolLM2 step.
+- `FastDropout`: LoRA's dropout with its keep-mask drawn three elements per 64-bit draw.
+  `bernoulli_` draws one per element, and was 13% of a SmolLM2 step on a CPU."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+# At most this many logits at once (256 MiB in fp32): more answer tokens than that go through the
+# output layer in chunks, each recomputed in the backward pass, so no [tokens, vocab] tensor is kept.
+LOGITS_PER_CHUNK = 1 << 26
+
+
+def answer_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, int, int]:
+    """Mean next-token cross-entropy over the positions whose label is not -100 (or the sum over
+    `num_items_in_batch`, as the Trainer asks under gradient accumulation), with how many tokens
+    it covered and how many of them the model ranked first. The backbone runs on every token; the
+    output layer only on the labelled ones, in the autocast dtype when one is active."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps it
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                      use_cache=False).last_hidden_state
+    labels = inputs["labels"][:, 1:]  # position t predicts token t+1
+    labelled = labels != -100
+    hidden, targets = hidden[:, :-1][labelled], labels[labelled]
+    head = causal_lm.get_output_embeddings()
+    per_chunk = max(1, LOGITS_PER_CHUNK // head.weight.shape[0])
+    total, top1 = hidden.new_zeros((), dtype=torch.float32), 0
+    for start in range(0, len(targets), per_chunk):
+        h, t = hidden[start:start + per_chunk], targets[start:start + per_chunk]
+        if len(targets) > per_chunk:
+            nll, hits = torch.utils.checkpoint.checkpoint(_summed_nll, head, h, t, use_reentrant=False)
+        else:
+            nll, hits = _summed_nll(head, h, t)
+        total, top1 = total + nll, top1 + int(hits)
+    count = int(labelled.sum())
+    denominator = max(count, 1) if num_items_in_batch is None else num_items_in_batch
+    return total / denominator, count, top1
+
+
+def _summed_nll(head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden).float()  # the softmax in fp32, whatever the matmul ran in
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return nll, (logits.detach().argmax(-1) == targets).sum()
+
+
+class FastDropout(torch.nn.Module):
+    """Inverted dropout, as `nn.Dropout`, whose keep-mask on a CPU comes from 16-bit lanes of 64-bit
+    draws of torch's generator (bits 0-47 of each draw are uniform: three lanes per draw, a third of
+    `bernoulli_`'s draws). Seeded by `torch.manual_seed` like everything else; p is rounded to a
+    multiple of 1/65536. Off a CPU, or on a big-endian one, it is `nn.functional.dropout`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.drop_below = round(p * 65536) - 32768  # P(lane < drop_below) = p for a uniform int16 lane
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.p > 0 and x.device.type == "cpu" and sys.byteorder == "little"):
+            return torch.nn.functional.dropout(x, self.p, self.training)
+        count = x.numel()
+        lanes = torch.empty((count + 2) // 3, 4, dtype=torch.int16)
+        lanes.view(torch.int64).random_()  # [0, 2^63): lane 3 holds the 15 top bits and is not used
+        keep = lanes[:, :3].reshape(-1)[:count].view(x.shape) >= self.drop_below
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_fast_dropout(model) -> int:
+    """Replace every LoRA dropout module of a PEFT model with `FastDropout` of the same p; returns
+    how many were replaced."""
+    replaced = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict):
+            continue
+        for adapter, dropout in dropouts.items():
+            if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+                dropouts[adapter] = FastDropout(dropout.p)
+                replaced += 1
+    return replaced
