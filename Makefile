@@ -36,7 +36,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not integration"
 
 ## Benchmarks (not tests): training vs a plain SFTTrainer script, stage rates, overhead, memory.
-## Writes $(RSLM_HOME)/bench/results.{json,md}; about 10 minutes on 2 cores. BENCH_ARGS="--device cuda" on a GPU.
+## Writes $(RSLM_HOME)/bench/results.{json,md}; about 18 minutes on 2 cores. BENCH_ARGS="--device cuda" on a GPU.
 BENCH_ARGS ?=
 bench: venv
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)

@@ -63,11 +63,12 @@ def step_losses(base, rows, cfg, out_dir) -> tuple[str, list[float]]:
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "cpu-bf16-autocast"])
 def test_the_fast_step_trains_as_the_unoptimized_one(tiny_base, small_build, tmp_path, autocast):
     """Issue 19: the output layer only at answer positions, eager attention and bf16 frozen weights
-    change the speed, not the losses: the same 6 steps on the same batches (dropout 0, so no mask
-    is drawn differently) give the same losses, to 1e-5 in fp32 and 1e-3 under bf16 autocast
+    change the speed, not the losses: the same 6 steps of 2 accumulated batches each (the loss then
+    sums over both batches' answer tokens, as TRL's does) on the same data, dropout 0 so no mask
+    is drawn differently, give the same losses, to 1e-5 in fp32 and 1e-3 under bf16 autocast
     (measured: 7e-8 and 1e-4). test_smollm2 checks the same on the real model."""
     cfg = CFG.model_copy(update={"device": "cpu", "cpu_bf16_autocast": autocast, "max_steps": 6, "logging_steps": 1,
-                                 "lora": CFG.lora.model_copy(update={"dropout": 0.0})})
+                                 "gradient_accumulation_steps": 2, "lora": CFG.lora.model_copy(update={"dropout": 0.0})})
     precision, slow = step_losses(tiny_base, small_build.train, cfg.model_copy(update=UNOPTIMIZED), tmp_path / "slow")
     if autocast and precision != "bf16":
         pytest.skip("this CPU has no bf16 instructions: no autocast to compare under")

@@ -31,7 +31,8 @@ class TrainingConfig(Frozen):
     # from fp32 on every forward and backward, to the same values. LoRA weights and norms stay fp32.
     cpu_bf16_frozen_weights: bool = False
     # The loss's output layer only at answer positions, in the autocast dtype. TRL does so only where
-    # Triton runs; its CPU/MPS fallback scores every position in fp32 (30% of a SmolLM2 CPU step).
+    # Triton runs (CUDA: kept there); its CPU/MPS fallback scores every position in fp32 (30% of a
+    # SmolLM2 CPU step).
     head_on_answers_only: bool = True
     # LoRA dropout's mask drawn 3 elements per 64-bit random draw on a CPU, not one (bernoulli_).
     cpu_fast_dropout: bool = True

@@ -145,8 +145,6 @@ def summarise_runs(runs: list[dict], examples: int) -> dict:
 def training_worker(conn, variant: str, base: str, rows: list, texts: list[str]) -> None:
     """One process per variant, kept for all its repetitions: its peak RSS is that variant's alone,
     and the imports are paid once. Receives training configs, answers with one run's figures."""
-    import resource
-
     from tasks.domain.config import TrainingConfig
 
     from baseline_sft import run_baseline
@@ -163,11 +161,24 @@ def training_worker(conn, variant: str, base: str, rows: list, texts: list[str])
         except Exception as error:  # reported by the parent, which stops the benchmark
             conn.send({"error": f"{variant}: {type(error).__name__}: {error}"})
             continue
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        if sys.platform == "darwin":
-            result["peak_rss_mib"] /= 1024  # macOS reports bytes
+        result["peak_rss_mib"] = process_peak_rss_mib()
         conn.send(result)
         release_memory()  # seven SmolLM2 workers each holding its last run's model would not fit in 24 GiB
+
+
+def process_peak_rss_mib() -> float:
+    """This process's own peak RSS. On Linux, /proc's VmHWM: getrusage's ru_maxrss survives exec, so a
+    spawned worker would report the parent's peak at the time it started (5.2 GiB for every variant
+    once the `smollm2` section had run in the parent)."""
+    import resource
+
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS: bytes; elsewhere KiB
 
 
 def release_memory() -> None:

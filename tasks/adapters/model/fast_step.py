@@ -8,6 +8,7 @@ TrainingConfig switch (issue 19; `make bench` measures each one alone):
   `bernoulli_` draws one per element, and was 13% of a SmolLM2 step on a CPU."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import torch
@@ -15,6 +16,12 @@ import torch
 # At most this many logits at once (256 MiB in fp32): more answer tokens than that go through the
 # output layer in chunks, each recomputed in the backward pass, so no [tokens, vocab] tensor is kept.
 LOGITS_PER_CHUNK = 1 << 26
+
+
+def trl_head_scores_answers_only(device: str) -> bool:
+    """Where TRL's Triton kernel runs (CUDA with Triton installed), its fused head already scores
+    only labelled positions, tile by tile, and is kept; elsewhere `answer_only_loss` replaces it."""
+    return device == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def answer_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, int, int]:

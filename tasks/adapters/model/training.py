@@ -156,6 +156,8 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
     from peft import LoraConfig, get_peft_model
     from trl import SFTConfig, SFTTrainer
 
+    from tasks.adapters.model.fast_step import trl_head_scores_answers_only, use_fast_dropout
+
     device, precision = runtime(cfg.device, cfg.precision, cfg.cpu_bf16_autocast)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(base_source)
@@ -172,8 +174,6 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     if cfg.cpu_fast_dropout:
-        from tasks.adapters.model.fast_step import use_fast_dropout
-
         use_fast_dropout(model)
     args = SFTConfig(
         output_dir=str(out_dir / CHECKPOINTS),
@@ -192,10 +192,11 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
         eval_strategy="no", report_to="none", dataset_num_proc=None, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length",
     )
-    trainer_class = _answer_only_trainer_class() if cfg.head_on_answers_only else SFTTrainer
+    answer_only_head = cfg.head_on_answers_only and not trl_head_scores_answers_only(device)
+    trainer_class = _answer_only_trainer_class() if answer_only_head else SFTTrainer
     trainer = trainer_class(model=model, args=args, train_dataset=_datasets(train_examples),
-                         eval_dataset=_datasets(eval_examples) if eval_examples else None,
-                         processing_class=tokenizer, callbacks=[metrics_callback(sink)])
+                            eval_dataset=_datasets(eval_examples) if eval_examples else None,
+                            processing_class=tokenizer, callbacks=[metrics_callback(sink)])
     counter = _CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     return trainer, tokenizer, {"device": device, "precision": precision, "dropped": dropped, "chat_format": codec.fmt.name,
