@@ -100,15 +100,16 @@ def rows_for(n: int, seed: int = 13):
 # --- training ----------------------------------------------------------------------------------
 
 # Our step with one improvement taken away at a time, so each one's effect has its own figure:
-# variant -> (the change, the gain's name in the results)
+# variant -> (the change, the gain's key in the results, what the gain is worth in words)
 VARIANTS = {
-    "ours": ({}, None),                                                     # the pipeline's step, as configured
-    "ours_random_batches": ({"group_by_length": False}, "length_grouping"),  # without length-grouped batches
-    "ours_checkpointing": ({"gradient_checkpointing": True}, "no_checkpointing"),  # TRL's default recomputation
-    "ours_fp32_frozen_weights": ({"cpu_bf16_frozen_weights": False}, "bf16_frozen_weights"),  # cast every step
-    "ours_trl_loss": ({"head_on_answers_only": False}, "head_on_answers_only"),  # TRL's fused head, every position
-    "ours_torch_dropout": ({"cpu_fast_dropout": False}, "fast_dropout"),     # bernoulli_ masks
-    "ours_sdpa_attention": ({"attention": "sdpa"}, "eager_attention"),     # SDPA's kernel
+    "ours": ({}, None, None),  # the pipeline's step, as configured
+    "ours_random_batches": ({"group_by_length": False}, "length_grouping", "length-grouped batches"),
+    "ours_checkpointing": ({"gradient_checkpointing": True}, "no_checkpointing", "no gradient checkpointing"),
+    "ours_fp32_frozen_weights": ({"cpu_bf16_frozen_weights": False}, "bf16_frozen_weights",
+                                 "frozen base weights in bf16 under CPU autocast"),
+    "ours_trl_loss": ({"head_on_answers_only": False}, "head_on_answers_only", "output layer only at answer positions"),
+    "ours_torch_dropout": ({"cpu_fast_dropout": False}, "fast_dropout", "LoRA dropout masks from 64-bit draws"),
+    "ours_sdpa_attention": ({"attention": "sdpa"}, "eager_attention", "eager attention"),
 }
 
 
@@ -221,7 +222,7 @@ def bench_training(reps: int, device: str, workdir: Path, profile_name: str = "b
     try:
         for rep in range(reps):  # interleaved, so drift in machine speed touches every variant alike
             for name, (conn, _) in workers.items():
-                change = VARIANTS.get(name, ({}, None))[0]
+                change = VARIANTS.get(name, ({},))[0]
                 ran = runs["ours"][-1] if runs["ours"] else {}
                 conn.send({"cfg": cfg.model_copy(update=change).model_dump(), "out_dir": str(workdir / f"{name}-{rep}"),
                            "device": ran.get("device"), "precision": ran.get("precision"),
@@ -252,7 +253,7 @@ def bench_training(reps: int, device: str, workdir: Path, profile_name: str = "b
         "speedup_tokens": ours["tokens_per_s"] / baseline["tokens_per_s"],  # every non-pad token alike
         "speedup_wall": baseline["wall_s"] / ours["wall_s"],
         # what each difference from the baseline is worth, in non-pad tokens/s
-        "gains": {gain: ours["tokens_per_s"] / summary[name]["tokens_per_s"] for name, (_, gain) in VARIANTS.items() if gain},
+        "gains": {gain: ours["tokens_per_s"] / summary[name]["tokens_per_s"] for name, (_, gain, _) in VARIANTS.items() if gain},
     }
 
 
@@ -419,12 +420,6 @@ def large_model_section(args, workdir: Path) -> dict:
                              steps=args.large_steps, batch_size=args.large_batch, peak_tflops=args.peak_tflops)
 
 
-GAIN_LABELS = {"length_grouping": "length-grouped batches", "no_checkpointing": "no gradient checkpointing",
-               "bf16_frozen_weights": "frozen base weights in bf16 under CPU autocast",
-               "head_on_answers_only": "output layer only at answer positions",
-               "fast_dropout": "LoRA dropout masks from 64-bit draws", "eager_attention": "eager attention"}
-
-
 def training_markdown(t: dict, title: str) -> list[str]:
     peaks = t.get("cpu_peak_gflops") or {}
     peak = peaks.get(t["precision"])
@@ -438,7 +433,8 @@ def training_markdown(t: dict, title: str) -> list[str]:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "n/a"
         lines.append(f"| {name} | {r['wall_s']:.1f} | {r['examples_per_s']:.2f} | {r['answer_tokens_per_s']:.0f} | "
                      f"{r['tokens_per_s']:.0f} | {mfu} | {r['pad_share']:.0%} | {r['peak_rss_mib']:.0f} |")
-    gains = "; ".join(f"{GAIN_LABELS.get(k, k)} {v:.2f}x" for k, v in t["gains"].items())
+    labels = {gain: label for _, gain, label in VARIANTS.values() if gain}
+    gains = "; ".join(f"{labels.get(k, k)} {v:.2f}x" for k, v in t["gains"].items())
     return lines + ["", f"**speedup: {t['speedup_tokens']:.2f}x in non-pad tokens/s** over the baseline "
                         f"({t['speedup']:.2f}x in answer tokens/s, {t['speedup_wall']:.2f}x in wall time for the "
                         f"same number of examples and steps). MFU: 4 x {t['model_parameters'] / 1e6:.0f}M FLOPs per "
