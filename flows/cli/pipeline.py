@@ -27,7 +27,11 @@ from flows.cli.common import (
 @max_samples_option
 @device_option
 @click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
-@click.option("--force", is_flag=True, help="Rebuild and retrain even when nothing changed.")
+@click.option("--force", is_flag=True,
+              help="Rebuild and retrain the chat adapter even when nothing changed (a registered reward model with "
+                   "the same step labels and settings is kept: see --force-reward).")
+@click.option("--force-reward", is_flag=True, help="Retrain the process reward model even when its step labels and "
+                                                   "settings are those of a registered version.")
 @click.option("--dataset", "dataset_source", type=click.Path(exists=True),
               help="Train on your own dataset instead of generating one: a JSONL file of {\"messages\": [...]} rows, "
                    "a parquet file or a Hugging Face `datasets` directory (dataset.source; style from dataset.imported).")
@@ -36,8 +40,8 @@ from flows.cli.common import (
                    "(default: the profile's refine.enabled).")
 @click.option("--reward/--no-reward", default=None,
               help="Train the process reward model when its step labels changed (default: the profile's reward.enabled).")
-def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force, dataset_source,
-             refine, reward) -> None:
+def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force, force_reward,
+             dataset_source, refine, reward) -> None:
     """Run the nightly_retrain flow once: build (or import), validate, train, [refine,] register, evaluate, promote."""
     setup()
     from flows.resolution import resolve_pipeline
@@ -54,7 +58,8 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
     start_flows()
     from flows.nightly_retrain import nightly_retrain
 
-    record = nightly_retrain(config_path=config_path, base_model=base_model, force=force, overrides=overrides)
+    record = nightly_retrain(config_path=config_path, base_model=base_model, force=force, force_reward=force_reward,
+                             overrides=overrides)
     click.echo(json.dumps({**{k: record[k] for k in ("status", "dataset_path", "adapter_dir", "mlflow_run_id",
                                                      "registered_model", "model_version", "aliases")},
                            "eval": {k: record["evaluation"].get("metrics", {}).get(k)

@@ -140,6 +140,19 @@ class RewardConfig(Frozen):
     # and unweighted the model learns little about the one bad step per corrupted answer.
     balance_labels: bool = False
     lora: LoraSettings = LoraSettings()
+    # The step's speed switches (issue 29), each measured alone in `make bench`'s reward_model section.
+    # Under CPU bf16 autocast, the frozen base's linear weights in bf16 (the trainable head stays fp32).
+    cpu_bf16_frozen_weights: bool = False
+    # LoRA dropout's mask drawn 3 elements per 64-bit random draw on a CPU, not one (bernoulli_).
+    cpu_fast_dropout: bool = True
+    # The attention kernel the classifier is loaded with.
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    # The token head (and its dropout) only at the labelled step ends, not at every token.
+    head_on_step_ends_only: bool = True
+    # Batches of similar length: fewer pad tokens computed.
+    group_by_length: bool = True
+    # A checkpoint every N steps in the reward model's staging directory: a killed training resumes there.
+    save_steps: int = Field(default=50, ge=1)
     # Adapt only the top N transformer blocks (0: all): the backward pass then stops there, so a
     # step costs about half as much and the same minutes buy twice the examples.
     top_layers: int = Field(default=0, ge=0)

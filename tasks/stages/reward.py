@@ -7,7 +7,7 @@ key is reused, so an unchanged nightly trains nothing here either (issue 17)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,6 +102,7 @@ class RewardModel:
     run_id: str = ""
     aliases: list[str] = field(default_factory=list)
     minutes: float = 0.0
+    resumed_from_step: int = 0  # 0: trained from the start; N: picked up from checkpoint N of a killed attempt
 
     @property
     def champion_uri(self) -> str | None:
@@ -174,10 +175,12 @@ def _kinds(figures: dict[str, float]) -> dict[str, float]:
 
 
 def train_and_measure(spec: RunSpec, dataset: DatasetRef, steps: StepSet, base_model: str, paths: Paths,
-                      tracking: Tracking) -> TrainedReward:
+                      tracking: Tracking, say: Callable[[str], None] | None = None) -> TrainedReward:
     """One MLflow run (in the domain's experiment): the reward model trained, then measured on
     held-out step labels beside the champion reward model; loss curve, per-kind bars and the
-    held-out scores table logged to it."""
+    held-out scores table logged to it. It trains in a staging directory keyed by its step data
+    and settings: an attempt killed mid-way leaves checkpoints there, and the next one resumes
+    from the last complete checkpoint (and `say`s so)."""
     from tasks.adapters.model.reward_model import load_reward_scorer, train_reward_model
     from tasks.adapters.tracking.plots import grouped_bars, loss_curve
     from tasks.domain.steps import step_metrics
@@ -196,7 +199,7 @@ def train_and_measure(spec: RunSpec, dataset: DatasetRef, steps: StepSet, base_m
                         "reward.steps_path": steps.train_path})
         run.log_validation(Path(steps.report.result_path).parent)
         summary = train_reward_model(base_model, train, cfg, training, work_dir, sink=run.metrics_sink(f"{PREFIX}train/"),
-                                     chat_format=profile.chat_format)
+                                     chat_format=profile.chat_format, say=say)
         scorer = load_reward_scorer(base_model, work_dir, spec.framework.system_prompt, training.device)
         scores = _score(scorer, held_out, spec.evaluation.settings.batch_size)
         del scorer
@@ -247,4 +250,5 @@ def register_and_gate(spec: RunSpec, dataset: DatasetRef, trained: TrainedReward
     return RewardModel(name=name, version=version, status="trained", verdict=decision.verdict, metrics=trained.metrics,
                        champion_version=aliases.get(CHAMPION), run_id=trained.run_id,
                        aliases=sorted({"challenger", *(a for a, v in aliases.items() if v == version)}),
-                       minutes=trained.summary.get("duration_s", 0.0) / 60)
+                       minutes=trained.summary.get("duration_s", 0.0) / 60,
+                       resumed_from_step=trained.summary.get("resumed_from_step", 0))

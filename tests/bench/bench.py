@@ -8,6 +8,8 @@
     smollm2       the default profile's real model (SmolLM2-135M): tokens/s with and without CPU bf16 autocast,
                   MFU against this CPU's measured fp32 and bf16 matmul peaks
     smollm2_vs_trl  the `training` comparison on SmolLM2 as `make run` trains it (8 steps, --smollm2-reps runs)
+    reward_model  the step-level reward model's step (SmolLM2, the profile's `reward` settings), each speed
+                  switch off in turn, against a plain transformers.Trainer token classifier (baseline_prm.py)
     large_model   on a CUDA GPU: our step on a random-init model with Mistral-7B's shapes, tokens/s and MFU
 
 Writes results.json and results.md to --out (default $RSLM_HOME/bench). A benchmark, not a test:
@@ -257,6 +259,162 @@ def bench_training(reps: int, device: str, workdir: Path, profile_name: str = "b
     }
 
 
+# --- reward model --------------------------------------------------------------------------------
+
+# The reward model's step with one switch taken away at a time (issue 29), as VARIANTS for the chat step.
+REWARD_VARIANTS = {
+    "ours": ({}, None, None),
+    "ours_random_batches": ({"group_by_length": False}, "length_grouping", "length-grouped batches"),
+    "ours_fp32_frozen_weights": ({"cpu_bf16_frozen_weights": False}, "bf16_frozen_weights",
+                                 "frozen base weights in bf16 under CPU autocast"),
+    "ours_head_everywhere": ({"head_on_step_ends_only": False}, "head_on_step_ends_only",
+                             "token head only at step ends"),
+    "ours_torch_dropout": ({"cpu_fast_dropout": False}, "fast_dropout", "LoRA dropout masks from 64-bit draws"),
+    "ours_sdpa_attention": ({"attention": "sdpa"}, "eager_attention", "eager attention"),
+}
+
+
+def reward_rows(count: int):
+    """`count` step-labelled answers from the DevOps framework's rows, spread across kinds and
+    patterns as the pipeline samples them."""
+    from tasks.adapters.ops.config_files import load_framework, load_profile
+    from tasks.domain.sampling import spread_sample
+    from tasks.domain.steps import step_examples
+
+    reward = load_profile("smollm2-135m").reward
+    framework = load_framework(REPO / "configs/frameworks/devops.yaml")
+    examples = step_examples(rows_for(3000)[1].train, framework, seed=13, kinds=reward.kinds, per_row=reward.per_row)
+    return spread_sample(examples, count, kind=lambda e: e.kind, pattern=lambda e: e.pattern_id)
+
+
+def reward_worker(conn, variant: str, base: str, examples: list[dict]) -> None:
+    """One process per reward-model variant (see `training_worker`)."""
+    from tasks.adapters.model.base_models import load_tokenizer
+    from tasks.adapters.model.chat_codec import chat_codec
+    from tasks.adapters.model.reward_model import build_reward_trainer, step_tokens
+    from tasks.domain.config import RewardConfig, TrainingConfig
+    from tasks.domain.steps import StepExample
+
+    from baseline_prm import TokenCounter, run_baseline_prm
+
+    steps = [StepExample.model_validate(e) for e in examples]
+    while (job := conn.recv()) is not None:
+        cfg, training = RewardConfig.model_validate(job["cfg"]), TrainingConfig.model_validate(job["training"])
+        out_dir = Path(job["out_dir"])
+        try:
+            if variant == "baseline":
+                codec = chat_codec(load_tokenizer(base), "chatml")
+                rows = [{"input_ids": t.input_ids, "labels": t.labels}
+                        for t in (step_tokens(codec, e.prompt, e.steps, e.labels, cfg.system_turn) for e in steps)]
+                result = run_baseline_prm(base, rows, cfg.max_steps, cfg.batch_size, cfg.learning_rate, out_dir,
+                                          cfg.lora.model_dump(), cfg.top_layers, seed=training.seed,
+                                          device=job["device"], precision=job["precision"])
+            else:
+                trainer, _, info = build_reward_trainer(base, steps, cfg, training, out_dir, chat_format="chatml")
+                counter = TokenCounter(trainer.data_collator)
+                trainer.data_collator = counter
+                started = time.perf_counter()
+                trainer.train()
+                result = {"wall_s": time.perf_counter() - started, "tokens": counter.tokens,
+                          "answer_tokens": counter.labelled, "padded_tokens": counter.padded_tokens,
+                          "device": info["device"], "precision": info["precision"]}
+        except Exception as error:  # reported by the parent, which stops the benchmark
+            conn.send({"error": f"{variant}: {type(error).__name__}: {error}"})
+            continue
+        result["peak_rss_mib"] = process_peak_rss_mib()
+        conn.send(result)
+        release_memory()
+
+
+def reward_flops_per_token(base: Path, top_layers: int) -> int:
+    """Matmul FLOPs per token of a reward-model step: a forward pass through every block (2 per
+    weight) and a backward pass for the input gradients through the adapted top blocks only (2 per
+    weight; the frozen blocks below get no backward pass, and LoRA's own weights are left out as in
+    the chat step's 4·N). The classifier has no output layer over the vocabulary."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base)
+    with_meta = AutoModelForCausalLM.from_config(config)
+    per_block = sum(p.numel() for n, p in with_meta.named_parameters() if ".layers.0." in n and p.dim() == 2)
+    layers = config.num_hidden_layers
+    return 2 * per_block * layers + 2 * per_block * (min(top_layers, layers) if top_layers else layers)
+
+
+def bench_reward_model(reps: int, device: str, workdir: Path, steps: int = 12) -> dict:
+    """The reward model's step as `make run` trains it (SmolLM2 profile's `reward` settings) and
+    each variant without one switch, against tests/bench/baseline_prm.py, on the same answers."""
+    import multiprocessing
+
+    from tasks.adapters.model.base_models import ensure_packaged_base
+    from tasks.adapters.ops.config_files import load_profile
+
+    profile = load_profile("smollm2-135m")
+    cfg = profile.reward.model_copy(update={"max_steps": steps, "save_steps": 10_000})
+    training = profile.training.model_copy(update={"device": device})
+    base = ensure_packaged_base(profile.packaged, workdir / "models")
+    examples = [e.model_dump(mode="json") for e in reward_rows(steps * cfg.batch_size)]
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for name in [*REWARD_VARIANTS, "baseline"]:
+        parent, child = context.Pipe()
+        process = context.Process(target=reward_worker, args=(child, name, str(base), examples), daemon=True)
+        process.start()
+        workers[name] = (parent, process)
+    runs: dict[str, list[dict]] = {name: [] for name in workers}
+    try:
+        for rep in range(reps):
+            for name, (conn, _) in workers.items():
+                ran = runs["ours"][-1] if runs["ours"] else {}
+                conn.send({"cfg": cfg.model_copy(update=REWARD_VARIANTS.get(name, ({},))[0]).model_dump(),
+                           "training": training.model_dump(), "out_dir": str(workdir / f"prm-{name}-{rep}"),
+                           "device": ran.get("device"), "precision": ran.get("precision")})
+                result = conn.recv()
+                if "error" in result:
+                    raise RuntimeError(result["error"])
+                runs[name].append(result)
+                print(f"[bench] reward {name} rep {rep + 1}/{reps}: {result['wall_s']:.1f} s", flush=True)
+    finally:
+        for conn, process in workers.values():
+            conn.send(None)
+            process.join(timeout=30)
+    summary = {name: summarise_runs(r, steps * cfg.batch_size) for name, r in runs.items()}
+    flops = reward_flops_per_token(base, cfg.top_layers)
+    peaks = cpu_matmul_peaks() if runs["ours"][0]["device"] == "cpu" else {}
+    peak = peaks.get(runs["ours"][0]["precision"])
+    for result in summary.values():
+        result["mfu"] = flops * result["tokens_per_s"] / (peak * 1e9) if peak else None
+    ours, baseline = summary["ours"], summary["baseline"]
+    return {"profile": "smollm2-135m", "steps": steps, "batch_size": cfg.batch_size, "reps": reps,
+            "top_layers": cfg.top_layers, "flops_per_token": flops,
+            "device": runs["ours"][0]["device"], "precision": runs["ours"][0]["precision"], **summary,
+            "cpu_peak_gflops": peaks,
+            "speedup_tokens": ours["tokens_per_s"] / baseline["tokens_per_s"],
+            "speedup_wall": baseline["wall_s"] / ours["wall_s"],
+            "gains": {gain: ours["tokens_per_s"] / summary[name]["tokens_per_s"]
+                      for name, (_, gain, _) in REWARD_VARIANTS.items() if gain}}
+
+
+def reward_markdown(t: dict) -> list[str]:
+    peak = (t.get("cpu_peak_gflops") or {}).get(t["precision"])
+    lines = ["## Reward model step (smollm2-135m profile's `reward` settings, against a plain Trainer)", "",
+             f"SmolLM2-135M token classifier, LoRA on the top {t['top_layers']} blocks, {t['steps']} steps x batch "
+             f"{t['batch_size']}, median of {t['reps']} on {t['device']} ({t['precision']})", "",
+             "| | wall s | answers/s | tokens/s (non-pad) | MFU | pad share | peak RSS MiB |", "|---|---|---|---|---|---|---|"]
+    for name in (*REWARD_VARIANTS, "baseline"):
+        r = t[name]
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "n/a"
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['examples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {mfu} | "
+                     f"{r['pad_share']:.0%} | {r['peak_rss_mib']:.0f} |")
+    labels = {gain: label for _, gain, label in REWARD_VARIANTS.values() if gain}
+    gains = "; ".join(f"{labels.get(k, k)} {v:.2f}x" for k, v in t["gains"].items())
+    return lines + ["", f"**speedup: {t['speedup_tokens']:.2f}x in non-pad tokens/s** over the plain Trainer "
+                        f"({t['speedup_wall']:.2f}x in wall time, same answers and steps). MFU: "
+                        f"{t['flops_per_token'] / 1e6:.0f} MFLOPs per non-pad token (forward through every block, "
+                        f"input-gradient backward through the adapted ones) over this CPU's {t['precision']} matmul "
+                        f"peak measured in the same run ({f'{peak:.0f} GFLOP/s' if peak else 'not measured'}). "
+                        f"Each switch alone (ours over ours without it): {gains}", ""]
+
+
 # --- stages ------------------------------------------------------------------------------------
 
 def bench_stages(sizes: list[int], workdir: Path) -> dict:
@@ -448,6 +606,8 @@ def markdown(results: dict) -> str:
     for section, title in (("training", "bench profile"), ("smollm2_vs_trl", "smollm2-135m profile against plain TRL")):
         if t := results.get(section):
             lines += training_markdown(t, title)
+    if results.get("reward_model"):
+        lines += reward_markdown(results["reward_model"])
     if results.get("smollm2"):
         m = results["smollm2"]
         lines += ["## Training step (smollm2-135m profile, the default)", "",
@@ -491,7 +651,8 @@ def default_sections(device: str) -> list[str]:
     import torch
 
     wants_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return ["training", "smollm2", "smollm2_vs_trl", "stages", "orchestration", *(["large_model"] if wants_gpu else [])]
+    return ["training", "smollm2", "smollm2_vs_trl", "reward_model", "stages", "orchestration",
+            *(["large_model"] if wants_gpu else [])]
 
 
 def main() -> None:
@@ -500,10 +661,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--only", help="comma-separated sections: training, smollm2, smollm2_vs_trl, stages, orchestration, "
+    parser.add_argument("--only", help="comma-separated sections: training, smollm2, smollm2_vs_trl, reward_model, stages, "
+                                       "orchestration, "
                                        "large_model "
                                        "(default: all but large_model, plus large_model on a CUDA machine)")
     parser.add_argument("--smollm2-reps", type=int, default=1, help="repetitions of the SmolLM2-against-TRL section")
+    parser.add_argument("--reward-reps", type=int, default=1, help="repetitions of the reward-model section")
+    parser.add_argument("--reward-steps", type=int, default=12, help="steps per reward-model run")
     parser.add_argument("--large-steps", type=int, default=10, help="timed steps of the 7B-shaped model")
     parser.add_argument("--large-batch", type=int, default=16, help="batch size of the 7B-shaped model")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU, if not in the table")
@@ -519,6 +683,7 @@ def main() -> None:
     runners = {"training": lambda work: bench_training(args.reps, args.device, work),
                "smollm2": lambda work: bench_smollm2(args.device, work),
                "smollm2_vs_trl": lambda work: bench_training(args.smollm2_reps, args.device, work, "smollm2-135m", steps=8),
+               "reward_model": lambda work: bench_reward_model(args.reward_reps, args.device, work, args.reward_steps),
                "large_model": lambda work: large_model_section(args, work),
                "stages": lambda work: bench_stages([int(s) for s in args.sizes.split(",")], work),
                "orchestration": bench_orchestration}

@@ -5,7 +5,8 @@ TrainingConfig switch (issue 19; `make bench` measures each one alone):
   TRL's fused LM head does that only where Triton runs; on a CPU or a Mac its torch fallback
   scores every position in fp32 passes over the vocabulary, which was 30% of a SmolLM2 step.
 - `FastDropout`: LoRA's dropout with its keep-mask drawn three elements per 64-bit draw.
-  `bernoulli_` draws one per element, and was 13% of a SmolLM2 step on a CPU."""
+  `bernoulli_` draws one per element, and was 13% of a SmolLM2 step on a CPU.
+- `step_end_loss` (issue 29): the reward model's token head only at the labelled step ends."""
 from __future__ import annotations
 
 import importlib.util
@@ -49,6 +50,24 @@ def answer_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torc
     count = int(labelled.sum())
     denominator = max(count, 1) if num_items_in_batch is None else num_items_in_batch
     return total / denominator, count, top1
+
+
+def step_end_loss(model, inputs: dict, class_weights=None, num_items_in_batch=None) -> torch.Tensor:
+    """The reward model's loss with its token head (and the dropout before it) run only at the
+    labelled step ends, not at every token: cross-entropy there, weighted per class when
+    `class_weights` is given, mean over those positions (or their sum over `num_items_in_batch`).
+    The same loss `transformers`' token classifier computes from its logits at every position."""
+    classifier = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(classifier, classifier.base_model_prefix)
+    hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                      use_cache=False).last_hidden_state
+    labels = inputs["labels"]
+    labelled = labels != -100
+    logits = classifier.score(classifier.dropout(hidden[labelled])).float()
+    weight = None if class_weights is None else torch.tensor(class_weights, device=logits.device)
+    if num_items_in_batch is None or weight is not None:  # a weighted loss is a weighted mean, as torch's
+        return torch.nn.functional.cross_entropy(logits, labels[labelled], weight=weight)
+    return torch.nn.functional.cross_entropy(logits, labels[labelled], reduction="sum") / num_items_in_batch
 
 
 def _summed_nll(head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

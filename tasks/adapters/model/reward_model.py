@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.adapters.model.base_models import adapter_tokenizer, load_tokenizer, runtime, torch_dtype, with_adapter
 from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
-from tasks.adapters.model.training import MetricsSink, metrics_callback
+from tasks.adapters.model.training import CHECKPOINTS, MetricsSink, last_complete_checkpoint, metrics_callback
 from tasks.domain.config import LoraSettings, RewardConfig, TrainingConfig
 from tasks.domain.devices import weights_precision
 from tasks.domain.errors import RslmError
@@ -61,7 +61,7 @@ def _lora(lora: LoraSettings, top_layers: int, num_layers: int):
                       layers_to_transform=layers, task_type="TOKEN_CLS", modules_to_save=["score"])
 
 
-def _load_classifier(base_source: str | Path, precision: str, device: str):
+def _load_classifier(base_source: str | Path, precision: str, device: str, attention: str = "sdpa"):
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
@@ -70,7 +70,7 @@ def _load_classifier(base_source: str | Path, precision: str, device: str):
     try:
         model = AutoModelForTokenClassification.from_pretrained(
             str(base_source), num_labels=NUM_LABELS, dtype=torch_dtype(weights_precision(device, precision)),
-            use_safetensors=True, trust_remote_code=False)
+            use_safetensors=True, trust_remote_code=False, attn_implementation=attention)
     finally:
         hf_logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
@@ -129,16 +129,39 @@ def _optimizer(model, cfg: RewardConfig):
                                "lr": cfg.learning_rate, "weight_decay": 0.0}
 
 
-def train_reward_model(base_source: str | Path, examples: Sequence[StepExample], cfg: RewardConfig,
-                       training: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
-                       chat_format: str | None = None) -> dict:
-    """LoRA + token head on the step-labelled `examples`; saves the adapter with the head
-    (safetensors), the tokenizer and a summary to `out_dir`. Examples over `cfg.max_length` tokens
-    are dropped, never cut (a cut answer would lose the labels of its last steps)."""
+def _trainer_class(head_on_step_ends_only: bool, class_weights: Sequence[float] | None):
+    """Trainer whose loss is `step_end_loss` (the head only at step ends), or the plain Trainer
+    (the classifier's own loss over logits at every position, class-weighted when asked)."""
+    from transformers import Trainer
+
+    from tasks.adapters.model.fast_step import step_end_loss
+
+    if not head_on_step_ends_only:
+        return Trainer
+
+    class StepEndTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:  # a caller that wants the logits gets the classifier's own path
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with self.accelerator.autocast():  # accelerate puts autocast around model.forward, bypassed here
+                return step_end_loss(model, inputs, class_weights, num_items_in_batch)
+
+    return StepEndTrainer
+
+
+def build_reward_trainer(base_source: str | Path, examples: Sequence[StepExample], cfg: RewardConfig,
+                         training: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
+                         chat_format: str | None = None):
+    """A Trainer over the LoRA-wrapped classifier, ready to `train()`, with its tokenizer and facts
+    (device, precision, examples kept and dropped, label weights). Checkpoints go to
+    `out_dir/checkpoints` every `cfg.save_steps` steps."""
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
+
+    from tasks.adapters.model.fast_step import use_fast_dropout
+    from tasks.adapters.model.training import frozen_linears_to_bf16
 
     device, precision = runtime(training.device, training.precision, training.cpu_bf16_autocast)
     torch.manual_seed(training.seed)
@@ -148,31 +171,54 @@ def train_reward_model(base_source: str | Path, examples: Sequence[StepExample],
     kept = [t for t in encoded if len(t.input_ids) <= cfg.max_length]
     if not kept:
         raise RslmError(f"no step-labelled answer fits reward.max_length={cfg.max_length} tokens")
-    base = _load_classifier(base_source, precision, device)
+    base = _load_classifier(base_source, precision, device, cfg.attention)
+    if device == "cpu" and precision == "bf16" and cfg.cpu_bf16_frozen_weights:
+        frozen_linears_to_bf16(base, keep=("score",))
     model = get_peft_model(base, _lora(cfg.lora, cfg.top_layers, base.config.num_hidden_layers))
+    if cfg.cpu_fast_dropout:
+        use_fast_dropout(model)
     args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(out_dir / CHECKPOINTS), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio,
-        logging_steps=5, logging_first_step=True, save_strategy="no", report_to="none", seed=training.seed,
-        data_seed=training.seed, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+        logging_steps=5, logging_first_step=True, report_to="none", seed=training.seed, data_seed=training.seed,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
         dataloader_num_workers=0, remove_unused_columns=False,
-        train_sampling_strategy="group_by_length", length_column_name="length")
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length")
     dataset = Dataset.from_list([{"input_ids": t.input_ids, "labels": t.labels, "length": len(t.input_ids)}
                                  for t in kept])
     weights = label_weights([t.labels for t in kept]) if cfg.balance_labels else None
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collate(tokenizer.pad_token_id),
-                      callbacks=[metrics_callback(sink)], compute_loss_func=_weighted_loss(weights) if weights else None,
-                      optimizer_cls_and_kwargs=_optimizer(model, cfg))
-    started = time.perf_counter()
-    trainer.train()
+    plain_loss = _weighted_loss(weights) if weights and not cfg.head_on_step_ends_only else None
+    trainer = _trainer_class(cfg.head_on_step_ends_only, weights)(
+        model=model, args=args, train_dataset=dataset, data_collator=_collate(tokenizer.pad_token_id),
+        callbacks=[metrics_callback(sink)], compute_loss_func=plain_loss, optimizer_cls_and_kwargs=_optimizer(model, cfg))
+    return trainer, tokenizer, {"device": device, "precision": precision, "chat_format": codec.fmt.name,
+                                "examples": len(kept), "dropped": len(encoded) - len(kept), "label_weights": weights}
+
+
+def train_reward_model(base_source: str | Path, examples: Sequence[StepExample], cfg: RewardConfig,
+                       training: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
+                       chat_format: str | None = None, say: Callable[[str], None] | None = None) -> dict:
+    """LoRA + token head on the step-labelled `examples`; saves the adapter with the head
+    (safetensors), the tokenizer and a summary to `out_dir`. Examples over `cfg.max_length` tokens
+    are dropped, never cut (a cut answer would lose the labels of its last steps). When `out_dir`
+    holds a checkpoint of an interrupted attempt (the caller keys `out_dir` by data and settings),
+    training resumes from it: model, optimizer, scheduler, RNG and position in the data."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    resume = last_complete_checkpoint(out_dir / CHECKPOINTS)
+    trainer, tokenizer, info = build_reward_trainer(base_source, examples, cfg, training, out_dir, sink, chat_format)
+    resumed_from = int(resume.name.split("-")[-1]) if resume else 0
+    if resume and say:
+        say(f"reward model: resuming from checkpoint {resumed_from} of {cfg.max_steps} steps ({resume})")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {"base_model": str(base_source), "device": device, "precision": precision, "chat_format": codec.fmt.name,
-               "system_turn": cfg.system_turn,
-               "steps": trainer.state.global_step, "examples": len(kept), "label_weights": weights,
-               "dropped_too_long": len(encoded) - len(kept),
+    summary = {"base_model": str(base_source), "device": info["device"], "precision": info["precision"],
+               "chat_format": info["chat_format"], "system_turn": cfg.system_turn,
+               "steps": trainer.state.global_step, "examples": info["examples"], "label_weights": info["label_weights"],
+               "dropped_too_long": info["dropped"], "resumed_from_step": resumed_from,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "duration_s": time.perf_counter() - started,
                "history": [h for h in trainer.state.log_history if "loss" in h]}

@@ -110,14 +110,17 @@ def _datasets(examples: list[TokenizedExample]):
                                "length": len(e.input_ids)} for e in examples])
 
 
-def frozen_linears_to_bf16(model) -> None:
+def frozen_linears_to_bf16(model, keep: tuple[str, ...] = ()) -> None:
     """Cast the base's linear weights to bf16 before LoRA wraps them (PEFT keeps its adapters in
-    fp32); the output layer stays as it is when it shares its weight with the embeddings. Only
-    under CPU bf16 autocast, whose matmuls read bf16 weights anyway."""
+    fp32); the output layer stays as it is when it shares its weight with the embeddings, and so
+    does every module named in `keep` (a reward model's new head, which is trained). Only under
+    CPU bf16 autocast, whose matmuls read bf16 weights anyway."""
     import torch
 
     embeddings = model.get_input_embeddings().weight
-    for module in model.modules():
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in keep:
+            continue
         if isinstance(module, torch.nn.Linear) and module.weight is not embeddings:
             module.weight.data = module.weight.data.to(torch.bfloat16)
             if module.bias is not None:
