@@ -104,3 +104,41 @@ def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tin
     assert 0.0 <= metrics["style_adherence"] <= 1.0 and 0.0 <= metrics["consistency"] <= 1.0
     assert metrics["stability/seeds"] == 2 and metrics["stability/style_adherence_std"] >= 0.0
     assert len(first.paraphrases) == 2 and len(first.probe_kl) == 2
+
+
+@pytest.mark.slow
+def test_the_lean_evaluation_measures_what_the_plain_one_does(tiny_base, small_build, devops_framework, tmp_path):
+    """Issue 29: the output layer only at answer positions gives every row's summed answer loss and
+    token count as full logits do, and the adapter merged into the weights for generation gives the
+    same greedy answers; afterwards the model is unmerged again (the base's own outputs unchanged)."""
+    import torch
+
+    from tasks.adapters.model.inference import load_generator
+    from tasks.adapters.model.measurement import _batches, _logits, _tokenize, adapter_merged, answer_token_losses
+    from tasks.adapters.model.training import train_lora
+    from tasks.domain.config import TrainingConfig
+    from tasks.domain.tensor_metrics import token_losses
+
+    adapter = tmp_path / "adapter"
+    train_lora(tiny_base, small_build.train, [], TrainingConfig(
+        max_steps=30, learning_rate=1.0e-2, batch_size=8, max_length=320, save_steps=30, seed=5,
+        lora={"target_modules": "all-linear"}), adapter)
+    gen = load_generator(tiny_base, adapter, devops_framework.system_prompt, "cpu")
+    examples = _tokenize(gen, [gen.codec.fmt.row(r) for r in small_build.eval[:12]])
+    with torch.no_grad():
+        for batch in _batches(gen, examples, 4, "test"):
+            full = token_losses(_logits(gen.model, batch), batch.input_ids, batch.loss_mask)
+            lean = answer_token_losses(gen.model, batch)
+            assert lean[1] == full[1] and min(full[1]) > 5
+            assert lean[0] == pytest.approx(full[0], rel=1e-5)
+    questions = [r.turns("user")[-1] for r in small_build.eval[:8]]
+    plain = gen.reply(questions, max_new_tokens=24, batch_size=4)
+    with gen.model.disable_adapter():
+        base_before = gen.reply(questions, max_new_tokens=24, batch_size=4)
+    with adapter_merged(gen):
+        assert all(m.merged for m in gen.model.modules() if hasattr(m, "merged_adapters"))
+        merged = gen.reply(questions, max_new_tokens=24, batch_size=4)
+    assert merged == plain and plain != base_before, "the same answers, and they are the adapter's"
+    assert not any(m.merged for m in gen.model.modules() if hasattr(m, "merged_adapters"))
+    with gen.model.disable_adapter():
+        assert gen.reply(questions, max_new_tokens=24, batch_size=4) == base_before

@@ -4,6 +4,7 @@ themselves are computed in `tasks/domain/evaluation.py`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -13,7 +14,6 @@ from tasks.domain.config import EvaluationConfig, Probe
 from tasks.domain.evaluation import (
     AnswerRecord,
     EvaluationResult,
-    HeldOutAnswer,
     SampledPass,
     compare_heldout,
     context,
@@ -25,11 +25,11 @@ from tasks.domain.evaluation import (
     summarise,
 )
 from tasks.domain.formatting import TokenizedExample
-from tasks.domain.framework import Framework, Style
+from tasks.domain.framework import Framework
 from tasks.domain.metrics import agreement, consistency
 from tasks.domain.preferences import PreferencePair
 from tasks.domain.records import Message, Row
-from tasks.domain.tensor_metrics import kl_per_example, token_losses
+from tasks.domain.tensor_metrics import kl_per_example
 
 
 def _tokenize(gen: Generator, examples) -> list[TokenizedExample]:
@@ -69,11 +69,27 @@ def _completion_losses(gen: Generator, examples, batch_size: int, description: s
     counts: list[int] = []
     with torch.no_grad():
         for batch in _batches(gen, _tokenize(gen, examples), batch_size, description):
-            logits = _logits(gen.model, batch)
-            batch_sums, batch_counts = token_losses(logits, batch.input_ids, batch.loss_mask)
+            batch_sums, batch_counts = answer_token_losses(gen.model, batch)
             sums += batch_sums
             counts += batch_counts
     return sums, counts
+
+
+def answer_token_losses(model, batch: _Batch) -> tuple[list[float], list[int]]:
+    """`token_losses` with the output layer run only where a target is (issue 29): the backbone on
+    every token, the vocabulary's logits only at the positions that predict an answer token. On a
+    CPU the full [batch, positions, vocabulary] logits and their softmax were most of the pass."""
+    import torch
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = getattr(causal_lm, causal_lm.base_model_prefix)(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    targets = batch.loss_mask[:, 1:].bool()  # position t predicts token t+1
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][targets]).float()
+    nll = torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][targets], reduction="none")
+    row = torch.arange(len(batch.input_ids), device=nll.device).unsqueeze(1).expand_as(targets)[targets]
+    sums = torch.zeros(len(batch.input_ids), dtype=nll.dtype, device=nll.device).index_add_(0, row, nll)
+    return sums.tolist(), targets.sum(dim=1).tolist()
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,30 @@ def on_base(gen: Generator, compute, same):
         return same
     with gen.model.disable_adapter():
         return compute()
+
+
+@contextmanager
+def adapter_merged(gen: Generator):
+    """On a CPU, the LoRA weights folded into the base's for the block (PEFT's merge_adapter), and
+    the base's weights as loaded put back after it, bit for bit (a merge then an unmerge rounds
+    them): the same model without a LoRA product per projection per token, which made CPU
+    generation 1.3x slower (issue 29). It costs a copy of the merged weights (0.4 GB for SmolLM2),
+    so elsewhere the adapter stays as it is."""
+    import torch
+
+    layers = [m for m in gen.model.modules() if hasattr(m, "merged_adapters") and hasattr(m, "base_layer")]
+    if gen.device != "cpu" or not layers or not hasattr(gen.model, "merge_adapter"):
+        yield
+        return
+    originals = [layer.base_layer.weight.detach().clone() for layer in layers]
+    gen.model.merge_adapter()
+    try:
+        yield
+    finally:
+        gen.model.unmerge_adapter()
+        with torch.no_grad():
+            for layer, weight in zip(layers, originals, strict=True):
+                layer.base_layer.weight.copy_(weight)
 
 
 def probe_kl(gen: Generator, probes: Sequence[Probe], batch_size: int) -> tuple[list[float], list[int]]:
@@ -157,37 +197,34 @@ def heldout_replies(gen: Generator, questions: Sequence[str], cfg: EvaluationCon
     return gen.reply(questions, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
 
 
-def heldout_answers(gen: Generator, questions: Sequence[str], cfg: EvaluationConfig, style: Style) -> list[HeldOutAnswer]:
-    """Greedy answers to the held-out questions from the tuned model and from its base (the same
-    weights with the adapter switched off), under the same system prompt."""
-    if not questions:
-        return []
-    ask = partial(heldout_replies, gen, questions, cfg)
-    tuned = ask()
-    return compare_heldout(questions, on_base(gen, ask, tuned), tuned, style)
-
-
 def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Framework, probes: Sequence[Probe],
                        cfg: EvaluationConfig, heldout_questions: Sequence[str] = ()) -> EvaluationResult:
     """Every metric for one model on one eval split (and the held-out questions, against its own
     base); deterministic for `cfg.seed`."""
     sample = generation_sample(eval_rows, cfg.max_generations, cfg.seed)
     loss_rows = loss_sample(eval_rows, cfg.loss_rows, cfg.seed, first=sample)
-    losses = answer_losses(gen, loss_rows, cfg.batch_size)
+    # what needs the base's own outputs (the adapter switched off) first, on the weights as loaded
+    kl = probe_kl(gen, probes, cfg.batch_size)
+    ask_heldout = partial(heldout_replies, gen, heldout_questions, cfg)
+    base_heldout = on_base(gen, ask_heldout, None) if heldout_questions else []
+    groups = paraphrase_groups(eval_rows, cfg.consistency_groups, cfg.seed)
+    with adapter_merged(gen):
+        tuned_heldout = ask_heldout() if heldout_questions else []
+        losses = answer_losses(gen, loss_rows, cfg.batch_size)
+        generated = _answers(gen, sample, cfg, 0.0, cfg.seed)
+        paraphrased = _paraphrase_answers(gen, groups, cfg, 0.0, cfg.seed)
+        passes = []
+        for seed in cfg.stability.seeds:
+            sampled = score_answers(sample, _answers(gen, sample, cfg, cfg.stability.temperature, seed), framework)
+            sampled_groups = _paraphrase_answers(gen, groups, cfg, cfg.stability.temperature, seed)
+            passes.append(SampledPass(seed=seed, style_adherence=style_metrics(sampled)["style_adherence"],
+                                      consistency=consistency(sampled_groups)))
     loss_by_id = {r.id: (s / n if n else None) for r, s, n in zip(loss_rows, *losses, strict=True)}
-    answers: list[AnswerRecord] = score_answers(sample, _answers(gen, sample, cfg, 0.0, cfg.seed), framework)
+    answers: list[AnswerRecord] = score_answers(sample, generated, framework)
     for record in answers:
         record.loss = loss_by_id.get(record.row_id)
-    groups = paraphrase_groups(eval_rows, cfg.consistency_groups, cfg.seed)
-    paraphrased = _paraphrase_answers(gen, groups, cfg, 0.0, cfg.seed)
-    passes = []
-    for seed in cfg.stability.seeds:
-        sampled = score_answers(sample, _answers(gen, sample, cfg, cfg.stability.temperature, seed), framework)
-        sampled_groups = _paraphrase_answers(gen, groups, cfg, cfg.stability.temperature, seed)
-        passes.append(SampledPass(seed=seed, style_adherence=style_metrics(sampled)["style_adherence"],
-                                  consistency=consistency(sampled_groups)))
-    kl = probe_kl(gen, probes, cfg.batch_size)
-    heldout = heldout_answers(gen, heldout_questions, cfg, framework.style)
+    heldout = compare_heldout(heldout_questions, tuned_heldout if base_heldout is None else base_heldout, tuned_heldout,
+                              framework.style) if heldout_questions else []
     metrics = summarise(losses, answers, paraphrased, kl, passes, heldout)
     return EvaluationResult(
         metrics=metrics, answers=answers, heldout=heldout,
