@@ -93,3 +93,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def pause_after_checkpoint(module: str, builder: str, step: int) -> str:
+    """Python source that makes `module.builder` (a function returning (trainer, tokenizer, info))
+    add a callback printing "saved <step>" and sleeping once checkpoint `step` is written: run
+    with the training after it, then killed by `kill_once_printed`."""
+    import textwrap
+
+    return textwrap.dedent(f"""
+        import time
+        from transformers import TrainerCallback
+        import {module} as trained_module
+
+        class PauseAfterCheckpoint(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == {step}:
+                    print("saved {step}", flush=True)
+                    time.sleep(600)  # killed here
+
+        _build = trained_module.{builder}
+        def _build_with_pause(*args, **kwargs):
+            trainer, tokenizer, info = _build(*args, **kwargs)
+            trainer.add_callback(PauseAfterCheckpoint())
+            return trainer, tokenizer, info
+        trained_module.{builder} = _build_with_pause
+    """)
+
+
+def kill_once_printed(code: str, line: str) -> None:
+    """Run `code` in a fresh interpreter, and kill -9 it as soon as it prints `line`."""
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        said = (printed.strip() for printed in iter(process.stdout.readline, ""))
+        assert line in said, f"the process ended before it printed {line!r}"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()

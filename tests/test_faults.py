@@ -16,7 +16,7 @@ from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, device_slot, slot_le
 from tasks.domain.config import DeviceSlotConfig
 from tasks.domain.errors import RslmError
 
-from conftest import REPO
+from conftest import REPO, kill_once_printed, pause_after_checkpoint
 
 pytestmark = [pytest.mark.integration]
 QUICK_SLOT = DeviceSlotConfig(lease_seconds=60, poll_seconds=2, wait_seconds=150)
@@ -134,37 +134,16 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_an_unin
     uninterrupted = train_lora(tiny_base, small_build.train[:96], [], cfg, tmp_path / "uninterrupted")
 
     interrupted = tmp_path / "interrupted"
-    code = textwrap.dedent(f"""
-        import sys, time
+    code = pause_after_checkpoint("tasks.adapters.model.training", "build_trainer", 8) + textwrap.dedent(f"""
         from pathlib import Path
-        from transformers import TrainerCallback
-        import tasks.adapters.model.training as training
         from tasks.adapters.data.dataset_store import read_dataset_files
         from tasks.domain.config import TrainingConfig
 
-        class StopAfterCheckpoint8(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == 8:
-                    print("saved 8", flush=True)
-                    time.sleep(600)  # killed here
-
-        build = training.build_trainer
-        def build_with_pause(*args, **kwargs):
-            trainer, tokenizer, info = build(*args, **kwargs)
-            trainer.add_callback(StopAfterCheckpoint8())
-            return trainer, tokenizer, info
-        training.build_trainer = build_with_pause
         rows = [row for _, _, row in read_dataset_files([{str(rows)!r}])]
-        training.train_lora({str(tiny_base)!r}, rows, [], TrainingConfig.model_validate_json({cfg.model_dump_json()!r}),
-                            Path({str(interrupted)!r}))
+        trained_module.train_lora({str(tiny_base)!r}, rows, [], TrainingConfig.model_validate_json({cfg.model_dump_json()!r}),
+                                  Path({str(interrupted)!r}))
     """)
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        said = (line.strip() for line in iter(process.stdout.readline, ""))
-        assert "saved 8" in said, "the trainer stopped before checkpoint 8"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_once_printed(code, "saved 8")
     assert not (interrupted / "adapter_model.safetensors").exists(), "killed before it finished"
 
     resumed = train_lora(tiny_base, small_build.train[:96], [], cfg, interrupted)

@@ -210,9 +210,6 @@ def test_reward_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_
     in the same directory picks up at step 8 (model, optimizer, scheduler, RNG, data position),
     says so, and ends with the adapter and head an uninterrupted run gives (weights within 1e-5,
     held-out step scores within 1e-4, the same held-out figures)."""
-    import signal
-    import subprocess
-    import sys
     import textwrap
 
     from safetensors.torch import load_file
@@ -222,7 +219,7 @@ def test_reward_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_
     from tasks.adapters.ops.config_files import load_profile
     from tasks.domain.config import RewardConfig
 
-    from conftest import REPO
+    from conftest import kill_once_printed, pause_after_checkpoint
 
     training = load_profile("tiny").training.model_copy(update={"device": "cpu"})
     cfg = RewardConfig(max_steps=12, save_steps=4, batch_size=4, learning_rate=5e-3, head_learning_rate=2e-2,
@@ -232,38 +229,18 @@ def test_reward_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_
     train_reward_model(tiny_base, examples[:48], cfg, training, tmp_path / "uninterrupted")
 
     interrupted = tmp_path / "interrupted"
-    code = textwrap.dedent(f"""
-        import time
+    code = pause_after_checkpoint("tasks.adapters.model.reward_model", "build_reward_trainer", 8) + textwrap.dedent(f"""
         from pathlib import Path
-        from transformers import TrainerCallback
-        import tasks.adapters.model.reward_model as reward_model
         from tasks.domain.config import RewardConfig, TrainingConfig
         from tasks.domain.steps import StepExample
 
-        class StopAfterCheckpoint8(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == 8:
-                    print("saved 8", flush=True)
-                    time.sleep(600)  # killed here
-
-        build = reward_model.build_reward_trainer
-        def build_with_pause(*args, **kwargs):
-            trainer, tokenizer, info = build(*args, **kwargs)
-            trainer.add_callback(StopAfterCheckpoint8())
-            return trainer, tokenizer, info
-        reward_model.build_reward_trainer = build_with_pause
         examples = [StepExample.model_validate_json(line) for line in Path({str(rows)!r}).read_text().splitlines()]
-        reward_model.train_reward_model({str(tiny_base)!r}, examples, RewardConfig.model_validate_json({cfg.model_dump_json()!r}),
-                                        TrainingConfig.model_validate_json({training.model_dump_json()!r}),
-                                        Path({str(interrupted)!r}))
+        trained_module.train_reward_model({str(tiny_base)!r}, examples,
+                                          RewardConfig.model_validate_json({cfg.model_dump_json()!r}),
+                                          TrainingConfig.model_validate_json({training.model_dump_json()!r}),
+                                          Path({str(interrupted)!r}))
     """)
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        said = (line.strip() for line in iter(process.stdout.readline, ""))
-        assert "saved 8" in said, "the trainer stopped before checkpoint 8"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_once_printed(code, "saved 8")
     assert not (interrupted / "adapter_model.safetensors").exists(), "killed before it finished"
 
     told: list[str] = []

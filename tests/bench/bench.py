@@ -195,11 +195,40 @@ def release_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
+def interleaved_runs(target, args: tuple, names: list[str], reps: int, job, label: str = "") -> dict[str, list[dict]]:
+    """One spawned worker process per variant, `target(conn, name, *args)` (a clean interpreter: no
+    state shared with this one), sent `job(name, rep, ours_last_result)` for every repetition,
+    interleaved so drift in machine speed touches every variant alike; their results by name."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for name in names:
+        parent, child = context.Pipe()
+        process = context.Process(target=target, args=(child, name, *args), daemon=True)
+        process.start()
+        workers[name] = (parent, process)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    try:
+        for rep in range(reps):
+            for name, (conn, _) in workers.items():
+                conn.send(job(name, rep, runs["ours"][-1] if runs["ours"] else {}))
+                result = conn.recv()
+                if "error" in result:
+                    raise RuntimeError(result["error"])
+                runs[name].append(result)
+                print(f"[bench] {label}{name} rep {rep + 1}/{reps}: {result['wall_s']:.1f} s", flush=True)
+    finally:
+        for conn, process in workers.values():
+            conn.send(None)
+            process.join(timeout=30)
+    return runs
+
+
 def bench_training(reps: int, device: str, workdir: Path, profile_name: str = "bench", steps: int | None = None) -> dict:
     """Our step and its variants against the plain TRL script, on `profile_name`'s model (the
     bench profile's random 18M model, or SmolLM2 as `make run` trains it) and training settings;
     `steps` shortens the profile's run."""
-    import multiprocessing
 
     from tasks.adapters.model.base_models import ensure_packaged_base, ensure_tiny_base
     from tasks.adapters.ops.config_files import load_profile
@@ -213,31 +242,12 @@ def bench_training(reps: int, device: str, workdir: Path, profile_name: str = "b
     base = (ensure_tiny_base(profile.tiny, training_corpus(rows), workdir / "models") if profile.kind == "tiny"
             else ensure_packaged_base(profile.packaged, workdir / "models"))
     texts = [chat_format(profile.chat_format).row(r).text for r in rows]
-    context = multiprocessing.get_context("spawn")  # a clean interpreter: no state shared with this one
-    workers = {}
-    for name in [*VARIANTS, "baseline"]:
-        parent, child = context.Pipe()
-        process = context.Process(target=training_worker, args=(child, name, str(base), rows, texts), daemon=True)
-        process.start()
-        workers[name] = (parent, process)
-    runs: dict[str, list[dict]] = {name: [] for name in workers}
-    try:
-        for rep in range(reps):  # interleaved, so drift in machine speed touches every variant alike
-            for name, (conn, _) in workers.items():
-                change = VARIANTS.get(name, ({},))[0]
-                ran = runs["ours"][-1] if runs["ours"] else {}
-                conn.send({"cfg": cfg.model_copy(update=change).model_dump(), "out_dir": str(workdir / f"{name}-{rep}"),
-                           "device": ran.get("device"), "precision": ran.get("precision"),
-                           "chat_format": profile.chat_format})
-                result = conn.recv()
-                if "error" in result:
-                    raise RuntimeError(result["error"])
-                runs[name].append(result)
-                print(f"[bench] {name} rep {rep + 1}/{reps}: {result['wall_s']:.1f} s", flush=True)
-    finally:
-        for conn, process in workers.values():
-            conn.send(None)
-            process.join(timeout=30)
+    def job(name: str, rep: int, ran: dict) -> dict:
+        return {"cfg": cfg.model_copy(update=VARIANTS.get(name, ({},))[0]).model_dump(),
+                "out_dir": str(workdir / f"{name}-{rep}"), "device": ran.get("device"), "precision": ran.get("precision"),
+                "chat_format": profile.chat_format}
+
+    runs = interleaved_runs(training_worker, (str(base), rows, texts), [*VARIANTS, "baseline"], reps, job)
     params = parameter_count(base)
     examples = cfg.max_steps * cfg.batch_size
     summary = {name: summarise_runs(r, examples) for name, r in runs.items()}
@@ -343,7 +353,6 @@ def reward_flops_per_token(base: Path, top_layers: int) -> int:
 def bench_reward_model(reps: int, device: str, workdir: Path, steps: int = 12) -> dict:
     """The reward model's step as `make run` trains it (SmolLM2 profile's `reward` settings) and
     each variant without one switch, against tests/bench/baseline_prm.py, on the same answers."""
-    import multiprocessing
 
     from tasks.adapters.model.base_models import ensure_packaged_base
     from tasks.adapters.ops.config_files import load_profile
@@ -353,30 +362,12 @@ def bench_reward_model(reps: int, device: str, workdir: Path, steps: int = 12) -
     training = profile.training.model_copy(update={"device": device})
     base = ensure_packaged_base(profile.packaged, workdir / "models")
     examples = [e.model_dump(mode="json") for e in reward_rows(steps * cfg.batch_size)]
-    context = multiprocessing.get_context("spawn")
-    workers = {}
-    for name in [*REWARD_VARIANTS, "baseline"]:
-        parent, child = context.Pipe()
-        process = context.Process(target=reward_worker, args=(child, name, str(base), examples), daemon=True)
-        process.start()
-        workers[name] = (parent, process)
-    runs: dict[str, list[dict]] = {name: [] for name in workers}
-    try:
-        for rep in range(reps):
-            for name, (conn, _) in workers.items():
-                ran = runs["ours"][-1] if runs["ours"] else {}
-                conn.send({"cfg": cfg.model_copy(update=REWARD_VARIANTS.get(name, ({},))[0]).model_dump(),
-                           "training": training.model_dump(), "out_dir": str(workdir / f"prm-{name}-{rep}"),
-                           "device": ran.get("device"), "precision": ran.get("precision")})
-                result = conn.recv()
-                if "error" in result:
-                    raise RuntimeError(result["error"])
-                runs[name].append(result)
-                print(f"[bench] reward {name} rep {rep + 1}/{reps}: {result['wall_s']:.1f} s", flush=True)
-    finally:
-        for conn, process in workers.values():
-            conn.send(None)
-            process.join(timeout=30)
+    def job(name: str, rep: int, ran: dict) -> dict:
+        return {"cfg": cfg.model_copy(update=REWARD_VARIANTS.get(name, ({},))[0]).model_dump(),
+                "training": training.model_dump(), "out_dir": str(workdir / f"prm-{name}-{rep}"),
+                "device": ran.get("device"), "precision": ran.get("precision")}
+
+    runs = interleaved_runs(reward_worker, (str(base), examples), [*REWARD_VARIANTS, "baseline"], reps, job, "reward ")
     summary = {name: summarise_runs(r, steps * cfg.batch_size) for name, r in runs.items()}
     flops = reward_flops_per_token(base, cfg.top_layers)
     peaks = cpu_matmul_peaks() if runs["ours"][0]["device"] == "cpu" else {}
@@ -398,16 +389,9 @@ def reward_markdown(t: dict) -> list[str]:
     peak = (t.get("cpu_peak_gflops") or {}).get(t["precision"])
     lines = ["## Reward model step (smollm2-135m profile's `reward` settings, against a plain Trainer)", "",
              f"SmolLM2-135M token classifier, LoRA on the top {t['top_layers']} blocks, {t['steps']} steps x batch "
-             f"{t['batch_size']}, median of {t['reps']} on {t['device']} ({t['precision']})", "",
-             "| | wall s | answers/s | tokens/s (non-pad) | MFU | pad share | peak RSS MiB |", "|---|---|---|---|---|---|---|"]
-    for name in (*REWARD_VARIANTS, "baseline"):
-        r = t[name]
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "n/a"
-        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['examples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {mfu} | "
-                     f"{r['pad_share']:.0%} | {r['peak_rss_mib']:.0f} |")
-    labels = {gain: label for _, gain, label in REWARD_VARIANTS.values() if gain}
-    gains = "; ".join(f"{labels.get(k, k)} {v:.2f}x" for k, v in t["gains"].items())
-    return lines + ["", f"**speedup: {t['speedup_tokens']:.2f}x in non-pad tokens/s** over the plain Trainer "
+             f"{t['batch_size']}, median of {t['reps']} on {t['device']} ({t['precision']}); examples are answers", ""]
+    table, gains = variant_lines(t, REWARD_VARIANTS, answer_tokens=False)
+    return lines + table + ["", f"**speedup: {t['speedup_tokens']:.2f}x in non-pad tokens/s** over the plain Trainer "
                         f"({t['speedup_wall']:.2f}x in wall time, same answers and steps). MFU: "
                         f"{t['flops_per_token'] / 1e6:.0f} MFLOPs per non-pad token (forward through every block, "
                         f"input-gradient backward through the adapted ones) over this CPU's {t['precision']} matmul "
@@ -578,22 +562,30 @@ def large_model_section(args, workdir: Path) -> dict:
                              steps=args.large_steps, batch_size=args.large_batch, peak_tflops=args.peak_tflops)
 
 
+def variant_lines(t: dict, variants: dict, answer_tokens: bool) -> tuple[list[str], str]:
+    """The per-variant table of a training section (ours, each variant, the baseline) and each
+    change's gain in words."""
+    extra = " answer tokens/s |" if answer_tokens else ""
+    lines = [f"| | wall s | examples/s |{extra} tokens/s (non-pad) | MFU | pad share | peak RSS MiB |",
+             "|---|---|---|" + ("---|" if answer_tokens else "") + "---|---|---|---|"]
+    for name in (*variants, "baseline"):
+        r = t[name]
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "n/a"
+        answers = f" {r['answer_tokens_per_s']:.0f} |" if answer_tokens else ""
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['examples_per_s']:.2f} |{answers} "
+                     f"{r['tokens_per_s']:.0f} | {mfu} | {r['pad_share']:.0%} | {r['peak_rss_mib']:.0f} |")
+    labels = {gain: label for _, gain, label in variants.values() if gain}
+    return lines, "; ".join(f"{labels.get(k, k)} {v:.2f}x" for k, v in t["gains"].items())
+
+
 def training_markdown(t: dict, title: str) -> list[str]:
     peaks = t.get("cpu_peak_gflops") or {}
     peak = peaks.get(t["precision"])
     lines = [f"## Training step ({title})", "",
              f"{t['model_parameters'] / 1e6:.1f}M parameters ({t.get('profile', 'bench')}), {t['steps']} steps x batch "
-             f"{t['batch_size']}, median of {t['reps']} on {t['device']} ({t['precision']})", "",
-             "| | wall s | examples/s | answer tokens/s | tokens/s (non-pad) | MFU | pad share | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in (*VARIANTS, "baseline"):
-        r = t[name]
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "n/a"
-        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['examples_per_s']:.2f} | {r['answer_tokens_per_s']:.0f} | "
-                     f"{r['tokens_per_s']:.0f} | {mfu} | {r['pad_share']:.0%} | {r['peak_rss_mib']:.0f} |")
-    labels = {gain: label for _, gain, label in VARIANTS.values() if gain}
-    gains = "; ".join(f"{labels.get(k, k)} {v:.2f}x" for k, v in t["gains"].items())
-    return lines + ["", f"**speedup: {t['speedup_tokens']:.2f}x in non-pad tokens/s** over the baseline "
+             f"{t['batch_size']}, median of {t['reps']} on {t['device']} ({t['precision']})", ""]
+    table, gains = variant_lines(t, VARIANTS, answer_tokens=True)
+    return lines + table + ["", f"**speedup: {t['speedup_tokens']:.2f}x in non-pad tokens/s** over the baseline "
                         f"({t['speedup']:.2f}x in answer tokens/s, {t['speedup_wall']:.2f}x in wall time for the "
                         f"same number of examples and steps). MFU: 4 x {t['model_parameters'] / 1e6:.0f}M FLOPs per "
                         f"non-pad token over this CPU's {t['precision']} matmul peak measured in the same run "
