@@ -25,15 +25,20 @@ def trl_head_scores_answers_only(device: str) -> bool:
     return device == "cuda" and importlib.util.find_spec("triton") is not None
 
 
+def backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """The model under PEFT's wrapper (the model itself when there is none) and its backbone's last
+    hidden states, with no head run: callers run their head only where they need it."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(inner, inner.base_model_prefix)
+    return inner, backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
 def answer_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, int, int]:
     """Mean next-token cross-entropy over the positions whose label is not -100 (or the sum over
     `num_items_in_batch`, as the Trainer asks under gradient accumulation), with how many tokens
     it covered and how many of them the model ranked first. The backbone runs on every token; the
     output layer only on the labelled ones, in the autocast dtype when one is active."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps it
-    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
-    hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                      use_cache=False).last_hidden_state
+    causal_lm, hidden = backbone_states(model, inputs["input_ids"], inputs.get("attention_mask"))
     labels = inputs["labels"][:, 1:]  # position t predicts token t+1
     labelled = labels != -100
     hidden, targets = hidden[:, :-1][labelled], labels[labelled]
@@ -57,10 +62,7 @@ def step_end_loss(model, inputs: dict, class_weights=None, num_items_in_batch=No
     labelled step ends, not at every token: cross-entropy there, weighted per class when
     `class_weights` is given, mean over those positions (or their sum over `num_items_in_batch`).
     The same loss `transformers`' token classifier computes from its logits at every position."""
-    classifier = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(classifier, classifier.base_model_prefix)
-    hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                      use_cache=False).last_hidden_state
+    classifier, hidden = backbone_states(model, inputs["input_ids"], inputs.get("attention_mask"))
     labels = inputs["labels"]
     labelled = labels != -100
     logits = classifier.score(classifier.dropout(hidden[labelled])).float()

@@ -81,9 +81,9 @@ def answer_token_losses(model, batch: _Batch) -> tuple[list[float], list[int]]:
     CPU the full [batch, positions, vocabulary] logits and their softmax were most of the pass."""
     import torch
 
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = getattr(causal_lm, causal_lm.base_model_prefix)(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    from tasks.adapters.model.fast_step import backbone_states
+
+    causal_lm, hidden = backbone_states(model, batch.input_ids, batch.attention_mask)
     targets = batch.loss_mask[:, 1:].bool()  # position t predicts token t+1
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][targets]).float()
     nll = torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][targets], reduction="none")
