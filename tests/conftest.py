@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 # shipped gate rejects (test_flow proves it); tests of the gate's other mechanics switch those
 # floors off.
 NO_FLOORS = {f"promotion.{key}": None for key in ("min_style_adherence", "min_structured", "max_degenerate",
-                                                  "min_heldout_structured", "min_heldout_gain", "min_numbers_right")}
+                                                  "min_heldout_structured", "min_heldout_gain", "min_numbers_right",
+                                                  "min_heldout_choice_accuracy", "min_heldout_choice_gain",
+                                                  "max_heldout_pasted")}
 
 
 def tiny_run(steps: int, **overrides) -> dict:

@@ -78,24 +78,31 @@ def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tin
     from tasks.adapters.model.inference import load_generator
     from tasks.adapters.model.measurement import evaluate_generator
     from tasks.adapters.model.training import train_lora
+    from tasks.adapters.ops.config_files import load_heldout
     from tasks.domain.config import EvaluationConfig, Probe, TrainingConfig
+    from tasks.domain.content import content_plan
 
     probes = [Probe(prompt="What is the capital of France?", answer="Paris."),
               Probe(prompt="Name a colour.", answer="Blue.")]
     cfg = EvaluationConfig(max_generations=6, consistency_groups=2, max_new_tokens=12, batch_size=4,
                            stability={"seeds": [1, 2], "temperature": 0.9})
     eval_rows = small_build.eval
+    heldout = load_heldout(EvaluationConfig(), "devops").questions[:4]
+    content = content_plan(small_build.train, devops_framework, seed=3)
     base = load_generator(tiny_base, None, devops_framework.system_prompt)
-    untouched = evaluate_generator(base, eval_rows, devops_framework, probes, cfg)
+    untouched = evaluate_generator(base, eval_rows, devops_framework, probes, cfg, heldout, content)
     assert untouched.metrics["drift_kl"] == 0.0, "a model without an adapter has not drifted from itself"
+    # content: a model without an adapter is its own base in the choice test too
+    assert untouched.metrics["heldout/choice_gain"] == 0.0
+    assert all(h.choice_correct == h.base_choice_correct and len(h.choice_scores) == 5 for h in untouched.heldout)
 
     adapter = tmp_path / "adapter"
     train_lora(tiny_base, small_build.train, small_build.eval, TrainingConfig(
         max_steps=30, learning_rate=1.0e-2, batch_size=8, max_length=320, save_steps=30, seed=5,
         lora={"target_modules": "all-linear"}), adapter)
     tuned = load_generator(tiny_base, adapter, devops_framework.system_prompt)
-    first = evaluate_generator(tuned, eval_rows, devops_framework, probes, cfg)
-    again = evaluate_generator(tuned, eval_rows, devops_framework, probes, cfg)
+    first = evaluate_generator(tuned, eval_rows, devops_framework, probes, cfg, heldout, content)
+    again = evaluate_generator(tuned, eval_rows, devops_framework, probes, cfg, heldout, content)
     assert first.metrics == again.metrics, "deterministic for a seed"
     metrics = first.metrics
     assert metrics["drift_kl"] > 0.0 and metrics["loss"] < untouched.metrics["loss"], "training moved the model"
@@ -104,6 +111,10 @@ def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tin
     assert 0.0 <= metrics["style_adherence"] <= 1.0 and 0.0 <= metrics["consistency"] <= 1.0
     assert metrics["stability/seeds"] == 2 and metrics["stability/style_adherence_std"] >= 0.0
     assert len(first.paraphrases) == 2 and len(first.probe_kl) == 2
+    for key in ("choice_accuracy", "heldout/choice_accuracy", "heldout/base_choice_accuracy", "heldout/pasted"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert [h.reference for h in first.heldout] == [q.reference for q in heldout]
+    assert all(a.choice_correct is not None for a in first.answers)
 
 
 @pytest.mark.slow

@@ -38,6 +38,12 @@ def test_every_kind_is_built_and_breaks_the_rule_it_claims(finance_build):
     wrong = by_kind["wrong_number"]
     assert not check_numbers(wrong.question(), wrong.chosen, wrong.rejected).right
     assert len(wrong.rejected.split()) == len(wrong.chosen.split()), "one number changed, nothing else"
+    # another pattern's whole trained answer under this question (issue 30's pasting)
+    pasted = [p for p in pairs if p.kind == "pasted_answer"]
+    trained = {row.turns("assistant")[-1]: row.metadata.pattern_id for row in build.train}
+    assert all(trained.get(p.rejected) not in (None, p.pattern_id) for p in pasted)
+    frequent = Counter(trained[p.rejected] for p in pasted).most_common(1)[0][0]
+    assert frequent == Counter(row.metadata.pattern_id for row in build.train).most_common(1)[0][0]
     assert build_pairs(build.train, framework, seed=1) == pairs, "deterministic for a seed"
 
 

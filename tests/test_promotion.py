@@ -69,13 +69,16 @@ def test_shipped_gate_rejects_number_salad_and_a_model_no_better_than_its_base()
     from tasks.adapters.ops.config_files import load_pipeline_config
 
     gate = load_pipeline_config().promotion
+    content_ok = {"heldout/choice_accuracy": 0.85, "heldout/choice_gain": 0.05, "heldout/pasted": 0.05}
     salad = {"loss": 4.5, "style_adherence": 0.0, "drift_kl": 0.3, "structured": 0.0, "degenerate": 1.0,
-             "heldout/structured": 0.0, "heldout/structured_gain": 0.0, "numbers_right": 0.0}
+             "heldout/structured": 0.0, "heldout/structured_gain": 0.0, "numbers_right": 0.0,
+             "heldout/choice_accuracy": 0.2, "heldout/choice_gain": -0.6, "heldout/pasted": 0.0}
     assert set(failed(gate_decision(salad, champion=None, gate=gate))) == {
         "style adherence floor", "numbered-reason structure floor", "degenerate answers bound",
-        "held-out structure floor", "beats its base on held-out questions", "numbers as the reference computes them"}
+        "held-out structure floor", "beats its base on held-out questions", "numbers as the reference computes them",
+        "picks the reference answer on held-out questions", "picks the reference more often than its base"}
     base_already_shaped = {"loss": 1.2, "style_adherence": 0.8, "drift_kl": 0.3, "structured": 0.9, "degenerate": 0.0,
-                           "heldout/structured": 0.9, "heldout/structured_gain": 0.1, "numbers_right": 0.7}
+                           "heldout/structured": 0.9, "heldout/structured_gain": 0.1, "numbers_right": 0.7, **content_ok}
     assert failed(gate_decision(base_already_shaped, champion=None, gate=gate)) == ["beats its base on held-out questions"]
     taught = {**base_already_shaped, "heldout/structured_gain": 0.85}
     assert gate_decision(taught, champion=None, gate=gate).promote
@@ -84,6 +87,11 @@ def test_shipped_gate_rejects_number_salad_and_a_model_no_better_than_its_base()
         "numbers as the reference computes them"]
     assert failed(gate_decision({**taught, "heldout/structured": math.nan}, champion=None, gate=gate)) == [
         "held-out structure floor"], "a floor on an unmeasured metric fails"
+    # Well shaped, pasting the canary template (issue 30's default champion: choice 0.00, pasted 0.85)
+    pasting = {**taught, "heldout/choice_accuracy": 0.0, "heldout/choice_gain": -0.8, "heldout/pasted": 0.85}
+    assert failed(gate_decision(pasting, champion=None, gate=gate)) == [
+        "picks the reference answer on held-out questions", "picks the reference more often than its base",
+        "held-out answers with a pasted reason"]
 
 
 def test_switched_off_checks_are_not_evaluated():

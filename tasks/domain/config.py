@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 from tasks.domain.export_spec import EXPORT_FORMATS, GGUF_TYPES, ExportFormat, GgufType, parse_formats
 from tasks.domain.framework import Slug
 from tasks.domain.frozen import Frozen
+from tasks.domain.metrics import is_structured
 from tasks.domain.preferences import RULE_BASED, Kind
 from tasks.domain.promotion import PromotionGate
 from tasks.domain.steps import CORRUPTIONS, StepKind
@@ -306,7 +307,18 @@ class Probe(Frozen):
 
 
 class HeldOutQuestion(Frozen):
+    """A question no pattern produces, with a reference answer written by hand in the trained shape:
+    what the content checks (choice accuracy, relevance) measure a model's answer against."""
+
     question: str = Field(min_length=1)
+    reference: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _reference_in_the_trained_shape(self) -> HeldOutQuestion:
+        if not is_structured(self.reference):
+            raise ValueError(f"reference of {self.question!r} is not 1-3 numbered reasons, each a real clause: "
+                             f"{self.reference!r}")
+        return self
 
 
 class HeldOutSet(Frozen):

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tasks.domain.content import ChoiceResult, Paste, PasteIndex, relevance
 from tasks.domain.framework import Framework, Style
 from tasks.domain.metrics import (
     StyleScore,
@@ -32,10 +33,16 @@ from tasks.domain.metrics import (
     word_count,
 )
 from tasks.domain.promotion import (
+    CHOICE,
     CONSISTENCY,
     DRIFT,
+    HELDOUT_BASE_CHOICE,
     HELDOUT_BASE_STRUCTURED,
+    HELDOUT_CHOICE,
+    HELDOUT_CHOICE_GAIN,
     HELDOUT_GAIN,
+    HELDOUT_PASTED,
+    HELDOUT_RELEVANCE,
     HELDOUT_STEP_REWARD,
     HELDOUT_STRUCTURED,
     HELDOUT_STYLE,
@@ -49,9 +56,9 @@ from tasks.domain.sampling import round_robin
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
-METRICS_VERSION = 6  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
+METRICS_VERSION = 7  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
 # 5: a digit closing a parenthesis, as in "(2 + 1) = 2.0", is not a list marker;
-# 6: an answer that gives one reason twice is not structured; heldout/style
+# 6: an answer that gives one reason twice is not structured; heldout/style; 7: content (choice, pasted, relevance)
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -143,6 +150,11 @@ class AnswerRecord:
     loss: float | None = None
     numbers_missing: list[str] = field(default_factory=list)  # computed by the reference, absent here
     numbers_invented: list[str] = field(default_factory=list)  # in neither the question nor the reference
+    # Content (issue 30): whether the model's likelihood picked the reference among same-shaped
+    # distractors (None: not measured), which option it picked, and the answer's pasted reasons.
+    choice_correct: bool | None = None
+    choice_picked: str = ""
+    pasted: list[str] = field(default_factory=list)
 
 
 def score_answers(rows: Sequence[Row], answers: Sequence[str], framework: Framework) -> list[AnswerRecord]:
@@ -165,12 +177,16 @@ def score_answers(rows: Sequence[Row], answers: Sequence[str], framework: Framew
 
 
 def style_metrics(records: Sequence[AnswerRecord]) -> dict[str, float]:
-    """Style and shape, plus `numbers_right`: the share of answers whose numbers are the
-    reference's (none missing, none invented), the one check on content rather than form."""
+    """Style and shape, plus content: `numbers_right` (the share of answers whose numbers are the
+    reference's: none missing, none invented) and, where measured, `choice_accuracy` and `pasted`."""
     summary = style_summary([StyleScore(words=r.words, within_cap=r.within_cap, coverage=r.key_term_coverage,
                                         hedges=tuple(r.hedges), structured=r.structured, repetition=r.repetition,
                                         degenerate=r.degenerate) for r in records])
-    return {**summary, NUMBERS_RIGHT: mean(float(not r.numbers_missing and not r.numbers_invented) for r in records)}
+    summary[NUMBERS_RIGHT] = mean(float(not r.numbers_missing and not r.numbers_invented) for r in records)
+    chosen = [r.choice_correct for r in records if r.choice_correct is not None]
+    if chosen:
+        summary |= {CHOICE: mean(map(float, chosen)), "pasted": mean(float(bool(r.pasted)) for r in records)}
+    return summary
 
 
 def loss_metrics(loss_sums: Sequence[float], token_counts: Sequence[int]) -> dict[str, float]:
@@ -205,6 +221,18 @@ class HeldOutAnswer:
     tuned_style: float = 0.0
     # The process reward model's score of each step of the tuned answer (empty: none was scored).
     tuned_step_scores: list[float] = field(default_factory=list)
+    # Content (issue 30): the hand-written reference; whether tuned and base picked it in the choice
+    # test (None: not measured) and what tuned picked; each answer's pasted reasons ("pattern: reason");
+    # the share of tuned reasons most similar to this question and its reference.
+    reference: str = ""
+    choice_correct: bool | None = None
+    base_choice_correct: bool | None = None
+    choice_picked: str = ""
+    base_choice_picked: str = ""
+    choice_scores: dict[str, float] = field(default_factory=dict)  # tuned: mean log-prob per token, by option kind
+    tuned_pasted: list[str] = field(default_factory=list)
+    base_pasted: list[str] = field(default_factory=list)
+    relevance: float | None = None
 
 
 def heldout_style(question: str, answer: str, style: Style) -> float:
@@ -233,6 +261,73 @@ def compare_heldout(questions: Sequence[str], base: Sequence[str], tuned: Sequen
             for q, b, t in zip(questions, base, tuned, strict=True)]
 
 
+def _described(pastes: Sequence[Paste]) -> list[str]:
+    return [f"{p.pattern}: {p.reason}" for p in pastes]
+
+
+def judge_eval_content(records: Sequence[AnswerRecord], rows: Sequence[Row], choices: Sequence[ChoiceResult],
+                       index: PasteIndex) -> None:
+    """The eval answers' choice verdicts and pasted reasons (another pattern's than the row's own)."""
+    for record, row, choice in zip(records, rows, choices, strict=True):
+        record.choice_correct, record.choice_picked = choice.correct, choice.picked
+        record.pasted = _described(index.pastes(record.answer, record.prompt, row.metadata.pattern_id))
+
+
+def judge_heldout_content(answers: Sequence[HeldOutAnswer], references: Sequence[str], tuned: Sequence[ChoiceResult],
+                          base: Sequence[ChoiceResult] | None, index: PasteIndex) -> None:
+    """The held-out answers' content verdicts: choice (tuned and base), pasted reasons of both
+    answers, and each tuned answer's relevance to its own question and reference."""
+    documents = [f"{a.question} {ref}" for a, ref in zip(answers, references, strict=True)]
+    relevant = relevance([a.tuned for a in answers], documents)
+    for i, answer in enumerate(answers):
+        answer.reference, answer.relevance = references[i], relevant[i]
+        answer.choice_correct, answer.choice_picked = tuned[i].correct, tuned[i].picked
+        answer.choice_scores = dict(zip(tuned[i].kinds, tuned[i].scores, strict=True))
+        if base is not None:
+            answer.base_choice_correct, answer.base_choice_picked = base[i].correct, base[i].picked
+        answer.tuned_pasted = _described(index.pastes(answer.tuned, answer.question))
+        answer.base_pasted = _described(index.pastes(answer.base, answer.question))
+
+
+def distractor_wins(scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Which distractors beat the reference: per distractor kind (pasted, template, swapped), the
+    share of pairings in which the reference scores higher (`heldout/choice_vs_<kind>`).
+
+    >>> distractor_wins([{"reference": -2.0, "pasted:a": -3.0, "template:b": -1.0}])
+    {'heldout/choice_vs_pasted': 1.0, 'heldout/choice_vs_template': 0.0}
+    """
+    wins: dict[str, list[float]] = defaultdict(list)
+    for item in scores:
+        for kind, score in item.items():
+            if kind != "reference":
+                wins[kind.split(":")[0]].append(float(item["reference"] > score))
+    return {f"heldout/choice_vs_{kind}": mean(values) for kind, values in wins.items()}
+
+
+def content_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
+    """Choice accuracy (tuned, base, gain), the share of answers with a pasted reason (tuned, base)
+    and mean relevance, over the held-out answers the content checks judged ({} when none).
+
+    >>> row = HeldOutAnswer("q", "b", "t", True, True, False, False, 3, reference="1. R: r.", choice_correct=True,
+    ...                     base_choice_correct=False, tuned_pasted=["canary: Blast radius: ..."], relevance=0.5)
+    >>> content_metrics([row])[HELDOUT_CHOICE_GAIN], content_metrics([row])[HELDOUT_PASTED]
+    (1.0, 1.0)
+    """
+    judged = [r for r in rows if r.choice_correct is not None]
+    if not judged:
+        return {}
+    figures = {HELDOUT_CHOICE: mean(float(r.choice_correct) for r in judged),
+               HELDOUT_PASTED: mean(float(bool(r.tuned_pasted)) for r in judged),
+               "heldout/base_pasted": mean(float(bool(r.base_pasted)) for r in judged),
+               HELDOUT_RELEVANCE: mean(r.relevance or 0.0 for r in judged),
+               "heldout/choice_chance": mean(1 / len(r.choice_scores) for r in judged if r.choice_scores)}
+    figures |= distractor_wins([r.choice_scores for r in judged])
+    if all(r.base_choice_correct is not None for r in judged):
+        figures[HELDOUT_BASE_CHOICE] = mean(float(r.base_choice_correct) for r in judged)
+        figures[HELDOUT_CHOICE_GAIN] = figures[HELDOUT_CHOICE] - figures[HELDOUT_BASE_CHOICE]
+    return figures
+
+
 def heldout_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
     """Share of held-out answers in the trained shape, tuned and base, and the gain between them.
 
@@ -251,7 +346,7 @@ def heldout_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
             "heldout/new_numbers": mean(float(bool(r.tuned_new_numbers)) for r in rows),
             HELDOUT_STYLE: mean(r.tuned_style for r in rows), "heldout/base_style": mean(r.base_style for r in rows),
             "heldout/answer_words": mean(float(r.tuned_words) for r in rows),
-            "heldout/questions": float(len(rows))}
+            "heldout/questions": float(len(rows)), **content_metrics(rows)}
 
 
 def answered_heldout_metrics(questions: Sequence[str], answers: Sequence[str], style: Style) -> dict[str, float]:
@@ -261,18 +356,43 @@ def answered_heldout_metrics(questions: Sequence[str], answers: Sequence[str], s
     return {k: v for k, v in heldout_metrics(rows).items() if "base" not in k and k != HELDOUT_GAIN}
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|") or "(empty)"
+
+
+def _content_flags(r: HeldOutAnswer) -> str:
+    """The tuned answer's content verdicts in one cell: choice, pastes, relevance."""
+    if r.choice_correct is None:
+        return "-"
+    flags = ["picks reference" if r.choice_correct else f"picks {r.choice_picked}"]
+    flags += [f"PASTED {_flat(p)}" for p in r.tuned_pasted]
+    if r.relevance is not None:
+        flags.append(f"relevance {r.relevance:.2f}")
+    return "; ".join(flags)
+
+
 def heldout_markdown(rows: Sequence[HeldOutAnswer], title: str) -> str:
-    """Base vs tuned answers side by side, with the shape verdict of each (and the reward model's
-    score of each tuned step, where one scored them)."""
+    """Base vs tuned answers side by side, with the shape verdict of each, the reference answer and
+    the content verdicts where they were measured (and the reward model's score of each tuned step,
+    where one scored them)."""
     def cell(text: str, ok: bool) -> str:
-        flat = " ".join(text.split()).replace("|", "\\|") or "(empty)"
-        return f"{'✓' if ok else '✗'} {flat}"
+        return f"{'✓' if ok else '✗'} {_flat(text)}"
 
     scored = any(r.tuned_step_scores for r in rows)
-    lines = [f"# {title}", "", "✓ = in the trained shape (1-3 numbered reasons, each a real clause)", "",
-             "| question | base | tuned |" + (" step scores |" if scored else ""), "|---|---|---|" + ("---|" if scored else "")]
-    lines += [f"| {r.question} | {cell(r.base, r.base_structured)} | {cell(r.tuned, r.tuned_structured)} |"
-              + (f" {' '.join(f'{v:.2f}' for v in r.tuned_step_scores) or '-'} |" if scored else "") for r in rows]
+    judged = any(r.reference for r in rows)
+    header = "| question | base | tuned |" + (" reference | content |" if judged else "") + (" step scores |" if scored else "")
+    legend = ["✓ = in the trained shape (1-3 numbered reasons, each a real clause)"]
+    if judged:
+        legend.append("content: whether the tuned model's likelihood picks the reference among same-shaped distractors, "
+                      "and each reason pasted from another pattern's training answer")
+    lines = [f"# {title}", "", "\n\n".join(legend), "", header, "|" + "---|" * header.count(" |")]
+    for r in rows:
+        line = f"| {r.question} | {cell(r.base, r.base_structured)} | {cell(r.tuned, r.tuned_structured)} |"
+        if judged:
+            line += f" {_flat(r.reference)} | {_content_flags(r)} |"
+        if scored:
+            line += f" {' '.join(f'{v:.2f}' for v in r.tuned_step_scores) or '-'} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

@@ -33,14 +33,16 @@ from tasks.domain.metrics import (
 from tasks.domain.records import Message, Row
 from tasks.domain.sampling import round_robin, spread_sample
 
-Kind = Literal["hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number", "on_policy"]
-RULE_BASED: tuple[Kind, ...] = ("hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number")
+Kind = Literal["hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number", "pasted_answer", "on_policy"]
+RULE_BASED: tuple[Kind, ...] = ("hedged", "over_cap", "too_many_reasons", "other_pattern", "wrong_number",
+                                "pasted_answer")
 RULES: dict[str, str] = {
     "hedged": "no hedging filler",
     "over_cap": "at most the framework's word cap",
     "too_many_reasons": f"at most {MAX_REASONS} numbered reasons",
     "other_pattern": "every reason belongs to the question asked",
     "wrong_number": "every computed number is right",
+    "pasted_answer": "the answer is about the question asked, not another pattern's answer pasted",
     "on_policy": "the model's own answer, failing the framework's checks",
 }
 
@@ -91,6 +93,24 @@ def reasons_by_pattern(rows: Sequence[Row]) -> dict[str, list[str]]:
         for answer in row.turns("assistant"):
             pool[row.metadata.pattern_id].update(dict.fromkeys(_reasons(answer)))
     return {pattern: list(reasons) for pattern, reasons in pool.items()}
+
+
+def answers_by_pattern(rows: Sequence[Row]) -> dict[str, list[str]]:
+    """Every trained answer of each pattern, one per row (a frequent pattern has more)."""
+    answers: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        answers[row.metadata.pattern_id].append(row.turns("assistant")[-1])
+    return dict(answers)
+
+
+def _pasted_answer(pattern_id: str, answers: dict[str, list[str]], rng: random.Random) -> str | None:
+    """Another pattern's whole trained answer, as a model that pastes templates gives it (issue 30):
+    patterns drawn by how many rows they have, so the most frequent template is pasted most."""
+    others = sorted(p for p in answers if p != pattern_id and answers[p])
+    if not others:
+        return None
+    pattern = rng.choices(others, weights=[len(answers[p]) for p in others])[0]
+    return rng.choice(answers[pattern])
 
 
 def _lower_first(text: str) -> str:
@@ -169,8 +189,10 @@ def _wrong_number(question: str, answer: str, rng: random.Random) -> str | None:
     return answer[:target.start()] + wrong + answer[target.end():]
 
 
-def corrupt(kind: Kind, row: Row, framework: Framework, pool: dict[str, list[str]], rng: random.Random) -> str | None:
-    """The row's answer broken by one rule, or None where the rule cannot be broken this way."""
+def corrupt(kind: Kind, row: Row, framework: Framework, pool: dict[str, list[str]], rng: random.Random,
+            answers: dict[str, list[str]] | None = None) -> str | None:
+    """The row's answer broken by one rule, or None where the rule cannot be broken this way
+    (`pasted_answer` needs `answers`, the trained answers by pattern)."""
     question, answer = row.turns("user")[-1], row.turns("assistant")[-1]
     if kind == "hedged":
         return _hedged(answer, framework, rng)
@@ -182,6 +204,8 @@ def corrupt(kind: Kind, row: Row, framework: Framework, pool: dict[str, list[str
         return _other_pattern(answer, row.metadata.pattern_id, pool, rng)
     if kind == "wrong_number":
         return _wrong_number(question, answer, rng)
+    if kind == "pasted_answer":
+        return _pasted_answer(row.metadata.pattern_id, answers or {}, rng)
     raise ValueError(f"{kind!r} is not a rule-based rejection")
 
 
@@ -194,10 +218,12 @@ def broken_rule(pair: PreferencePair, framework: Framework, pool: dict[str, list
         return word_count(rejected) > framework.style.max_answer_words >= word_count(chosen)
     if pair.kind == "too_many_reasons":
         return len(_reasons(rejected)) > MAX_REASONS >= len(_reasons(chosen))
-    if pair.kind == "other_pattern":
+    if pair.kind in ("other_pattern", "pasted_answer"):
         own = set(pool.get(pair.pattern_id, ())) | set(_reasons(chosen))
         foreign = {r for p, reasons in pool.items() if p != pair.pattern_id for r in reasons}
-        return any(r not in own and r in foreign for r in _reasons(rejected))
+        pasted = [r not in own and r in foreign for r in _reasons(rejected)]
+        # other_pattern: one reason of another pattern's; pasted_answer: every reason is
+        return any(pasted) if pair.kind == "other_pattern" else bool(pasted) and all(pasted)
     if pair.kind == "wrong_number":
         return not check_numbers(pair.question(), chosen, rejected).right
     return rejected.strip() != chosen.strip() and bool(failed_checks(pair.question(), chosen, rejected, framework))
@@ -247,7 +273,7 @@ def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: 
     answer cannot break, e.g. a wrong number where it computes none), deterministic for a seed.
     Only the final assistant turn is contrasted; earlier turns are part of the prompt."""
     rng = random.Random(seed)
-    pool = reasons_by_pattern(rows)
+    pool, answers = reasons_by_pattern(rows), answers_by_pattern(rows)
     pairs: list[PreferencePair] = []
     turn = 0
     for row in rows:
@@ -256,7 +282,7 @@ def build_pairs(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: 
             if made == per_row:
                 break
             kind = kinds[(turn + offset) % len(kinds)]
-            rejected = corrupt(kind, row, framework, pool, rng)
+            rejected = corrupt(kind, row, framework, pool, rng, answers)
             if rejected is None or rejected == row.turns("assistant")[-1]:
                 continue
             pair = _pair(row, kind, rejected, RULES[kind])

@@ -33,13 +33,23 @@ HELDOUT_BASE_STRUCTURED = "heldout/base_structured"
 HELDOUT_GAIN = "heldout/structured_gain"
 HELDOUT_STYLE = "heldout/style"
 HELDOUT_STEP_REWARD = "heldout/step_reward"  # the process reward model's mean step score on held-out answers
+# Content (issue 30): the reference answer picked among same-shaped distractors by the model's own
+# likelihood, on held-out questions (tuned and base) and on the eval split; the share of held-out
+# answers with a reason pasted from another pattern's training answer.
+HELDOUT_CHOICE = "heldout/choice_accuracy"
+HELDOUT_BASE_CHOICE = "heldout/base_choice_accuracy"
+HELDOUT_CHOICE_GAIN = "heldout/choice_gain"
+HELDOUT_PASTED = "heldout/pasted"
+HELDOUT_RELEVANCE = "heldout/relevance"
+CHOICE = "choice_accuracy"
 BAD_STEP_FOUND = "bad_step_found"  # a reward model's: how often the corrupted step scores lowest
 # What the comparison table and chart show, in order, and which direction is better.
 KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
     LOSS: "lower", PERPLEXITY: "lower", STYLE: "higher", "within_word_cap": "higher",
     "key_term_coverage": "higher", "no_hedging": "higher", STRUCTURED: "higher", DEGENERATE: "lower", NUMBERS_RIGHT: "higher",
     CONSISTENCY: "higher", DRIFT: "lower", HELDOUT_STRUCTURED: "higher", HELDOUT_GAIN: "higher", HELDOUT_STYLE: "higher",
-    HELDOUT_STEP_REWARD: "higher",
+    HELDOUT_STEP_REWARD: "higher", CHOICE: "higher", HELDOUT_CHOICE: "higher", HELDOUT_BASE_CHOICE: "higher",
+    HELDOUT_PASTED: "lower", HELDOUT_RELEVANCE: "higher",
 }
 
 
@@ -68,6 +78,11 @@ class PromotionGate(Frozen):
     # and how far below the champion's (scored by the same reward model) it may fall.
     min_heldout_step_reward: float | None = Field(default=None, ge=0, le=1)
     max_heldout_step_reward_drop: float | None = Field(default=None, ge=0, le=1)
+    # Content (issue 30): the reference answer chosen over same-shaped distractors on held-out
+    # questions, that share above the base model's own, and a bound on answers with a pasted reason.
+    min_heldout_choice_accuracy: float | None = Field(default=None, ge=0, le=1)
+    min_heldout_choice_gain: float | None = Field(default=None, ge=-1, le=1)
+    max_heldout_pasted: float | None = Field(default=None, ge=0, le=1)
 
 
 class Check(BaseModel):
@@ -204,7 +219,11 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
               ("held-out structure floor", HELDOUT_STRUCTURED, gate.min_heldout_structured, False),
               ("beats its base on held-out questions", HELDOUT_GAIN, gate.min_heldout_gain, False),
               ("numbers as the reference computes them", NUMBERS_RIGHT, gate.min_numbers_right, False),
-              ("held-out step reward floor", HELDOUT_STEP_REWARD, gate.min_heldout_step_reward, False)]
+              ("held-out step reward floor", HELDOUT_STEP_REWARD, gate.min_heldout_step_reward, False),
+              ("picks the reference answer on held-out questions", HELDOUT_CHOICE, gate.min_heldout_choice_accuracy,
+               False),
+              ("picks the reference more often than its base", HELDOUT_CHOICE_GAIN, gate.min_heldout_choice_gain, False),
+              ("held-out answers with a pasted reason", HELDOUT_PASTED, gate.max_heldout_pasted, True)]
     checks += [_bound_check(name, metric, challenger.get(metric), bound, upper=upper)
                for name, metric, bound, upper in floors if bound is not None]
     return Decision(promote=all(c.passed for c in checks), checks=checks,

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.adapters.data.dataset_store import file_sha256, read_dataset_files
+from tasks.adapters.data.dataset_store import TRAIN_FILE, file_sha256, read_dataset_files
 from tasks.adapters.ops.settings import Paths
 from tasks.adapters.tracking.registry import CHAMPION, ModelRegistry, VersionInfo
 from tasks.adapters.tracking.runs import Tracking
+from tasks.domain.content import ContentPlan, content_plan
 from tasks.domain.errors import RslmError, first_line
 from tasks.domain.evaluation import (
     METRICS_VERSION,
@@ -68,9 +69,22 @@ def _eval_rows(info: VersionInfo, eval_path: str | None) -> tuple[str, list[Row]
     return path, rows
 
 
-def _cache_key(eval_sha: str, spec: EvaluationSpec) -> str:
-    # the framework too: its word caps and key terms are what the style metrics judge by
-    return content_hash({"eval": eval_sha, "evaluation": spec.settings.model_dump(), "probes": spec.probes.model_dump(),
+def _content_plan(eval_path: str, spec: EvaluationSpec) -> tuple[ContentPlan | None, str | None]:
+    """The content checks' distractors and paste index, from the training rows beside the eval
+    split (the rows the version learned from), and that file's sha256; (None, None) where there is
+    no training file there to judge pastes by."""
+    train_path = Path(eval_path).with_name(TRAIN_FILE)
+    if not train_path.is_file():
+        return None, None
+    rows = [row for _, _, row in read_dataset_files([str(train_path)])]
+    return content_plan(rows, spec.framework, spec.settings.seed), file_sha256(str(train_path))
+
+
+def _cache_key(eval_sha: str, spec: EvaluationSpec, train_sha: str | None = None) -> str:
+    # the framework too: its word caps and key terms are what the style metrics judge by; the
+    # training rows: pastes and distractors are drawn from them
+    return content_hash({"eval": eval_sha, "train": train_sha, "evaluation": spec.settings.model_dump(),
+                         "probes": spec.probes.model_dump(),
                          "framework": spec.framework.model_dump(mode="json"),
                          "heldout": spec.heldout.model_dump() if spec.heldout else None,
                          "reward_model": spec.reward_model,
@@ -78,7 +92,7 @@ def _cache_key(eval_sha: str, spec: EvaluationSpec) -> str:
 
 
 def _measure(info: VersionInfo, rows: list[Row], spec: EvaluationSpec, registry: ModelRegistry, paths: Paths,
-             out_dir: Path) -> EvaluationResult:
+             out_dir: Path, content: ContentPlan | None = None) -> EvaluationResult:
     """One version's metrics; versions are immutable, so a result for the same eval set,
     evaluation config and probes is reused (the champion is re-measured every night otherwise)."""
     from tasks.adapters.model.measurement import evaluate_generator
@@ -90,8 +104,8 @@ def _measure(info: VersionInfo, rows: list[Row], spec: EvaluationSpec, registry:
         return EvaluationResult(metrics=data["metrics"], answers=answers, paraphrases=data["paraphrases"],
                                 probe_kl=data["probe_kl"], heldout=[HeldOutAnswer(**h) for h in data.get("heldout", [])])
     generator = registry.load_generator(info.uri, paths.registry_cache)
-    questions = [q.question for q in spec.heldout.questions] if spec.heldout else []
-    result = evaluate_generator(generator, rows, spec.framework, spec.probes.probes, spec.settings, questions)
+    questions = spec.heldout.questions if spec.heldout else []
+    result = evaluate_generator(generator, rows, spec.framework, spec.probes.probes, spec.settings, questions, content)
     del generator
     if spec.reward_model and result.heldout:
         _score_steps(result, spec, registry, paths)
@@ -154,9 +168,10 @@ def evaluate_version(model_uri: str, spec: EvaluationSpec, paths: Paths, trackin
     try:
         path, rows = _eval_rows(info, eval_path)
         eval_sha = file_sha256(path)
-        key = _cache_key(eval_sha, spec)
+        content, train_sha = _content_plan(path, spec)
+        key = _cache_key(eval_sha, spec, train_sha)
         report_dir = paths.evaluations / info.name / f"v{info.version}" / key
-        result = _measure(info, rows, spec, registry, paths, report_dir)
+        result = _measure(info, rows, spec, registry, paths, report_dir, content)
         evaluation = Evaluation(name=info.name, version=info.version, run_id=info.run_id, eval_path=path,
                                 eval_sha256=eval_sha, metrics=result.metrics, report_dir=str(report_dir),
                                 reward_model=spec.reward_model,
@@ -168,7 +183,8 @@ def evaluate_version(model_uri: str, spec: EvaluationSpec, paths: Paths, trackin
             try:
                 champion_info = registry.resolve(f"models:/{info.name}/{champion}")
                 evaluation.champion_metrics = _measure(champion_info, rows, spec, registry, paths,
-                                                       paths.evaluations / info.name / f"v{champion}" / key).metrics
+                                                       paths.evaluations / info.name / f"v{champion}" / key,
+                                                       content).metrics
             except Exception as error:  # noqa: BLE001 - the gate reports it; the challenger's numbers stand
                 evaluation.champion_error = f"{type(error).__name__}: {first_line(error, 300)}"
         _log_to_run(evaluation, result, tracking)

@@ -10,7 +10,8 @@ from functools import partial
 
 from tasks.adapters.model.inference import Generator
 from tasks.adapters.ops.progress import tqdm_progress
-from tasks.domain.config import EvaluationConfig, Probe
+from tasks.domain.config import EvaluationConfig, HeldOutQuestion, Probe
+from tasks.domain.content import ChoiceItem, ChoiceResult, ContentPlan, choice_results
 from tasks.domain.evaluation import (
     AnswerRecord,
     EvaluationResult,
@@ -18,6 +19,8 @@ from tasks.domain.evaluation import (
     compare_heldout,
     context,
     generation_sample,
+    judge_eval_content,
+    judge_heldout_content,
     loss_sample,
     paraphrase_groups,
     score_answers,
@@ -119,6 +122,16 @@ def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_si
     return Margins(summed=summed, per_token=per_token, chosen_nll=chosen_nll)
 
 
+def choice_scores(gen: Generator, items: Sequence[ChoiceItem], batch_size: int) -> list[ChoiceResult]:
+    """The choice test: each option's mean log-probability per answer token, given the item's
+    prompt, and whether the reference (option 0) scored highest."""
+    examples = [gen.codec.fmt.example([*item.prompt, Message(role="assistant", content=option)])
+                for item in items for option in item.options]
+    sums, counts = _completion_losses(gen, examples, batch_size, "choice test")
+    flat = iter(-s / max(1, n) for s, n in zip(sums, counts, strict=True))
+    return choice_results(items, [[next(flat) for _ in item.options] for item in items])
+
+
 def _logits(model, batch: _Batch):
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
 
@@ -198,18 +211,27 @@ def heldout_replies(gen: Generator, questions: Sequence[str], cfg: EvaluationCon
 
 
 def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Framework, probes: Sequence[Probe],
-                       cfg: EvaluationConfig, heldout_questions: Sequence[str] = ()) -> EvaluationResult:
+                       cfg: EvaluationConfig, heldout: Sequence[HeldOutQuestion] = (),
+                       content: ContentPlan | None = None) -> EvaluationResult:
     """Every metric for one model on one eval split (and the held-out questions, against its own
-    base); deterministic for `cfg.seed`."""
+    base); deterministic for `cfg.seed`. With a `content` plan (built from the training rows), also
+    the content checks: the choice test on held-out questions (tuned and base) and on the generated
+    sample's rows, and pasted reasons in every answer."""
+    heldout_questions = [q.question for q in heldout]
     sample = generation_sample(eval_rows, cfg.max_generations, cfg.seed)
     loss_rows = loss_sample(eval_rows, cfg.loss_rows, cfg.seed, first=sample)
+    heldout_items = content.heldout_items(framework.system_prompt, [(q.question, q.reference) for q in heldout]) \
+        if content and heldout else []
     # what needs the base's own outputs (the adapter switched off) first, on the weights as loaded
     kl = probe_kl(gen, probes, cfg.batch_size)
     ask_heldout = partial(heldout_replies, gen, heldout_questions, cfg)
     base_heldout = on_base(gen, ask_heldout, None) if heldout_questions else []
+    base_choices = on_base(gen, partial(choice_scores, gen, heldout_items, cfg.batch_size), None) if heldout_items else None
     groups = paraphrase_groups(eval_rows, cfg.consistency_groups, cfg.seed)
     with adapter_merged(gen):
         tuned_heldout = ask_heldout() if heldout_questions else []
+        tuned_choices = choice_scores(gen, heldout_items, cfg.batch_size) if heldout_items else []
+        sample_choices = choice_scores(gen, content.row_items(sample), cfg.batch_size) if content else []
         losses = answer_losses(gen, loss_rows, cfg.batch_size)
         generated = _answers(gen, sample, cfg, 0.0, cfg.seed)
         paraphrased = _paraphrase_answers(gen, groups, cfg, 0.0, cfg.seed)
@@ -223,11 +245,17 @@ def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Fram
     answers: list[AnswerRecord] = score_answers(sample, generated, framework)
     for record in answers:
         record.loss = loss_by_id.get(record.row_id)
-    heldout = compare_heldout(heldout_questions, tuned_heldout if base_heldout is None else base_heldout, tuned_heldout,
-                              framework.style) if heldout_questions else []
-    metrics = summarise(losses, answers, paraphrased, kl, passes, heldout)
+    heldout_rows = compare_heldout(heldout_questions, tuned_heldout if base_heldout is None else base_heldout,
+                                   tuned_heldout, framework.style) if heldout_questions else []
+    if content:
+        judge_eval_content(answers, sample, sample_choices, content.index)
+        if heldout_items:
+            # a model without an adapter is its own base, as for the held-out answers above
+            judge_heldout_content(heldout_rows, [q.reference for q in heldout], tuned_choices,
+                                  tuned_choices if base_choices is None else base_choices, content.index)
+    metrics = summarise(losses, answers, paraphrased, kl, passes, heldout_rows)
     return EvaluationResult(
-        metrics=metrics, answers=answers, heldout=heldout,
+        metrics=metrics, answers=answers, heldout=heldout_rows,
         paraphrases=[{"group": g[0].metadata.group, "questions": [r.turns("user")[-1] for r in g],
                       "answers": a, "agreement": agreement(a)} for g, a in zip(groups, paraphrased, strict=True)],
         probe_kl=[{"prompt": p.prompt, "kl_per_token": s / n if n else None}
