@@ -174,3 +174,21 @@ def test_pool_is_every_pattern(plans):
     _, rows, plan = plans["devops"]
     assert set(plan.source.pool) == set(reasons_by_pattern(rows)) == set(plan.source.trained_answer)
     assert plan.source.most_frequent == "canary"
+
+
+def test_step_probes_pair_each_reference_with_one_planted_wrong_step():
+    """configs/probes/steps/devops.yaml (issue 30 part 6): every held-out reference as written and
+    once more with exactly one step replaced, at the index it names."""
+    from tasks.adapters.ops.config_files import load_model
+    from tasks.domain.config import StepProbeSet
+    from tasks.domain.steps import answer_steps
+
+    probes = load_model(StepProbeSet, REPO / "configs/probes/steps/devops.yaml")
+    references = {q.question: answer_steps(q.reference) for q in _heldout("devops").questions}
+    clean = [a for a in probes.answers if a.wrong_step is None]
+    planted = [a for a in probes.answers if a.wrong_step is not None]
+    assert len(clean) == len(planted) == len(references)
+    assert all(a.steps == references[a.question] for a in clean)
+    for answer in planted:
+        changed = [i for i, (s, r) in enumerate(zip(answer.steps, references[answer.question], strict=True)) if s != r]
+        assert changed == [answer.wrong_step], answer.question

@@ -330,6 +330,29 @@ class HeldOutSet(Frozen):
     questions: list[HeldOutQuestion] = Field(min_length=1)
 
 
+class StepProbe(Frozen):
+    """One hand-written answer for the reward model: its steps in order and which one is wrong."""
+
+    question: str = Field(min_length=1)
+    steps: list[str] = Field(min_length=1)
+    wrong_step: int | None = None  # 0-based index of the false or irrelevant step; None: every step is right
+
+    @model_validator(mode="after")
+    def _wrong_step_is_a_step(self) -> StepProbe:
+        if self.wrong_step is not None and not 0 <= self.wrong_step < len(self.steps):
+            raise ValueError(f"{self.question!r}: wrong_step {self.wrong_step} is not one of its {len(self.steps)} steps")
+        return self
+
+
+class StepProbeSet(Frozen):
+    """ProcessBench-style answers outside every pattern (issue 30 part 6): can the reward model find
+    the wrong step, or say there is none?"""
+
+    domain: str
+    description: str
+    answers: list[StepProbe] = Field(min_length=1)
+
+
 class ProbeSet(Frozen):
     """General prompts outside every domain: the adapter should leave the base model's behaviour
     on them alone. Drift is the mean KL between adapted and base next-token distributions."""

@@ -275,3 +275,29 @@ def best_index(answer_scores: Sequence[float]) -> int:
     """
     ranked = [(-s if s == s else float("inf"), i) for i, s in enumerate(answer_scores)]
     return min(ranked)[1]
+
+
+def earliest_wrong(scores: Sequence[float], threshold: float = 0.5) -> int | None:
+    """The first step the reward model scores below `threshold` (P(good)), or None.
+
+    >>> earliest_wrong([0.9, 0.3, 0.2]), earliest_wrong([0.9, 0.8])
+    (1, None)
+    """
+    return next((i for i, score in enumerate(scores) if score < threshold), None)
+
+
+def processbench_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Sequence[float]],
+                         threshold: float = 0.5) -> dict[str, float]:
+    """ProcessBench's figures: on answers with a wrong step, the share where the earliest step
+    scored below `threshold` is that step (`erroneous`); on answers without one, the share where
+    no step is (`correct`); `f1`, their harmonic mean.
+
+    >>> processbench_metrics([1, None, 0, None], [[0.9, 0.2], [0.8, 0.9], [0.9, 0.1], [0.4, 0.9]])
+    {'erroneous': 0.5, 'correct': 0.5, 'f1': 0.5}
+    """
+    predicted = [earliest_wrong(s, threshold) for s in scores]
+    erroneous = [p == w for p, w in zip(predicted, wrong_steps, strict=True) if w is not None]
+    correct = [p is None for p, w in zip(predicted, wrong_steps, strict=True) if w is None]
+    a = sum(erroneous) / len(erroneous) if erroneous else float("nan")
+    b = sum(correct) / len(correct) if correct else float("nan")
+    return {"erroneous": a, "correct": b, "f1": 2 * a * b / (a + b) if a + b else 0.0}

@@ -1,0 +1,56 @@
+"""The process reward model on hand-written answers outside every pattern, ProcessBench-style
+(issue 30 part 6): each held-out question's reference as written and with one planted false or
+irrelevant step (`configs/probes/steps/<domain>.yaml`). Prints the F1 of "finds the earliest wrong
+step" and "says none when none is wrong", and every answer's step scores; writes JSON beside.
+
+    .venv/bin/python tests/bench/processbench.py [--reward-model models:/reasoning-slm-devops-prm@champion]
+
+Measurement only: the reward model's gate does not use it yet."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from flows.cli.common import registered_scorer, reward_model_uri  # noqa: E402 - importable only after the sys.path lines above
+from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config  # noqa: E402 - importable only after the sys.path lines above
+from tasks.adapters.ops.settings import paths  # noqa: E402 - importable only after the sys.path lines above
+from tasks.domain.config import StepProbeSet  # noqa: E402 - importable only after the sys.path lines above
+from tasks.domain.steps import earliest_wrong, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/pipeline.yaml")
+    parser.add_argument("--reward-model", help="reward model URI (default: the domain's -prm@champion)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="a step scored below this is wrong")
+    args = parser.parse_args()
+    config = load_pipeline_config(args.config)
+    domain = load_framework(config.framework).domain
+    probes = load_model(StepProbeSet, REPO / "configs/probes/steps" / f"{domain}.yaml")
+    scorer = registered_scorer(reward_model_uri(args.config, args.reward_model))
+    scores = scorer.score_steps([scorer.conversation(a.question) for a in probes.answers],
+                                [a.steps for a in probes.answers])
+    figures = processbench_metrics([a.wrong_step for a in probes.answers], scores, args.threshold)
+    print(f"{domain}: {len(probes.answers)} answers; finds the wrong step {figures['erroneous']:.2f}, "
+          f"says none when none is wrong {figures['correct']:.2f}, F1 {figures['f1']:.2f}")
+    rows = []
+    for answer, step_scores in zip(probes.answers, scores, strict=True):
+        found = earliest_wrong(step_scores, args.threshold)
+        mark = "ok " if found == answer.wrong_step else "MISS"
+        print(f"{mark} wrong={answer.wrong_step} found={found} scores={' '.join(f'{s:.2f}' for s in step_scores)} "
+              f"| {answer.question}")
+        rows.append({"question": answer.question, "steps": answer.steps, "wrong_step": answer.wrong_step,
+                     "found": found, "scores": step_scores})
+    out = paths().home / "bench" / f"processbench-{domain}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"figures": figures, "answers": rows}, indent=1))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
