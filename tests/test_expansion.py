@@ -62,3 +62,36 @@ def test_split_is_stratified_and_groups_never_straddle(small_build, devops_frame
 
 def test_render_supports_mapping_slots():
     assert render("{s.a}-{b}", {"s": {"a": 1}, "b": "x"}) == "1-x"
+
+
+def test_answer_variants_share_an_answer_per_question_and_spread_across_slot_values():
+    """Issue 30: a pattern's other wordings. Every paraphrase of one question (one group) gets the
+    same wording; across slot values every wording is used; a variant naming an unknown slot is
+    refused like any template."""
+    import pytest
+    from pydantic import ValidationError
+
+    from tasks.domain.blueprint import OfflineBlueprintGenerator
+    from tasks.domain.framework import Framework, Pattern
+
+    pattern = {"id": "canary", "questions": ["Why canary {service}?", "What does a canary of {service} buy?"],
+               "answer": "1. Blast radius: a bad {service} build hits few users.",
+               "answer_variants": ["1. Exposure: few users see a bad {service} build.",
+                                   "1. Rollback: {service} shifts back in seconds."],
+               "slots": {"service": [f"service-{i}" for i in range(30)]}}
+    framework = Framework.model_validate({
+        "domain": "d", "description": "d", "layers": ["a", "b", "c", "d"], "system_prompt": "s",
+        "style": {"tone": "t", "max_answer_words": 60},
+        "principles": [{"id": "p", "title": "t", "statement": "s", "explanatory": [{"id": "e", "statement": "s",
+                        "core_logic": [{"id": "c", "statement": "s", "blocks": [{"id": "b", "summary": "s",
+                                        "key_terms": ["k"], "patterns": [pattern]}]}]}]}]})
+    rows = expand_blueprint(OfflineBlueprintGenerator().generate(framework))
+    by_group: dict[str, set[str]] = {}
+    for row in rows:
+        by_group.setdefault(row.metadata.group, set()).add(row.turns("assistant")[-1])
+    assert len(by_group) == 30 and all(len(answers) == 1 for answers in by_group.values())
+    labels = Counter(next(iter(answers)).split(":")[0] for answers in by_group.values())
+    assert set(labels) == {"1. Blast radius", "1. Exposure", "1. Rollback"} and min(labels.values()) >= 5, labels
+    assert expand_blueprint(OfflineBlueprintGenerator().generate(framework)) == rows, "stable across runs"
+    with pytest.raises(ValidationError, match="placeholder {tier} has no slot values"):
+        Pattern.model_validate({**pattern, "answer_variants": ["1. Price: {tier} is cheap."]})

@@ -50,12 +50,19 @@ def _short_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def _conversation(system: str, entry_pattern: Pattern, question: str, values: dict) -> list[Message]:
+def answer_template(pattern: Pattern, group: str) -> str:
+    """The wording a slot combination is answered in: one of the pattern's answers, picked by the
+    group's hash (stable across runs, the same for every paraphrase of the question)."""
+    answers = pattern.answers()
+    return answers[int(hashlib.sha1(group.encode("utf-8")).hexdigest(), 16) % len(answers)]
+
+
+def _conversation(system: str, entry_pattern: Pattern, question: str, values: dict, answer: str) -> list[Message]:
     bound = bind(values)
     messages = [
         Message(role="system", content=system),
         Message(role="user", content=question.format(**bound)),
-        Message(role="assistant", content=entry_pattern.answer.format(**bound)),
+        Message(role="assistant", content=answer.format(**bound)),
     ]
     if entry_pattern.follow_up:
         messages += [
@@ -69,9 +76,10 @@ def expand_entry(entry: BlueprintEntry, blueprint: Blueprint, blueprint_hash: st
     for pattern in entry.patterns:
         for values in slot_assignments(pattern):
             group = f"{pattern.id}:{_short_hash(repr(sorted(values.items(), key=lambda kv: kv[0])))}"
+            answer = answer_template(pattern, group)
             for question in pattern.questions:
                 try:
-                    messages = _conversation(blueprint.system_prompt, pattern, question, values)
+                    messages = _conversation(blueprint.system_prompt, pattern, question, values, answer)
                 except (KeyError, AttributeError, IndexError, ValueError) as error:
                     raise ConfigError(f"pattern {pattern.id!r}: cannot fill template: {error}") from None
                 digest = _short_hash("\x1f".join(f"{m.role}:{m.content}" for m in messages))

@@ -41,11 +41,19 @@ class Pattern(Frozen):
     id: Slug
     questions: list[str] = Field(min_length=1)
     answer: str = Field(min_length=1)
+    # The same answer in other words (labels, order, phrasing; the same facts and slots). Each slot
+    # combination is answered in one of them, chosen by its values, so paraphrases of one question
+    # share an answer while no single wording is trained on every time (issue 30: a model trained on
+    # one fixed wording per pattern scored that wording above the right answer to any question).
+    answer_variants: list[str] = Field(default_factory=list)
     slots: dict[str, list[SlotValue]] = Field(default_factory=dict)
     follow_up: FollowUp | None = None
 
+    def answers(self) -> list[str]:
+        return [self.answer, *self.answer_variants]
+
     def templates(self) -> list[str]:
-        texts = [*self.questions, self.answer]
+        texts = [*self.questions, *self.answers()]
         if self.follow_up:
             texts += [self.follow_up.question, self.follow_up.answer]
         return texts
