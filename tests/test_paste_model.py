@@ -51,6 +51,13 @@ def test_a_model_that_pastes_the_canary_answer_everywhere_is_rejected_for_its_co
     assert metrics["heldout/choice_accuracy"] <= 0.5, metrics
     failing = {c["name"] for c in record["promotion"]["checks"] if not c["passed"]}
     assert {"picks the reference answer on held-out questions", "held-out answers with a pasted reason"} <= failing
+    # `rslm models` shows the version's content figures beside its decision
+    from tasks.adapters.tracking.runs import Tracking
+    from tasks.stages.promote import model_table
+
+    (row,) = model_table("reasoning-slm-devops", Tracking.configured())
+    assert row["decision"] == "rejected" and row["pasted"] == metrics["heldout/pasted"]
+    assert row["choice"] == metrics["heldout/choice_accuracy"] and row["base_choice"] is not None
     answers = json.loads((Path(record["evaluation"]["report_dir"]) / "result.json").read_text())
     flagged = [h for h in answers["heldout"] if h["tuned_pasted"]]
     assert flagged and all(p.startswith(tuple(f"{pid}:" for pid in _pattern_ids())) for h in flagged
