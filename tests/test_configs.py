@@ -3,7 +3,15 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config, load_profile
-from tasks.domain.config import HeldOutSet, ModelProfile, PipelineConfig, ProbeSet, apply_overrides, effective_training
+from tasks.domain.config import (
+    HeldOutSet,
+    ModelProfile,
+    PipelineConfig,
+    ProbeSet,
+    StepProbeSet,
+    apply_overrides,
+    effective_training,
+)
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework
 
@@ -18,7 +26,7 @@ def model_for(path):
     if path.parts[1] == "profiles":
         return ModelProfile
     if path.parts[1] == "probes":
-        return HeldOutSet if "heldout" in path.parts else ProbeSet
+        return HeldOutSet if "heldout" in path.parts else StepProbeSet if "steps" in path.parts else ProbeSet
     return PipelineConfig
 
 
