@@ -1,5 +1,5 @@
 """Expansion, dedup, cap and split: deterministic, metadata complete, no leakage."""
-from collections import Counter
+from collections import Counter, defaultdict
 
 from tasks.domain.expansion import balanced_cap, build_dataset, deduplicate, expand_blueprint, render
 from tasks.domain.records import Message, Row, RowMetadata
@@ -41,6 +41,38 @@ def test_dedup_removes_exact_and_near_duplicates():
     kept, stats = deduplicate(rows)
     assert [r.id for r in kept] == ["Why split the VPC?", "Why peer VPCs?"]
     assert (stats.exact_duplicates, stats.near_duplicates) == (1, 1)
+
+
+def test_repeat_caps_keep_every_pattern_and_whole_question_groups(devops_blueprint):
+    # the DevOps canary answers 342 questions with 16 answers: capped at one question group per
+    # answer, no answer is taught under two questions (paraphrases aside), every pattern keeps rows,
+    # and every kept group keeps all its paraphrases (the consistency metric needs them)
+    def groups_by_answer(rows):
+        found = defaultdict(set)
+        for row in rows:
+            found[row.turns("assistant")[-1]].add(row.metadata.group)
+        return found
+
+    full = build_dataset(devops_blueprint, seed=1, eval_fraction=0.1, max_samples=0)
+    everything = full.train + full.eval
+    capped = build_dataset(devops_blueprint, seed=1, eval_fraction=0.1, max_samples=0, max_answer_repeats=1)
+    rows = capped.train + capped.eval
+    assert max(len(g) for g in groups_by_answer(rows).values()) == 1
+    assert groups_by_answer(rows).keys() == groups_by_answer(everything).keys()
+    assert capped.dedup.repeated_answers == len(everything) - len(rows)
+    kept_groups = {r.metadata.group for r in rows}
+    assert Counter(r.metadata.group for r in rows) == Counter(r.metadata.group for r in everything
+                                                              if r.metadata.group in kept_groups)
+    assert max(Counter(r.metadata.group for r in rows).values()) > 1, "paraphrase groups survive"
+    canary = Counter(r.metadata.pattern_id for r in rows)["canary"]
+    assert canary < Counter(r.metadata.pattern_id for r in everything)["canary"] / 5
+    balanced = build_dataset(devops_blueprint, seed=1, eval_fraction=0.1, max_samples=0, max_answer_repeats=1,
+                             max_groups_per_pattern=16)
+    groups_per_pattern = defaultdict(set)
+    for row in balanced.train + balanced.eval:
+        groups_per_pattern[row.metadata.pattern_id].add(row.metadata.group)
+    assert max(map(len, groups_per_pattern.values())) == 16
+    assert set(groups_per_pattern) == {r.metadata.pattern_id for r in everything}
 
 
 def test_balanced_cap_keeps_every_principle():

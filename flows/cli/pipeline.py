@@ -31,7 +31,7 @@ from flows.cli.common import (
               help="Rebuild and retrain the chat adapter even when nothing changed (a registered reward model with "
                    "the same step labels and settings is kept: see --force-reward).")
 @click.option("--force-reward", is_flag=True, help="Retrain the process reward model even when its step labels and "
-                                                   "settings are those of a registered version.")
+                                                   "settings are those of a registered version (implies --reward).")
 @click.option("--dataset", "dataset_source", type=click.Path(exists=True),
               help="Train on your own dataset instead of generating one: a JSONL file of {\"messages\": [...]} rows, "
                    "a parquet file or a Hugging Face `datasets` directory (dataset.source; style from dataset.imported).")
@@ -52,6 +52,8 @@ def pipeline(config_path, framework, profile, max_steps, max_samples, device, ba
         overrides["dataset.source"] = str(Path(dataset_source).resolve())
     if refine is not None:
         overrides["refine_overrides.enabled"] = refine
+    if force_reward:  # asked for by name, so trained even after a --no-reward (`make run` passes one)
+        reward = True
     if reward is not None:
         overrides["reward_overrides.enabled"] = reward
     resolve_pipeline(load_pipeline_config(config_path, overrides))  # a bad flag, file or row fails here, before any server starts

@@ -200,6 +200,14 @@ class DatasetConfig(Frozen):
     imported: ImportedDatasetConfig = ImportedDatasetConfig()
     eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     max_samples: int = Field(default=0, ge=0, description="0 keeps every sample")
+    # Question groups (a question and its paraphrases) sharing one exact answer, at most (0: no
+    # cap; generated datasets only: imported rows are kept as written). A pattern whose answer uses few of its slots repeats one answer under many questions
+    # (the DevOps canary: 16 answers, 342 rows), and a model trained on it finds those words likely
+    # after any question (issue 30).
+    max_answer_repeats: int = Field(default=0, ge=0)
+    # Question groups per pattern, at most (0: no cap): patterns with many slot values (split-vpc,
+    # pin-digest: ~100 distinct answers each) otherwise teach their skeleton far more often than the rest.
+    max_groups_per_pattern: int = Field(default=0, ge=0)
     license: str = "cc-by-4.0"  # SPDX-style id for the dataset card (the data is written from your framework)
 
 
@@ -293,6 +301,8 @@ class EvaluationConfig(Frozen):
     # Held-out questions per domain (<dir>/<domain>.yaml), answered by the tuned model and its base.
     heldout_dir: str = "configs/probes/heldout"
     max_generations: int = Field(default=64, ge=1)
+    # Eval rows (the first of the generated sample) whose answer is also put through the choice test.
+    choice_rows: int = Field(default=12, ge=1)
     loss_rows: int = Field(default=0, ge=0, description="eval rows whose loss is measured; 0 = all")
     consistency_groups: int = Field(default=12, ge=0)
     max_new_tokens: int = Field(default=96, ge=1)

@@ -39,7 +39,7 @@ def dataset_card(manifest: dict[str, Any], *, license_id: str, sources: list[str
              f"{manifest['domain']} questions with terse, numbered reasons. Built by reasoning-slm from a "
              "reasoning framework (first principles, explanatory principles, core logic, compressed blocks).", "",
              "| | rows |", "|---|---|", f"| train | {rows['train']} |", f"| eval | {rows['eval']} |"]
-    for key in ("generated", "exact_duplicates", "near_duplicates"):
+    for key in ("generated", "exact_duplicates", "near_duplicates", "repeated_answers"):
         if key in rows:
             lines.append(f"| {key.replace('_', ' ')} | {rows[key]} |")
     lines += ["", "## Rows per final principle", "", "| principle | train | eval |", "|---|---|---|"]

@@ -267,9 +267,11 @@ def _described(pastes: Sequence[Paste]) -> list[str]:
 
 def judge_eval_content(records: Sequence[AnswerRecord], rows: Sequence[Row], choices: Sequence[ChoiceResult],
                        index: PasteIndex) -> None:
-    """The eval answers' choice verdicts and pasted reasons (another pattern's than the row's own)."""
-    for record, row, choice in zip(records, rows, choices, strict=True):
-        record.choice_correct, record.choice_picked = choice.correct, choice.picked
+    """The eval answers' choice verdicts (the first `len(choices)` rows: the choice test samples
+    them) and pasted reasons (another pattern's than the row's own) of all."""
+    for i, (record, row) in enumerate(zip(records, rows, strict=True)):
+        if i < len(choices):
+            record.choice_correct, record.choice_picked = choices[i].correct, choices[i].picked
         record.pasted = _described(index.pastes(record.answer, record.prompt, row.metadata.pattern_id))
 
 

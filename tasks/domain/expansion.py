@@ -129,6 +129,7 @@ def near_duplicate_key(row: Row) -> str:
 class DedupStats:
     exact_duplicates: int = 0
     near_duplicates: int = 0
+    repeated_answers: int = 0  # rows dropped by `max_answer_repeats` or `max_groups_per_pattern`
 
 
 def deduplicate(rows: Iterable[Row]) -> tuple[list[Row], DedupStats]:
@@ -151,6 +152,42 @@ def deduplicate(rows: Iterable[Row]) -> tuple[list[Row], DedupStats]:
         seen_near.add(near)
         kept.append(row)
     return kept, stats
+
+
+def cap_repeats(rows: Iterable[Row], max_answer_repeats: int, max_groups_per_pattern: int,
+                stats: DedupStats) -> list[Row]:
+    """Keep at most `max_answer_repeats` question groups per exact answer and `max_groups_per_pattern`
+    groups per pattern, the first ones in order (`<= 0`: no such cap). Caps count groups, not rows:
+    a kept group keeps all its paraphrases (the consistency metric compares their answers).
+
+    >>> from tasks.domain.records import Message as M
+    >>> r = lambda q, a, g: Row(id=q, messages=[M(role="user", content=q), M(role="assistant", content=a)],
+    ...     metadata=RowMetadata(domain="d", principle_path=["p"], pattern_id="p", group=g, blueprint_hash="h"))
+    >>> stats = DedupStats()
+    >>> rows = [r("q1", "A", "g1"), r("q1b", "A", "g1"), r("q2", "A", "g2"), r("q3", "B", "g3"), r("q4", "A", "g4")]
+    >>> [x.id for x in cap_repeats(rows, 2, 0, stats)], stats.repeated_answers
+    (['q1', 'q1b', 'q2', 'q3'], 1)
+    >>> [x.id for x in cap_repeats(rows, 0, 1, DedupStats())]
+    ['q1', 'q1b']
+    """
+    answer_groups: Counter[str] = Counter()
+    pattern_groups: Counter[str] = Counter()
+    verdict: dict[str, bool] = {}  # group -> kept
+    kept: list[Row] = []
+    for row in rows:
+        group = row.metadata.group
+        if group not in verdict:
+            answer, pattern = row.turns("assistant")[-1].strip(), row.metadata.pattern_id
+            verdict[group] = not (0 < max_answer_repeats <= answer_groups[answer]
+                                  or 0 < max_groups_per_pattern <= pattern_groups[pattern])
+            if verdict[group]:
+                answer_groups[answer] += 1
+                pattern_groups[pattern] += 1
+        if verdict[group]:
+            kept.append(row)
+        else:
+            stats.repeated_answers += 1
+    return kept
 
 
 def _by_principle(rows: Iterable[Row]) -> dict[str, list[Row]]:
@@ -207,19 +244,23 @@ class DatasetBuild:
 
 
 def build_dataset(blueprint: Blueprint, *, seed: int, eval_fraction: float, max_samples: int,
+                  max_answer_repeats: int = 0, max_groups_per_pattern: int = 0,
                   progress: Progress = _no_progress) -> DatasetBuild:
     """Expand, shuffle (seeded), deduplicate, cap and split: the whole dataset recipe."""
     return assemble_dataset(expand_blueprint(blueprint, progress), seed=seed, eval_fraction=eval_fraction,
-                            max_samples=max_samples)
+                            max_samples=max_samples, max_answer_repeats=max_answer_repeats,
+                            max_groups_per_pattern=max_groups_per_pattern)
 
 
-def assemble_dataset(rows: list[Row], *, seed: int, eval_fraction: float, max_samples: int) -> DatasetBuild:
+def assemble_dataset(rows: list[Row], *, seed: int, eval_fraction: float, max_samples: int,
+                     max_answer_repeats: int = 0, max_groups_per_pattern: int = 0) -> DatasetBuild:
     """Shuffle (seeded), deduplicate, cap and split rows that carry metadata: generated rows and a
     user's imported ones go through the same steps."""
     rows = list(rows)
     generated = len(rows)
     random.Random(seed).shuffle(rows)
     rows, dedup = deduplicate(rows)
+    rows = cap_repeats(rows, max_answer_repeats, max_groups_per_pattern, dedup)
     rows = balanced_cap(rows, max_samples)
     train, evaluation = stratified_split(rows, eval_fraction, seed)
     train_counts = Counter(r.metadata.final_principle for r in train)
@@ -231,7 +272,8 @@ def assemble_dataset(rows: list[Row], *, seed: int, eval_fraction: float, max_sa
 def preview(framework, blueprint: Blueprint, seed: int, dataset, samples: int = 5) -> str:
     """What a dataset build would produce, without writing it: the blueprint per principle, the
     row counts at every step and a few rows. `dataset` is the DatasetConfig."""
-    build = build_dataset(blueprint, seed=seed, eval_fraction=dataset.eval_fraction, max_samples=dataset.max_samples)
+    build = build_dataset(blueprint, seed=seed, eval_fraction=dataset.eval_fraction, max_samples=dataset.max_samples,
+                          max_answer_repeats=dataset.max_answer_repeats, max_groups_per_pattern=dataset.max_groups_per_pattern)
     info = blueprint.generator
     lines = [f"blueprint: {blueprint.domain} by {info.name} v{info.version}" + (f" ({info.model})" if info.model else ""),
              f"  {len(blueprint.entries)} reasoning blocks, {sum(len(e.patterns) for e in blueprint.entries)} patterns",
@@ -243,8 +285,10 @@ def preview(framework, blueprint: Blueprint, seed: int, dataset, samples: int = 
                      f"{counts['train']} | {counts['eval']} |")
     kept = len(build.train) + len(build.eval)
     unique = build.generated - build.dedup.exact_duplicates - build.dedup.near_duplicates
+    dedup = build.dedup
+    capped = f", {dedup.repeated_answers} over the answer-repeat or per-pattern cap" if dedup.repeated_answers else ""
     lines += ["", f"rows: {build.generated} expanded -> {unique} after dedup "
-                  f"({build.dedup.exact_duplicates} exact, {build.dedup.near_duplicates} near duplicates) -> {kept} kept "
+                  f"({dedup.exact_duplicates} exact, {dedup.near_duplicates} near duplicates{capped}) -> {kept} kept "
                   f"({len(build.train)} train / {len(build.eval)} eval)", ""]
     for row in random.Random(seed).sample(build.train, min(samples, len(build.train))):
         source = f" [{row.metadata.source}]" if row.metadata.source else ""

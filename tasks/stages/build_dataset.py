@@ -38,7 +38,9 @@ def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Path
 def expand_dataset(framework: Framework, blueprint: Blueprint, config: PipelineConfig, root: Path) -> DatasetRef:
     """Expand, dedup, split and write; the config hash covers everything that shapes the rows."""
     build = build_dataset(blueprint, seed=config.seed, eval_fraction=config.dataset.eval_fraction,
-                          max_samples=config.dataset.max_samples, progress=tqdm_progress("expanding patterns"))
+                          max_samples=config.dataset.max_samples, max_answer_repeats=config.dataset.max_answer_repeats,
+                          max_groups_per_pattern=config.dataset.max_groups_per_pattern,
+                          progress=tqdm_progress("expanding patterns"))
     config_hash = content_hash({"framework": framework.model_dump(mode="json"),
                                 "dataset": config.dataset.model_dump(), "seed": config.seed})
     return write_dataset(build, blueprint, config_hash=config_hash, seed=config.seed, root=root)
@@ -67,6 +69,7 @@ def import_dataset(framework: Framework, config: PipelineConfig, root: Path) -> 
     groups = question_groups([row for _, row in user.rows])
     rows = [with_import_metadata(row, framework, blueprint.digest(), f"{name}:{line}", group)
             for (line, row), group in zip(user.rows, groups, strict=True)]
+    # no repeat caps: they undo a framework's templating; a user's rows are kept as written
     build = assemble_dataset(rows, seed=config.seed, eval_fraction=config.dataset.eval_fraction,
                              max_samples=config.dataset.max_samples)
     config_hash = content_hash({"framework": framework.model_dump(mode="json"), "source": user.sha256,

@@ -231,7 +231,7 @@ def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Fram
     with adapter_merged(gen):
         tuned_heldout = ask_heldout() if heldout_questions else []
         tuned_choices = choice_scores(gen, heldout_items, cfg.batch_size) if heldout_items else []
-        sample_choices = choice_scores(gen, content.row_items(sample), cfg.batch_size) if content else []
+        sample_choices = choice_scores(gen, content.row_items(sample[:cfg.choice_rows]), cfg.batch_size) if content else []
         losses = answer_losses(gen, loss_rows, cfg.batch_size)
         generated = _answers(gen, sample, cfg, 0.0, cfg.seed)
         paraphrased = _paraphrase_answers(gen, groups, cfg, 0.0, cfg.seed)
