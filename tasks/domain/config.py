@@ -201,9 +201,9 @@ class DatasetConfig(Frozen):
     eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     max_samples: int = Field(default=0, ge=0, description="0 keeps every sample")
     # Question groups (a question and its paraphrases) sharing one exact answer, at most (0: no
-    # cap; generated datasets only: imported rows are kept as written). A pattern whose answer uses few of its slots repeats one answer under many questions
-    # (the DevOps canary: 16 answers, 342 rows), and a model trained on it finds those words likely
-    # after any question (issue 30).
+    # cap; generated datasets only: imported rows are kept as written). A pattern whose answer uses
+    # few of its slots repeats one answer under many questions (the DevOps canary: 16 answers, 342
+    # rows), and a model trained on it finds those words likely after any question (issue 30).
     max_answer_repeats: int = Field(default=0, ge=0)
     # Question groups per pattern, at most (0: no cap): patterns with many slot values (split-vpc,
     # pin-digest: ~100 distinct answers each) otherwise teach their skeleton far more often than the rest.
