@@ -26,8 +26,11 @@ NO_FLOORS = {f"promotion.{key}": None for key in ("min_style_adherence", "min_st
 
 
 def tiny_run(steps: int, **overrides) -> dict:
-    """Pipeline overrides for a quick tiny-profile run of `steps` optimizer steps."""
-    return {"profile": "tiny", "dataset.max_samples": 300,
+    """Pipeline overrides for a quick tiny-profile run of `steps` optimizer steps, on the DevOps
+    rows before the repeat caps (the gate's mechanics are tested on the dataset they were tuned on;
+    the caps themselves in test_expansion, and the paste model runs with them)."""
+    return {"profile": "tiny", "dataset.max_samples": 300, "dataset.max_answer_repeats": 0,
+            "dataset.max_groups_per_pattern": 0,
             "training_overrides": {"max_steps": steps, "save_steps": steps, "logging_steps": 2}, **overrides}
 
 
