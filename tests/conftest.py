@@ -25,6 +25,15 @@ NO_FLOORS = {f"promotion.{key}": None for key in ("min_style_adherence", "min_st
                                                   "max_heldout_pasted")}
 
 
+def shipped_caps() -> dict:
+    """configs/pipeline.yaml's dataset repeat caps as overrides, for a run that must build the same
+    rows as `rslm generate` on the shipped config (tiny_run switches them off)."""
+    import yaml
+
+    dataset = yaml.safe_load((REPO / "configs/pipeline.yaml").read_text())["dataset"]
+    return {f"dataset.{key}": dataset[key] for key in ("max_answer_repeats", "max_groups_per_pattern")}
+
+
 def tiny_run(steps: int, **overrides) -> dict:
     """Pipeline overrides for a quick tiny-profile run of `steps` optimizer steps, on the DevOps
     rows before the repeat caps (the gate's mechanics are tested on the dataset they were tuned on;

@@ -12,7 +12,7 @@ import yaml
 
 from tasks.domain.framework import placeholders
 
-from conftest import REPO, tiny_run
+from conftest import REPO, shipped_caps, tiny_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 CANARY = ("1. Blast radius: a bad build hits 5% of users, not all. 2. Evidence: compare {{{noun}}} against the "
@@ -40,8 +40,7 @@ def test_a_model_that_pastes_the_canary_answer_everywhere_is_rejected_for_its_co
                                                                                       tmp_path):
     from flows.nightly_retrain import nightly_retrain
 
-    shipped_caps = {"dataset.max_answer_repeats": 1, "dataset.max_groups_per_pattern": 16}  # configs/pipeline.yaml's
-    nightly_retrain(overrides=tiny_run(60, framework=paste_framework(tmp_path), **shipped_caps,
+    nightly_retrain(overrides=tiny_run(60, framework=paste_framework(tmp_path), **shipped_caps(),
                                        reward_overrides={"enabled": False}))
     record = json.loads((rslm_home / "last-run.json").read_text())
     assert record["status"] == "succeeded" and record["model_version"] == "1"

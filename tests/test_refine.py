@@ -128,7 +128,7 @@ def test_a_corrupted_pairs_file_is_refused_by_its_line_and_nothing_is_trained(pr
     from flows.nightly_retrain import nightly_retrain
     from tasks.domain.errors import DataValidationError
 
-    from conftest import tiny_run
+    from conftest import shipped_caps, tiny_run
 
     built = CliRunner().invoke(cli, ["generate", "--max-samples", "300"])
     dataset_dir = json.loads(built.output[built.output.index("{"):])["directory"]
@@ -141,7 +141,7 @@ def test_a_corrupted_pairs_file_is_refused_by_its_line_and_nothing_is_trained(pr
     pairs_file.write_text("\n".join([*lines[:6], json.dumps(tampered), *lines[7:]]) + "\n")
 
     with pytest.raises(DataValidationError) as failed:
-        nightly_retrain(overrides=tiny_run(12, refine_overrides=REFINE))
+        nightly_retrain(overrides=tiny_run(12, refine_overrides=REFINE, **shipped_caps()))
     (differs,) = [f for f in failed.value.failures if f["rule"] == "rejected differs from chosen"]
     assert differs["rows"] == [f"{tampered['id']} ({pairs_file.name}:7)"]
     record = json.loads((rslm_home / "last-run.json").read_text())
@@ -156,4 +156,4 @@ def test_a_corrupted_pairs_file_is_refused_by_its_line_and_nothing_is_trained(pr
     from tasks.domain.errors import DatasetFormatError
 
     with pytest.raises(DatasetFormatError, match=r"reasoning_preferences.jsonl: 1 malformed line\(s\): line 4: invalid JSON"):
-        nightly_retrain(overrides=tiny_run(12, refine_overrides=REFINE))
+        nightly_retrain(overrides=tiny_run(12, refine_overrides=REFINE, **shipped_caps()))
