@@ -121,13 +121,26 @@ def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tin
 def test_the_lean_evaluation_measures_what_the_plain_one_does(tiny_base, small_build, devops_framework, tmp_path):
     """Issue 29: the output layer only at answer positions gives every row's summed answer loss and
     token count as full logits do, and the adapter merged into the weights for generation gives the
-    same greedy answers; afterwards the model is unmerged again (the base's own outputs unchanged)."""
+    same greedy answers; afterwards the model is unmerged again (the base's own outputs unchanged).
+    The choice test, its prompt run once for all its options, scores them as whole passes do."""
+    import contextlib
+
     import torch
 
     from tasks.adapters.model.inference import load_generator
-    from tasks.adapters.model.measurement import _batches, _logits, _tokenize, adapter_merged, answer_token_losses
+    from tasks.adapters.model.measurement import (
+        _batches,
+        _completion_losses,
+        _logits,
+        _tokenize,
+        adapter_merged,
+        answer_token_losses,
+        choice_scores,
+    )
     from tasks.adapters.model.training import train_lora
     from tasks.domain.config import TrainingConfig
+    from tasks.domain.content import content_plan
+    from tasks.domain.records import Message
     from tasks.domain.tensor_metrics import token_losses
 
     adapter = tmp_path / "adapter"
@@ -142,6 +155,16 @@ def test_the_lean_evaluation_measures_what_the_plain_one_does(tiny_base, small_b
             lean = answer_token_losses(gen.model, batch)
             assert lean[1] == full[1] and min(full[1]) > 5
             assert lean[0] == pytest.approx(full[0], rel=1e-5)
+    items = content_plan(small_build.train, devops_framework, seed=3).row_items(small_build.eval[:6])
+    options = [gen.codec.fmt.example([*i.prompt, Message(role="assistant", content=o)]) for i in items for o in i.options]
+    for adapter_on in (True, False):
+        with torch.no_grad(), (contextlib.nullcontext() if adapter_on else gen.model.disable_adapter()):
+            shared = choice_scores(gen, items, 4)
+            sums, counts = _completion_losses(gen, options, 4, "whole passes")
+        whole = iter(-s / n for s, n in zip(sums, counts, strict=True))
+        for result in shared:
+            assert len(result.scores) >= 4
+            assert result.scores == pytest.approx([next(whole) for _ in result.scores], abs=2e-4)
     questions = [r.turns("user")[-1] for r in small_build.eval[:8]]
     plain = gen.reply(questions, max_new_tokens=24, batch_size=4)
     with gen.model.disable_adapter():

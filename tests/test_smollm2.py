@@ -35,6 +35,21 @@ def test_conversion_is_cached_by_sha256_and_records_provenance(smollm2_base):
     assert (smollm2_base / "model.safetensors").stat().st_mtime_ns == stamp, "converted once, then reused"
 
 
+def test_the_conversion_parses_the_gguf_once_and_leaves_gguf_py_as_it_was(smollm2_base):
+    """The weights it gives are checked against transformers' own GGUF loading below."""
+    import gguf as gguf_py
+
+    from tasks.adapters.model.base_models import _gguf_parsed_once
+
+    path = str(packaged_gguf(PROFILE.packaged))
+    originals = gguf_py.GGUFReader, gguf_py.get_tensor_name_map
+    with _gguf_parsed_once():
+        assert gguf_py.GGUFReader(path) is gguf_py.GGUFReader(path)
+        arch = gguf_py.MODEL_ARCH.LLAMA
+        assert gguf_py.get_tensor_name_map(arch, 30) is gguf_py.get_tensor_name_map(arch, 30)
+    assert (gguf_py.GGUFReader, gguf_py.get_tensor_name_map) == originals
+
+
 def test_converted_weights_equal_the_gguf_models(smollm2_base):
     from transformers import AutoModelForCausalLM
 

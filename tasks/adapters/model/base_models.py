@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from tasks.adapters.data.dataset_store import file_sha256
@@ -169,6 +171,29 @@ def _dequantized_copy(gguf_dir: Path, gguf_file: str):
     return plain
 
 
+@contextmanager
+def _gguf_parsed_once():
+    """transformers reads a GGUF file once for its config, once for its tokenizer and once for its
+    weights, each time parsing all of its metadata (SmolLM2's 49k-token vocabulary) with gguf-py,
+    and rebuilds gguf-py's tensor name map once per module of the model (397 times for SmolLM2).
+    Both are pure functions of their arguments: within this block each is computed once (issue
+    29: 53 s of the first run's GGUF conversion on a 2-core AVX2 CPU). transformers imports them
+    from `gguf` at each call, so replacing the module's attributes for the block reaches it."""
+    import gguf
+
+    originals = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    @cache
+    def reader(path, mode="r"):
+        return originals[0](path, mode)
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, cache(originals[1])
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = originals
+
+
 def ensure_packaged_base(spec: PackagedModel, models_dir: Path) -> Path:
     """Convert (once) the package's GGUF into a safetensors model directory with its tokenizer,
     cached by the GGUF's sha256. A crash mid-way leaves only a `.partial` directory, rebuilt next time."""
@@ -183,8 +208,10 @@ def ensure_packaged_base(spec: PackagedModel, models_dir: Path) -> Path:
         return target
     staging = models_dir / f".{target.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=spec.gguf_file, trust_remote_code=False)
-    _dequantized_copy(gguf.parent, spec.gguf_file).save_pretrained(str(staging), safe_serialization=True)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=spec.gguf_file, trust_remote_code=False)
+        model = _dequantized_copy(gguf.parent, spec.gguf_file)
+    model.save_pretrained(str(staging), safe_serialization=True)
     tokenizer.save_pretrained(str(staging))
     provenance = {"package": spec.package, "package_version": version(spec.package), "gguf_file": spec.gguf_file,
                   "gguf_sha256": sha256}

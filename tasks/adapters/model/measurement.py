@@ -27,7 +27,7 @@ from tasks.domain.evaluation import (
     style_metrics,
     summarise,
 )
-from tasks.domain.formatting import TokenizedExample
+from tasks.domain.formatting import TokenizedExample, shared_prompt_length
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import agreement, consistency
 from tasks.domain.preferences import PreferencePair
@@ -48,16 +48,20 @@ class _Batch:
 
 def _batches(gen: Generator, examples: list[TokenizedExample], batch_size: int, description: str):
     """Right-padded tensors, batch by batch, in the given order."""
+    for start in tqdm_progress(description, unit="batch", leave=False)(range(0, len(examples), batch_size)):
+        yield _padded(gen, examples[start:start + batch_size])
+
+
+def _padded(gen: Generator, chunk: Sequence[TokenizedExample]) -> _Batch:
+    """One batch of examples as right-padded tensors."""
     import torch
 
     pad = gen.tokenizer.pad_token_id
-    for start in tqdm_progress(description, unit="batch", leave=False)(range(0, len(examples), batch_size)):
-        chunk = examples[start:start + batch_size]
-        width = max(len(e.input_ids) for e in chunk)
-        tensor = partial(torch.tensor, device=gen.device)
-        yield _Batch(input_ids=tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk]),
-                     attention_mask=tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk]),
-                     loss_mask=tensor([e.completion_mask + [0] * (width - len(e.input_ids)) for e in chunk]))
+    width = max(len(e.input_ids) for e in chunk)
+    tensor = partial(torch.tensor, device=gen.device)
+    return _Batch(input_ids=tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk]),
+                  attention_mask=tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk]),
+                  loss_mask=tensor([e.completion_mask + [0] * (width - len(e.input_ids)) for e in chunk]))
 
 
 def answer_losses(gen: Generator, rows: Sequence[Row], batch_size: int) -> tuple[list[float], list[int]]:
@@ -82,16 +86,22 @@ def answer_token_losses(model, batch: _Batch) -> tuple[list[float], list[int]]:
     """`token_losses` with the output layer run only where a target is (issue 29): the backbone on
     every token, the vocabulary's logits only at the positions that predict an answer token. On a
     CPU the full [batch, positions, vocabulary] logits and their softmax were most of the pass."""
-    import torch
-
     from tasks.adapters.model.fast_step import backbone_states
 
     causal_lm, hidden = backbone_states(model, batch.input_ids, batch.attention_mask)
-    targets = batch.loss_mask[:, 1:].bool()  # position t predicts token t+1
+    return _target_losses(causal_lm, hidden, batch.input_ids, batch.loss_mask)
+
+
+def _target_losses(causal_lm, hidden, input_ids, loss_mask) -> tuple[list[float], list[int]]:
+    """Per row, the summed cross-entropy of the tokens `loss_mask` marks, and their count, from the
+    backbone's hidden states over `input_ids`."""
+    import torch
+
+    targets = loss_mask[:, 1:].bool()  # position t predicts token t+1
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][targets]).float()
-    nll = torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][targets], reduction="none")
-    row = torch.arange(len(batch.input_ids), device=nll.device).unsqueeze(1).expand_as(targets)[targets]
-    sums = torch.zeros(len(batch.input_ids), dtype=nll.dtype, device=nll.device).index_add_(0, row, nll)
+    nll = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][targets], reduction="none")
+    row = torch.arange(len(input_ids), device=nll.device).unsqueeze(1).expand_as(targets)[targets]
+    sums = torch.zeros(len(input_ids), dtype=nll.dtype, device=nll.device).index_add_(0, row, nll)
     return sums.tolist(), targets.sum(dim=1).tolist()
 
 
@@ -124,12 +134,53 @@ def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_si
 
 def choice_scores(gen: Generator, items: Sequence[ChoiceItem], batch_size: int) -> list[ChoiceResult]:
     """The choice test: each option's mean log-probability per answer token, given the item's
-    prompt, and whether the reference (option 0) scored highest."""
-    examples = [gen.codec.fmt.example([*item.prompt, Message(role="assistant", content=option)])
-                for item in items for option in item.options]
-    sums, counts = _completion_losses(gen, examples, batch_size, "choice test")
-    flat = iter(-s / max(1, n) for s, n in zip(sums, counts, strict=True))
-    return choice_results(items, [[next(flat) for _ in item.options] for item in items])
+    prompt, and whether the reference (option 0) scored highest. An item's options (at most five)
+    are one batch: `batch_size` does not split them."""
+    import torch
+
+    with torch.no_grad():
+        scores = [_option_scores(gen, item) for item in tqdm_progress("choice test", unit="question", leave=False)(items)]
+    return choice_results(items, scores)
+
+
+def _option_scores(gen: Generator, item: ChoiceItem) -> list[float]:
+    """The prompt runs once and its keys and values serve every option (issue 29): the system
+    prompt and question were about half of each option's tokens, scored five times over."""
+    from tasks.adapters.model.fast_step import backbone_states
+
+    examples = _tokenize(gen, [gen.codec.fmt.example([*item.prompt, Message(role="assistant", content=option)])
+                               for option in item.options])
+    shared = shared_prompt_length(examples)
+    causal_lm, prompt_cache = _prompt_cache(gen, examples[0].input_ids[:shared], len(examples))
+    tails = [TokenizedExample(input_ids=e.input_ids[shared:], completion_mask=e.completion_mask[shared:])
+             for e in examples]
+    batch = _padded(gen, tails)
+    if prompt_cache is None:
+        causal_lm, hidden = backbone_states(gen.model, batch.input_ids, batch.attention_mask)
+    else:
+        import torch
+
+        seen = torch.ones(len(tails), shared, dtype=batch.attention_mask.dtype, device=batch.attention_mask.device)
+        backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=torch.cat([seen, batch.attention_mask], dim=1),
+                          past_key_values=prompt_cache, use_cache=True).last_hidden_state
+    sums, counts = _target_losses(causal_lm, hidden, batch.input_ids, batch.loss_mask)
+    return [-s / max(1, n) for s, n in zip(sums, counts, strict=True)]
+
+
+def _prompt_cache(gen: Generator, prompt: list[int], copies: int):
+    """The model under PEFT's wrapper and the backbone's keys and values over `prompt`, repeated
+    for `copies` rows (None when the prompt is empty)."""
+    import torch
+
+    inner = gen.model.get_base_model() if hasattr(gen.model, "get_base_model") else gen.model
+    if not prompt:
+        return inner, None
+    backbone = getattr(inner, inner.base_model_prefix)
+    ids = torch.tensor([prompt], device=gen.device)
+    cache = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(copies)
+    return inner, cache
 
 
 def _logits(model, batch: _Batch):
