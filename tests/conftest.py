@@ -3,7 +3,7 @@ isolated RSLM_HOME per test, and one Prefect test harness per session."""
 from __future__ import annotations
 
 import os
-import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,10 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "bench"))  # the benchmarks' helpers serve the tests too
+
+from serve_load import free_port, running_server  # noqa: E402,F401 - re-exported to the tests
+
 # Flow tests run the tiny profile (seconds, not minutes). It answers in number salad, which the
 # shipped gate rejects (test_flow proves it); tests of the gate's other mechanics switch those
 # floors off.
@@ -100,13 +104,6 @@ def prefect_harness(tmp_path_factory):
 def write_rows(path: Path, rows) -> Path:
     path.write_text("".join(r.to_json() + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (for servers the tests start)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pause_after_checkpoint(module: str, builder: str, step: int) -> str:

@@ -1,10 +1,6 @@
 """LLM blueprint generation: parsing and repair on hand-made replies (pure), the response cache,
 and the generator end to end over real HTTP against `rslm serve` with a tiny model taught the task."""
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +18,7 @@ from tasks.domain.llm_blueprint import (
     teacher_reply,
 )
 
-from conftest import REPO, free_port
+from conftest import REPO, running_server
 
 PROVENANCE = Provenance(backend="test", model="m", prompt_sha256="0" * 64)
 
@@ -145,25 +141,9 @@ def blueprint_writer(small_framework, tmp_path_factory):
 def served(blueprint_writer, tmp_path_factory):
     """`rslm serve --adapter` on a free loopback port, with a bearer token, as a real subprocess."""
     _, adapter = blueprint_writer
-    port = free_port()
-    env = {**os.environ, "RSLM_SERVE_TOKEN": "t0ken", "RSLM_HOME": str(tmp_path_factory.mktemp("serve-home"))}
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "rslm"), "serve", "--adapter", str(adapter),
-                                    "--port", str(port)], env=env, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"rslm serve did not start: {log.read_text()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    env = {"RSLM_SERVE_TOKEN": "t0ken", "RSLM_HOME": str(tmp_path_factory.mktemp("serve-home"))}
+    with running_server(["--adapter", str(adapter)], env, tmp_path_factory.mktemp("serve-log") / "serve.log") as (url, _):
+        yield url
 
 
 @pytest.mark.slow

@@ -22,8 +22,13 @@ from flows.cli.common import champion_uri, config_option, registered_generator, 
 @click.option("--system", "system_prompt", default=None, help="System prompt when a request has none.")
 @click.option("--reward-model", "reward_uri",
               help="Process reward model for requests with best_of > 1 (default: the domain's -prm@champion, if any).")
+@click.option("--max-waiting", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Requests that may wait behind the one generating; more are refused with 503 at once.")
+@click.option("--wait-timeout", "wait_timeout_s", default=120.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a request may wait for the model before it is refused with 503.")
 @config_option
-def serve(model_uri, adapter, base, merged, host, port, token_env, system_prompt, reward_uri, config_path) -> None:
+def serve(model_uri, adapter, base, merged, host, port, token_env, system_prompt, reward_uri, max_waiting,
+          wait_timeout_s, config_path) -> None:
     """An OpenAI-compatible server (/v1/models, /v1/chat/completions): the champion unless told otherwise."""
     setup()
     from tasks.adapters.model import chat_server as server
@@ -47,7 +52,7 @@ def serve(model_uri, adapter, base, merged, host, port, token_env, system_prompt
     scorer, scored_by = _reward_scorer(config_path, reward_uri)
     click.echo(f"serving {model_id} on http://{host}:{port}/v1" + (" (bearer token required)" if token else "")
                + (f"; best_of scored by {scored_by}" if scorer else "; no reward model: best_of is refused"))
-    server.run(generator, model_id, host, port, token, scorer)
+    server.run(generator, model_id, host, port, token, scorer, max_waiting=max_waiting, wait_timeout_s=wait_timeout_s)
 
 
 def _reward_scorer(config_path: str, given: str | None):

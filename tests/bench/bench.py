@@ -31,7 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from large_model import bench_large_model, large_model_markdown, model_flops_utilisation  # noqa: E402 - importable only after the sys.path lines above
+# importable only after the sys.path lines above
+from serve_load import bench_serving, serving_markdown  # noqa: E402
+
+from large_model import bench_large_model, large_model_markdown, model_flops_utilisation  # noqa: E402
 
 
 @contextmanager
@@ -512,6 +515,14 @@ def bench_smollm2(device: str, workdir: Path, steps: int = 8) -> dict:
     return results
 
 
+def bench_serve(workdir: Path) -> dict:
+    """`rslm serve` on SmolLM2 under 1, 8 and 64 concurrent clients (tests/bench/serve_load.py)."""
+    from tasks.adapters.model.base_models import ensure_packaged_base
+    from tasks.adapters.ops.config_files import load_profile
+
+    return bench_serving(workdir, ensure_packaged_base(load_profile("smollm2-135m").packaged, workdir / "models"))
+
+
 def bench_orchestration(workdir: Path, overrides: dict = QUICK_RUN) -> dict:
     os.environ["RSLM_HOME"] = str(workdir / "home")
     from flows.environment import quiet_offline_defaults
@@ -625,6 +636,8 @@ def markdown(results: dict) -> str:
                          f"{r['tokenization_rows_per_s']:.0f} | {r['expansion_plus_validation_s']:.1f} | "
                          f"{max(r['peak_rss_mib'].values())} |")
         lines.append("")
+    if results.get("serving"):
+        lines += serving_markdown(results["serving"])
     if results.get("orchestration"):
         o = results["orchestration"]
         lines += ["## Orchestration (nightly_retrain, 600 rows, 20 steps, Prefect server already up)", "",
@@ -643,7 +656,7 @@ def default_sections(device: str) -> list[str]:
     import torch
 
     wants_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return ["training", "smollm2", "smollm2_vs_trl", "reward_model", "stages", "orchestration",
+    return ["training", "smollm2", "smollm2_vs_trl", "reward_model", "stages", "serving", "orchestration",
             *(["large_model"] if wants_gpu else [])]
 
 
@@ -678,6 +691,7 @@ def main() -> None:
                "reward_model": lambda work: bench_reward_model(args.reward_reps, args.device, work, args.reward_steps),
                "large_model": lambda work: large_model_section(args, work),
                "stages": lambda work: bench_stages([int(s) for s in args.sizes.split(",")], work),
+               "serving": bench_serve,
                "orchestration": bench_orchestration}
     if unknown := set(sections) - set(runners):
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(runners)}")
