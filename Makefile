@@ -12,7 +12,7 @@ UV_PIP := $(PY) -m uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--fin
 STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(MODEL_PACKAGES) $(UV)) | cksum | cut -d' ' -f1)
 export RSLM_HOME ?= $(CURDIR)/.rslm
 
-.PHONY: bench venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
+.PHONY: bench docs venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
 
 venv: $(STAMP)
 
@@ -32,10 +32,15 @@ RUN_ARGS ?=
 run: venv
 	$(VENV)/bin/rslm pipeline --no-reward $(RUN_ARGS)
 
-## Everything CI can run: the linter, then unit tests, GX, training, MLflow and the flow end to end under Prefect's test harness.
+## Everything CI can run: the linter, the docs build, then unit tests, GX, training, MLflow and the flow end to end under Prefect's test harness.
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory docs
+	$(PY) -m pytest -q --durations=15
+
+## The docs/ pages as a site in $(RSLM_HOME)/site; --strict: a broken link or anchor fails the build.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict -q -f infra/mkdocs.yml --site-dir $(RSLM_HOME)/site
 
 ## Only the fast, pure tests (no training, no Prefect server).
 test-fast: venv

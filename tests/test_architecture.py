@@ -11,7 +11,7 @@ PACKAGES = ("tasks", "flows", "expectations")
 STAGES = "tasks.stages"  # the use cases: above the IO adapters, below the Prefect tasks
 HEAVY = {"prefect", "mlflow", "boto3", "great_expectations"}  # orchestration, tracking, storage, validation
 
-# Each folder, bottom to top, with the folders it may import. The README's layout table says the same.
+# Each folder, bottom to top, with the folders it may import. docs/layout.md's table says the same.
 ADAPTERS = {"tasks.adapters.ops", "tasks.adapters.data", "tasks.adapters.model", "tasks.adapters.tracking"}
 LAYERS = {
     "tasks.domain": set(),

@@ -3,6 +3,9 @@ adapter that independent clients can resolve and load; a failed validation train
 nothing."""
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -78,6 +81,21 @@ def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_numbe
 
     replies = model.predict(pd.DataFrame({"prompt": ["Why pin the nginx image by digest?"]}), params={"max_new_tokens": 8})
     assert len(replies) == 1 and isinstance(replies[0], str)
+    # The round trip a user makes: a fresh process, offline, loads the version through MLflow alone
+    # and answers as `rslm chat` does.
+    question = "Why pin the nginx image by digest?"
+    loader = ("import json, sys, mlflow, pandas as pd; "
+              "m = mlflow.pyfunc.load_model('models:/reasoning-slm-devops/1'); "
+              f"print(json.dumps(list(m.predict(pd.DataFrame({{'prompt': [{question!r}]}}), "
+              "params={'max_new_tokens': 12}))))")
+    fresh = subprocess.run([sys.executable, "-c", loader], capture_output=True, text=True, timeout=300, cwd=rslm_home,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                "MLFLOW_TRACKING_URI": record["mlflow_tracking_uri"]})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    chatted = CliRunner().invoke(cli, ["chat", question, "--model", "models:/reasoning-slm-devops/1",
+                                       "--max-new-tokens", "12"])
+    assert chatted.exit_code == 0, chatted.output
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == [chatted.stdout.strip()]
 
     # The registry holds safetensors, JSON and code: no pickle, no training checkpoint.
     files = [p for p in Path(mlflow.artifacts.download_artifacts("models:/reasoning-slm-devops/1")).rglob("*") if p.is_file()]

@@ -163,7 +163,7 @@ def test_saved_adapter_reloads_with_plain_peft(tiny_base, small_build, tmp_path)
 
 
 def test_a_cuda_run_uses_attention_kernels_that_need_no_plan_per_length(monkeypatch):
-    """On CUDA, cuDNN's attention is switched off before anything runs (README "Large model, on
+    """On CUDA, cuDNN's attention is switched off before anything runs (docs/benchmarks.md, "Large model, on
     CUDA": it re-planned for each new batch length, a third of the throughput on an H200). This
     machine has no GPU, so only the resolution is exercised: CUDA reported present."""
     from tasks.adapters.model.base_models import runtime
