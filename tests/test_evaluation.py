@@ -159,7 +159,7 @@ def test_the_lean_evaluation_measures_what_the_plain_one_does(tiny_base, small_b
     options = [gen.codec.fmt.example([*i.prompt, Message(role="assistant", content=o)]) for i in items for o in i.options]
     for adapter_on in (True, False):
         with torch.no_grad(), (contextlib.nullcontext() if adapter_on else gen.model.disable_adapter()):
-            shared = choice_scores(gen, items, 4)
+            shared = choice_scores(gen, items)
             sums, counts = _completion_losses(gen, options, 4, "whole passes")
         whole = iter(-s / n for s, n in zip(sums, counts, strict=True))
         for result in shared:

@@ -132,10 +132,10 @@ def preference_margins(gen: Generator, pairs: Sequence[PreferencePair], batch_si
     return Margins(summed=summed, per_token=per_token, chosen_nll=chosen_nll)
 
 
-def choice_scores(gen: Generator, items: Sequence[ChoiceItem], batch_size: int) -> list[ChoiceResult]:
+def choice_scores(gen: Generator, items: Sequence[ChoiceItem]) -> list[ChoiceResult]:
     """The choice test: each option's mean log-probability per answer token, given the item's
     prompt, and whether the reference (option 0) scored highest. An item's options (at most five)
-    are one batch: `batch_size` does not split them."""
+    are one batch."""
     import torch
 
     with torch.no_grad():
@@ -277,12 +277,12 @@ def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Fram
     kl = probe_kl(gen, probes, cfg.batch_size)
     ask_heldout = partial(heldout_replies, gen, heldout_questions, cfg)
     base_heldout = on_base(gen, ask_heldout, None) if heldout_questions else []
-    base_choices = on_base(gen, partial(choice_scores, gen, heldout_items, cfg.batch_size), None) if heldout_items else None
+    base_choices = on_base(gen, partial(choice_scores, gen, heldout_items), None) if heldout_items else None
     groups = paraphrase_groups(eval_rows, cfg.consistency_groups, cfg.seed)
     with adapter_merged(gen):
         tuned_heldout = ask_heldout() if heldout_questions else []
-        tuned_choices = choice_scores(gen, heldout_items, cfg.batch_size) if heldout_items else []
-        sample_choices = choice_scores(gen, content.row_items(sample[:cfg.choice_rows]), cfg.batch_size) if content else []
+        tuned_choices = choice_scores(gen, heldout_items) if heldout_items else []
+        sample_choices = choice_scores(gen, content.row_items(sample[:cfg.choice_rows])) if content else []
         losses = answer_losses(gen, loss_rows, cfg.batch_size)
         generated = _answers(gen, sample, cfg, 0.0, cfg.seed)
         paraphrased = _paraphrase_answers(gen, groups, cfg, 0.0, cfg.seed)
