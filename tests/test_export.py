@@ -107,7 +107,7 @@ def test_export_writes_checks_and_records_each_form_and_keeps_nothing_when_a_che
     for quant in ("f16", "q8_0"):
         model, tokenizer = read_back_gguf(out / f"{stem}-{quant}.gguf")  # the independent reader
         assert model.config.num_hidden_layers == 2 and tokenizer.convert_tokens_to_ids("</s>") == 2
-    assert (out / "Modelfile").read_text().startswith(f"FROM ./{stem}-q8_0.gguf\n")
+    assert (out / "Modelfile").read_text().startswith(f"FROM ./{stem}-f16.gguf\n"), "the file that answers as trained"
     assert (out / f"{stem}-q8_0.gguf").stat().st_size < (out / f"{stem}-f16.gguf").stat().st_size
     manifest = json.loads((out / "export_manifest.json").read_text())
     listed = {f["path"]: f["sha256"] for f in manifest["files"]}

@@ -425,7 +425,7 @@ class ExportConfig(Frozen):
 
     formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS), min_length=1)
     gguf_types: list[GgufType] = Field(default_factory=lambda: list(GGUF_TYPES), min_length=1)
-    ollama_gguf: GgufType = "q8_0"       # the GGUF the Modelfile points at
+    ollama_gguf: GgufType = "f16"        # the GGUF the Modelfile points at (llama.cpp: q8_0 answered differently)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # where the forms are merged and checked (CPU: in fp32)
     verify_questions: int = Field(default=8, ge=1)  # held-out questions every exported form answers
     bounds: dict[str, ExportBounds] = Field(default_factory=_default_export_bounds)  # merged, f16, q8_0
