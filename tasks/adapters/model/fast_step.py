@@ -25,12 +25,29 @@ def trl_head_scores_answers_only(device: str) -> bool:
     return device == "cuda" and importlib.util.find_spec("triton") is not None
 
 
-def backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
-    """The model under PEFT's wrapper (the model itself when there is none) and its backbone's last
-    hidden states, with no head run: callers run their head only where they need it."""
+def _unwrapped(model):
+    """The model under PEFT's wrapper (the model itself when there is none), and its backbone."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(inner, inner.base_model_prefix)
-    return inner, backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return inner, getattr(inner, inner.base_model_prefix)
+
+
+def backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_key_values=None):
+    """The model under PEFT's wrapper (the model itself when there is none) and its backbone's last
+    hidden states, with no head run: callers run their head only where they need it. With
+    `past_key_values` (a cache over earlier tokens, which `attention_mask` then covers too) the
+    tokens continue it."""
+    inner, backbone = _unwrapped(model)
+    states = backbone(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                      use_cache=past_key_values is not None)
+    return inner, states.last_hidden_state
+
+
+def prompt_cache(model, prompt: torch.Tensor, copies: int):
+    """The backbone's keys and values over one `prompt` ([1, tokens]), repeated for `copies` rows."""
+    _, backbone = _unwrapped(model)
+    cache = backbone(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(copies)
+    return cache
 
 
 def answer_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, int, int]:

@@ -146,41 +146,22 @@ def choice_scores(gen: Generator, items: Sequence[ChoiceItem]) -> list[ChoiceRes
 def _option_scores(gen: Generator, item: ChoiceItem) -> list[float]:
     """The prompt runs once and its keys and values serve every option (issue 29): the system
     prompt and question were about half of each option's tokens, scored five times over."""
-    from tasks.adapters.model.fast_step import backbone_states
+    import torch
+
+    from tasks.adapters.model.fast_step import backbone_states, prompt_cache
 
     examples = _tokenize(gen, [gen.codec.fmt.example([*item.prompt, Message(role="assistant", content=option)])
                                for option in item.options])
     shared = shared_prompt_length(examples)
-    causal_lm, prompt_cache = _prompt_cache(gen, examples[0].input_ids[:shared], len(examples))
-    tails = [TokenizedExample(input_ids=e.input_ids[shared:], completion_mask=e.completion_mask[shared:])
-             for e in examples]
-    batch = _padded(gen, tails)
-    if prompt_cache is None:
-        causal_lm, hidden = backbone_states(gen.model, batch.input_ids, batch.attention_mask)
-    else:
-        import torch
-
-        seen = torch.ones(len(tails), shared, dtype=batch.attention_mask.dtype, device=batch.attention_mask.device)
-        backbone = getattr(causal_lm, causal_lm.base_model_prefix)
-        hidden = backbone(input_ids=batch.input_ids, attention_mask=torch.cat([seen, batch.attention_mask], dim=1),
-                          past_key_values=prompt_cache, use_cache=True).last_hidden_state
+    batch = _padded(gen, [TokenizedExample(input_ids=e.input_ids[shared:], completion_mask=e.completion_mask[shared:])
+                          for e in examples])
+    cache, mask = None, batch.attention_mask
+    if shared:
+        cache = prompt_cache(gen.model, torch.tensor([examples[0].input_ids[:shared]], device=gen.device), len(examples))
+        mask = torch.cat([torch.ones(len(examples), shared, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    causal_lm, hidden = backbone_states(gen.model, batch.input_ids, mask, past_key_values=cache)
     sums, counts = _target_losses(causal_lm, hidden, batch.input_ids, batch.loss_mask)
     return [-s / max(1, n) for s, n in zip(sums, counts, strict=True)]
-
-
-def _prompt_cache(gen: Generator, prompt: list[int], copies: int):
-    """The model under PEFT's wrapper and the backbone's keys and values over `prompt`, repeated
-    for `copies` rows (None when the prompt is empty)."""
-    import torch
-
-    inner = gen.model.get_base_model() if hasattr(gen.model, "get_base_model") else gen.model
-    if not prompt:
-        return inner, None
-    backbone = getattr(inner, inner.base_model_prefix)
-    ids = torch.tensor([prompt], device=gen.device)
-    cache = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
-    cache.batch_repeat_interleave(copies)
-    return inner, cache
 
 
 def _logits(model, batch: _Batch):
