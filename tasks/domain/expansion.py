@@ -255,7 +255,8 @@ def build_dataset(blueprint: Blueprint, *, seed: int, eval_fraction: float, max_
 def assemble_dataset(rows: list[Row], *, seed: int, eval_fraction: float, max_samples: int,
                      max_answer_repeats: int = 0, max_groups_per_pattern: int = 0) -> DatasetBuild:
     """Shuffle (seeded), deduplicate, cap and split rows that carry metadata: generated rows and a
-    user's imported ones go through the same steps."""
+    user's imported ones go through the same steps, but for the repeat caps, which import_dataset
+    leaves at 0 (a user's rows are kept as written)."""
     rows = list(rows)
     generated = len(rows)
     random.Random(seed).shuffle(rows)
