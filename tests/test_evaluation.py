@@ -122,21 +122,14 @@ def test_the_lean_evaluation_measures_what_the_plain_one_does(tiny_base, small_b
     """Issue 29: the output layer only at answer positions gives every row's summed answer loss and
     token count as full logits do, and the adapter merged into the weights for generation gives the
     same greedy answers; afterwards the model is unmerged again (the base's own outputs unchanged).
-    The choice test, its prompt run once for all its options, scores them as whole passes do."""
+    The loss and the choice test, the tokens a batch's rows begin with run once for the batch (for an
+    item's options: its system prompt and question), score as whole passes do."""
     import contextlib
 
     import torch
 
     from tasks.adapters.model.inference import load_generator
-    from tasks.adapters.model.measurement import (
-        _batches,
-        _completion_losses,
-        _logits,
-        _tokenize,
-        adapter_merged,
-        answer_token_losses,
-        choice_scores,
-    )
+    from tasks.adapters.model.measurement import _batches, _logits, _tokenize, adapter_merged, answer_token_losses, choice_scores
     from tasks.adapters.model.training import train_lora
     from tasks.domain.config import TrainingConfig
     from tasks.domain.content import content_plan
@@ -160,8 +153,9 @@ def test_the_lean_evaluation_measures_what_the_plain_one_does(tiny_base, small_b
     for adapter_on in (True, False):
         with torch.no_grad(), (contextlib.nullcontext() if adapter_on else gen.model.disable_adapter()):
             shared = choice_scores(gen, items)
-            sums, counts = _completion_losses(gen, options, 4, "whole passes")
-        whole = iter(-s / n for s, n in zip(sums, counts, strict=True))
+            whole_rows = [token_losses(_logits(gen.model, b), b.input_ids, b.loss_mask)
+                          for b in _batches(gen, _tokenize(gen, options), 4, "whole passes")]
+        whole = iter(-s / n for sums, counts in whole_rows for s, n in zip(sums, counts, strict=True))
         for result in shared:
             assert len(result.scores) >= 4
             assert result.scores == pytest.approx([next(whole) for _ in result.scores], abs=2e-4)

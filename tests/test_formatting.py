@@ -90,18 +90,3 @@ def test_rslm_format_defaults_to_the_configured_profiles_format(tmp_path, small_
     result = CliRunner().invoke(cli, ["format", str(path)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["prompt"].startswith("<|im_start|>system\n"), "SmolLM2 (ChatML) is the default"
-
-
-def test_the_shared_prompt_stops_where_the_examples_differ_or_before_the_first_scored_tokens_predictor():
-    from tasks.domain.formatting import TokenizedExample, shared_prompt_length
-
-    def example(ids, scored_from):
-        return TokenizedExample(input_ids=ids, completion_mask=[0] * scored_from + [1] * (len(ids) - scored_from))
-
-    # the same 4-token prompt, answers that differ at once: position 3 predicts the first answer token
-    assert shared_prompt_length([example([1, 2, 3, 4, 5, 6], 4), example([1, 2, 3, 4, 7], 4)]) == 3
-    # answers that begin alike: the common prefix runs into them, the shared part still stops at 3
-    assert shared_prompt_length([example([1, 2, 3, 4, 5, 6], 4), example([1, 2, 3, 4, 5, 7], 4)]) == 3
-    # prompts that differ at token 2 share only what they have in common
-    assert shared_prompt_length([example([1, 2, 3, 4, 5], 4), example([1, 2, 9, 4, 5], 4)]) == 2
-    assert shared_prompt_length([example([1, 2, 3], 1), example([1, 2, 4], 1)]) == 0

@@ -50,8 +50,10 @@ def test_frozen_weights_in_bf16_under_cpu_autocast_train_as_autocast_alone_does(
 
 
 # Every issue-19 speed switch off: TRL's own loss, torch's dropout, SDPA
-UNOPTIMIZED = {"head_on_answers_only": False, "cpu_fast_dropout": False, "attention": "sdpa", "cpu_bf16_frozen_weights": False}
-FAST = {"head_on_answers_only": True, "cpu_fast_dropout": True, "attention": "eager", "cpu_bf16_frozen_weights": True}
+UNOPTIMIZED = {"head_on_answers_only": False, "cpu_fast_dropout": False, "attention": "sdpa", "cpu_bf16_frozen_weights": False,
+               "shared_prefix": False}
+FAST = {"head_on_answers_only": True, "cpu_fast_dropout": True, "attention": "eager", "cpu_bf16_frozen_weights": True,
+        "shared_prefix": True}
 
 
 def step_losses(base, rows, cfg, out_dir) -> tuple[str, list[float]]:
@@ -62,11 +64,11 @@ def step_losses(base, rows, cfg, out_dir) -> tuple[str, list[float]]:
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "cpu-bf16-autocast"])
 def test_the_fast_step_trains_as_the_unoptimized_one(tiny_base, small_build, tmp_path, autocast):
-    """Issue 19: the output layer only at answer positions, eager attention and bf16 frozen weights
-    change the speed, not the losses: the same 6 steps of 2 accumulated batches each (the loss then
-    sums over both batches' answer tokens, as TRL's does) on the same data, dropout 0 so no mask
-    is drawn differently, give the same losses, to 1e-5 in fp32 and 1e-3 under bf16 autocast
-    (measured: 7e-8 and 1e-4). test_smollm2 checks the same on the real model."""
+    """Issue 19: the output layer only at answer positions, eager attention, bf16 frozen weights and
+    (issue 29) the system prompt run once per batch change the speed, not the losses: the same 6
+    steps of 2 accumulated batches each (the loss then sums over both batches' answer tokens, as
+    TRL's does) on the same data, dropout 0 so no mask is drawn differently, give the same losses,
+    to 1e-5 in fp32 and 1e-3 under bf16 autocast (measured: 7e-8 and 1e-4). test_smollm2 checks the same on the real model."""
     cfg = CFG.model_copy(update={"device": "cpu", "cpu_bf16_autocast": autocast, "max_steps": 6, "logging_steps": 1,
                                  "gradient_accumulation_steps": 2, "lora": CFG.lora.model_copy(update={"dropout": 0.0})})
     precision, slow = step_losses(tiny_base, small_build.train, cfg.model_copy(update=UNOPTIMIZED), tmp_path / "slow")
@@ -103,6 +105,45 @@ def test_answer_only_loss_in_chunks_gives_the_same_loss_and_gradients(tiny_base,
     torch.manual_seed(0)
     trl_loss = super(type(trainer), trainer).compute_loss(model, dict(batch))
     assert trl_loss.item() == pytest.approx(loss, rel=1e-5)
+
+
+def test_the_shared_prefix_runs_once_and_gives_the_same_loss_and_gradients(tiny_base, small_build, tmp_path):
+    """Issue 29: the system prompt every row begins with runs once per batch, and the rows continue
+    from its keys and values. In eval mode (no dropout mask to differ) loss, token accuracy and every
+    LoRA gradient equal the pass over whole rows; the prefix pass is a single row."""
+    from tasks.adapters.model import fast_step
+
+    trainer, _, _ = build_trainer(tiny_base, small_build.train, [], CFG.model_copy(update={"device": "cpu"}), tmp_path)
+    model = trainer.model.eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    shared = fast_step.shared_prefix_length(batch["input_ids"], batch["attention_mask"])
+    assert shared >= fast_step.MIN_SHARED_PREFIX, "the tiny domain's rows all begin with its system prompt"
+    backbone_rows = []
+    hook = fast_step._unwrapped(model)[1].register_forward_hook(lambda m, args, kwargs, out: backbone_rows.append(
+        kwargs["input_ids"].shape), with_kwargs=True)
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        loss, tokens, top1 = fast_step.answer_only_loss(model, batch, share_prefix=share)
+        loss.backward()
+        results.append((loss.item(), tokens, top1, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    hook.remove()
+    width = batch["input_ids"].shape[1]
+    assert backbone_rows == [(8, width), (1, shared), (8, width - shared)]
+    (loss, tokens, top1, grads), (shared_loss, shared_tokens, shared_top1, shared_grads) = results
+    assert shared_tokens == tokens and shared_top1 == top1 and shared_loss == pytest.approx(loss, rel=1e-5)
+    assert all(torch.allclose(shared_grads[n], g, rtol=1e-4, atol=1e-7) for n, g in grads.items())
+
+
+def test_the_shared_prefix_stops_at_the_first_difference_or_padding_and_leaves_each_row_a_token():
+    from tasks.adapters.model.fast_step import shared_prefix_length
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 5, 6]])
+    assert shared_prefix_length(ids, torch.ones_like(ids)) == 3
+    assert shared_prefix_length(ids, torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])) == 2, "padding is not shared"
+    assert shared_prefix_length(ids[[0, 0]], None) == 5, "identical rows keep their last token"
+    assert shared_prefix_length(ids[:1], None) == 0, "one row: nothing to share"
+    assert shared_prefix_length(torch.tensor([[7, 2], [1, 2]]), None) == 0
 
 
 def test_fast_dropout_drops_p_of_the_elements_and_keeps_the_expectation():

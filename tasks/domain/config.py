@@ -37,6 +37,10 @@ class TrainingConfig(Frozen):
     head_on_answers_only: bool = True
     # LoRA dropout's mask drawn 3 elements per 64-bit random draw on a CPU, not one (bernoulli_).
     cpu_fast_dropout: bool = True
+    # The leading tokens every row of a batch has in common (the domain's system prompt) run once for
+    # the batch, not once per row: the same loss and gradients (each row's flow back into the prefix).
+    # Only LoRA dropout differs: one mask over the shared tokens, not one per row.
+    shared_prefix: bool = True
     # The attention kernel the model is loaded with; eager beats SDPA's CPU flash kernel on short rows.
     attention: Literal["sdpa", "eager"] = "sdpa"
     max_steps: int = Field(default=-1, description="-1: train for num_epochs")

@@ -162,20 +162,6 @@ class TokenizedExample:
         return sum(self.completion_mask)
 
 
-def shared_prompt_length(examples: Sequence[TokenizedExample]) -> int:
-    """How many leading tokens can run once for all the examples: tokens they all have in common,
-    ending before the position that predicts the first scored token (whose hidden state the
-    examples' own tails must produce)."""
-    first_scored = min((e.completion_mask.index(1) for e in examples if 1 in e.completion_mask),
-                       default=min(len(e.input_ids) for e in examples))
-    common = 0
-    for column in zip(*(e.input_ids for e in examples), strict=False):  # the shortest row ends it
-        if any(token != column[0] for token in column):
-            break
-        common += 1
-    return max(0, min(common, first_scored - 1))
-
-
 def tokenize_example(example: PromptCompletion, fmt: ChatFormat, encode: Encoder, special_ids: Mapping[str, int],
                      max_length: int | None = None) -> TokenizedExample | None:
     """Tokenize prompt+completion jointly and mark the completion. Returns None when the example

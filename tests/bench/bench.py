@@ -115,6 +115,7 @@ VARIANTS = {
     "ours_trl_loss": ({"head_on_answers_only": False}, "head_on_answers_only", "output layer only at answer positions"),
     "ours_torch_dropout": ({"cpu_fast_dropout": False}, "fast_dropout", "LoRA dropout masks from 64-bit draws"),
     "ours_sdpa_attention": ({"attention": "sdpa"}, "eager_attention", "eager attention"),
+    "ours_unshared_prefix": ({"shared_prefix": False}, "shared_prefix", "the system prompt run once per batch"),
 }
 
 

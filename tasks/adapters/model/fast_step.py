@@ -17,6 +17,8 @@ import torch
 # At most this many logits at once (256 MiB in fp32): more answer tokens than that go through the
 # output layer in chunks, each recomputed in the backward pass, so no [tokens, vocab] tensor is kept.
 LOGITS_PER_CHUNK = 1 << 26
+# Fewer leading tokens in common than this run with the rest: a second backbone pass costs more.
+MIN_SHARED_PREFIX = 8
 
 
 def trl_head_scores_answers_only(device: str) -> bool:
@@ -31,31 +33,45 @@ def _unwrapped(model):
     return inner, getattr(inner, inner.base_model_prefix)
 
 
-def backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_key_values=None):
+def backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, share_prefix: bool = False):
     """The model under PEFT's wrapper (the model itself when there is none) and its backbone's last
     hidden states, with no head run: callers run their head only where they need it. With
-    `past_key_values` (a cache over earlier tokens, which `attention_mask` then covers too) the
-    tokens continue it."""
+    `share_prefix`, the leading tokens every row has in common run once, not once per row
+    (`shared_prefix_length`), and the rows continue from their keys and values: the same states."""
     inner, backbone = _unwrapped(model)
-    states = backbone(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
-                      use_cache=past_key_values is not None)
-    return inner, states.last_hidden_state
+    shared = shared_prefix_length(input_ids, attention_mask) if share_prefix else 0
+    # gradient checkpointing switches the cache off, and a prefix this short saves less than its extra pass
+    if shared < MIN_SHARED_PREFIX or getattr(backbone, "gradient_checkpointing", False):
+        return inner, backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    prefix_ids = input_ids[:1, :shared]
+    prefix = backbone(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True)
+    cache = prefix.cache
+    cache.batch_repeat_interleave(len(input_ids))  # differentiable: each row's gradient flows back into the prefix
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    rest = backbone(input_ids=input_ids[:, shared:], attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
+    return inner, torch.cat([prefix.last_hidden_state.expand(len(input_ids), -1, -1), rest], dim=1)
 
 
-def prompt_cache(model, prompt: torch.Tensor, copies: int):
-    """The backbone's keys and values over one `prompt` ([1, tokens]), repeated for `copies` rows."""
-    _, backbone = _unwrapped(model)
-    cache = backbone(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True).past_key_values
-    cache.batch_repeat_interleave(copies)
-    return cache
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> int:
+    """How many leading tokens every row of a right-padded batch has in common (none of them
+    padding), leaving each row at least one token of its own; 0 for a single row, where there is
+    nothing to share. A domain's rows all begin with its system prompt (a third of a DevOps row's
+    tokens)."""
+    if len(input_ids) < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(dim=0)
+    if attention_mask is not None:
+        same &= attention_mask.bool().all(dim=0)
+    return min(int(same.long().cumprod(dim=0).sum()), input_ids.shape[1] - 1)
 
 
-def answer_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, int, int]:
+def answer_only_loss(model, inputs: dict, num_items_in_batch=None, share_prefix: bool = False) -> tuple[torch.Tensor, int, int]:
     """Mean next-token cross-entropy over the positions whose label is not -100 (or the sum over
     `num_items_in_batch`, as the Trainer asks under gradient accumulation), with how many tokens
     it covered and how many of them the model ranked first. The backbone runs on every token; the
-    output layer only on the labelled ones, in the autocast dtype when one is active."""
-    causal_lm, hidden = backbone_states(model, inputs["input_ids"], inputs.get("attention_mask"))
+    output layer only on the labelled ones, in the autocast dtype when one is active; with
+    `share_prefix`, the rows' common leading tokens (the system prompt) once per batch."""
+    causal_lm, hidden = backbone_states(model, inputs["input_ids"], inputs.get("attention_mask"), share_prefix)
     labels = inputs["labels"][:, 1:]  # position t predicts token t+1
     labelled = labels != -100
     hidden, targets = hidden[:, :-1][labelled], labels[labelled]

@@ -27,7 +27,7 @@ from tasks.domain.evaluation import (
     style_metrics,
     summarise,
 )
-from tasks.domain.formatting import TokenizedExample, shared_prompt_length
+from tasks.domain.formatting import TokenizedExample
 from tasks.domain.framework import Framework
 from tasks.domain.metrics import agreement, consistency
 from tasks.domain.preferences import PreferencePair
@@ -85,10 +85,11 @@ def _completion_losses(gen: Generator, examples, batch_size: int, description: s
 def answer_token_losses(model, batch: _Batch) -> tuple[list[float], list[int]]:
     """`token_losses` with the output layer run only where a target is (issue 29): the backbone on
     every token, the vocabulary's logits only at the positions that predict an answer token. On a
-    CPU the full [batch, positions, vocabulary] logits and their softmax were most of the pass."""
+    CPU the full [batch, positions, vocabulary] logits and their softmax were most of the pass.
+    The leading tokens the rows have in common (the system prompt) run once for the batch."""
     from tasks.adapters.model.fast_step import backbone_states
 
-    causal_lm, hidden = backbone_states(model, batch.input_ids, batch.attention_mask)
+    causal_lm, hidden = backbone_states(model, batch.input_ids, batch.attention_mask, share_prefix=True)
     return _target_losses(causal_lm, hidden, batch.input_ids, batch.loss_mask)
 
 
@@ -144,23 +145,11 @@ def choice_scores(gen: Generator, items: Sequence[ChoiceItem]) -> list[ChoiceRes
 
 
 def _option_scores(gen: Generator, item: ChoiceItem) -> list[float]:
-    """The prompt runs once and its keys and values serve every option (issue 29): the system
-    prompt and question were about half of each option's tokens, scored five times over."""
-    import torch
-
-    from tasks.adapters.model.fast_step import backbone_states, prompt_cache
-
+    """The options share their system prompt and question: those run once and serve every option
+    (issue 29), about half of each option's tokens otherwise scored five times over."""
     examples = _tokenize(gen, [gen.codec.fmt.example([*item.prompt, Message(role="assistant", content=option)])
                                for option in item.options])
-    shared = shared_prompt_length(examples)
-    batch = _padded(gen, [TokenizedExample(input_ids=e.input_ids[shared:], completion_mask=e.completion_mask[shared:])
-                          for e in examples])
-    cache, mask = None, batch.attention_mask
-    if shared:
-        cache = prompt_cache(gen.model, torch.tensor([examples[0].input_ids[:shared]], device=gen.device), len(examples))
-        mask = torch.cat([torch.ones(len(examples), shared, dtype=mask.dtype, device=mask.device), mask], dim=1)
-    causal_lm, hidden = backbone_states(gen.model, batch.input_ids, mask, past_key_values=cache)
-    sums, counts = _target_losses(causal_lm, hidden, batch.input_ids, batch.loss_mask)
+    sums, counts = answer_token_losses(gen.model, _padded(gen, examples))
     return [-s / max(1, n) for s, n in zip(sums, counts, strict=True)]
 
 

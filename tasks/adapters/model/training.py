@@ -127,7 +127,7 @@ def frozen_linears_to_bf16(model, keep: tuple[str, ...] = ()) -> None:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
 
 
-def _answer_only_trainer_class():
+def _answer_only_trainer_class(share_prefix: bool):
     """SFTTrainer whose loss runs the output layer only at answer positions (`fast_step`), logging
     the same `mean_token_accuracy` as TRL's (its `entropy` would cost a pass over the vocabulary)."""
     from trl import SFTTrainer
@@ -140,7 +140,7 @@ def _answer_only_trainer_class():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # accelerate puts the mixed-precision autocast around model.forward, which this bypasses
             with self.accelerator.autocast():
-                loss, tokens, top1 = answer_only_loss(model, inputs, num_items_in_batch)
+                loss, tokens, top1 = answer_only_loss(model, inputs, num_items_in_batch, share_prefix)
             if tokens:
                 self._metrics["train" if model.training else "eval"]["mean_token_accuracy"].append(top1 / tokens)
             return loss
@@ -196,7 +196,7 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length",
     )
     answer_only_head = cfg.head_on_answers_only and not trl_head_scores_answers_only(device)
-    trainer_class = _answer_only_trainer_class() if answer_only_head else SFTTrainer
+    trainer_class = _answer_only_trainer_class(cfg.shared_prefix) if answer_only_head else SFTTrainer
     trainer = trainer_class(model=model, args=args, train_dataset=_datasets(train_examples),
                             eval_dataset=_datasets(eval_examples) if eval_examples else None,
                             processing_class=tokenizer, callbacks=[metrics_callback(sink)])
