@@ -18,6 +18,13 @@ export RSLM_HOME ?= $(CURDIR)/.rslm
 # source again: 15 s of a 28 s import on a 2-core AMD EPYC, paid by the CLI, Prefect's server and
 # each subprocess a test starts (issue 29). The cache lands in .venv and in git-ignored __pycache__/.
 unexport PYTHONDONTWRITEBYTECODE
+# llama.cpp reads exported GGUF files in make test (the `llama` extra). Its sdist compiles llama.cpp
+# (cmake, g++): built once into a wheel cache that later installs on this machine reuse. Portable
+# flags: a -march=native wheel dies with "Illegal instruction" on another CPU of the same kind.
+LLAMA_CPP       := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
+LLAMA_CPP_WHEEL := $(subst -,_,$(word 1,$(subst ==, ,$(LLAMA_CPP))))-$(word 2,$(subst ==, ,$(LLAMA_CPP)))-*.whl
+WHEEL_CACHE     ?= $(HOME)/.cache/reasoning-slm/wheels
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 
 .PHONY: bench docs venv venv-test run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
 
@@ -34,7 +41,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(UV_PIP) -e ".[test]"
+	@ls $(WHEEL_CACHE)/$(LLAMA_CPP_WHEEL) >/dev/null 2>&1 || { \
+	  echo "building $(LLAMA_CPP) once into $(WHEEL_CACHE) (compiles llama.cpp: about 10 minutes on 2 cores)"; \
+	  mkdir -p $(WHEEL_CACHE) && CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(PY) -m pip wheel -q --no-deps -w $(WHEEL_CACHE) $(LLAMA_CPP); }
+	$(UV_PIP) --find-links $(WHEEL_CACHE) -e ".[test,llama]"
 	touch $@
 
 ## Main job: the nightly_retrain flow once, on the embedded defaults (SmolLM2-135M profile, DevOps framework),

@@ -75,8 +75,9 @@ def score(question, answer, reward_uri, config_path) -> None:
 @config_option
 def export(model_uri, out_dir, formats, config_path) -> None:
     """Merge a registered version into its base and write GGUF files and an Ollama Modelfile; each is
-    read back and checked against base + adapter (logits, tokens, chat template, held-out style)
-    before anything is kept; recorded on the version's run (export/) and tags."""
+    read back and checked against base + adapter (logits, tokens, chat template, held-out style),
+    by transformers and, where llama-cpp-python is installed, by llama.cpp, before anything is kept;
+    recorded on the version's run (export/) and tags."""
     setup()
     from pathlib import Path
 
@@ -98,7 +99,7 @@ def export(model_uri, out_dir, formats, config_path) -> None:
     click.echo(json.dumps({"model": report.model_uri, "out_dir": report.out_dir, "minutes": round(report.seconds / 60, 1),
                            "files": {f.path: {"bytes": f.bytes, "sha256": f.sha256} for f in report.files
                                      if "/" not in f.path or f.path.endswith(".safetensors")},
-                           "ollama": report.ollama_command}, indent=2))
+                           "ollama": report.ollama_command, "llama.cpp": report.summary}, indent=2))
 
 
 @click.command()

@@ -423,6 +423,23 @@ def _default_export_bounds() -> dict[str, ExportBounds]:
             "q8_0": ExportBounds(max_logit_gap=2.5, max_top1_changed=0.08, min_style_agreement=0.75)}
 
 
+class LlamaCppBounds(Frozen):
+    """How close a GGUF, as llama.cpp computes it, must stay to base + adapter (issue 32)."""
+
+    max_nmse: float = Field(ge=0)  # sum of squared logit errors over the reference's, every position and word
+    max_top1_changed: float | None = Field(default=None, ge=0, le=1)  # share of positions whose top word changed,
+    top1_tie: float = Field(default=0.01, ge=0)  # ... among those whose reference top two are at least this far apart
+    # share of greedy chat answers equal to base + adapter's, stopping where they do
+    min_answers_equal: float = Field(default=0.0, ge=0, le=1)
+
+
+def _default_llama_cpp_bounds() -> dict[str, LlamaCppBounds]:
+    # f16: llama.cpp's "excellent" conversion and the same answers; q8_0: its passing NMSE, answers
+    # reported (SmolLM2's q8_0 answered 1 of 8 held-out questions as base + adapter did)
+    return {"f16": LlamaCppBounds(max_nmse=1e-4, max_top1_changed=0.0, min_answers_equal=1.0),
+            "q8_0": LlamaCppBounds(max_nmse=1e-2)}
+
+
 class ExportConfig(Frozen):
     """`rslm export` (issue 18): a registered version merged, written as GGUF and an Ollama Modelfile,
     each read back and checked against base + adapter before anything is kept."""
@@ -433,6 +450,10 @@ class ExportConfig(Frozen):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # where the forms are merged and checked (CPU: in fp32)
     verify_questions: int = Field(default=8, ge=1)  # held-out questions every exported form answers
     bounds: dict[str, ExportBounds] = Field(default_factory=_default_export_bounds)  # merged, f16, q8_0
+    # each GGUF read by llama.cpp too: where llama-cpp-python is installed (auto), always (a missing
+    # install is an error), or never
+    verify_with: Literal["auto", "llama.cpp", "none"] = "auto"
+    llama_cpp: dict[str, LlamaCppBounds] = Field(default_factory=_default_llama_cpp_bounds)  # per GGUF type
     log_weights: bool = False            # also log the weight files to the run (large); their sha256 always is
     on_promotion: bool = False           # the nightly run exports each new @champion (`export` deployment)
 
@@ -445,6 +466,9 @@ class ExportConfig(Frozen):
         missing = sorted({"merged", *self.gguf_types} - set(self.bounds))
         if missing:
             raise ValueError(f"export.bounds has no entry for {', '.join(missing)}")
+        unread = sorted(set(self.gguf_types) - set(self.llama_cpp))
+        if unread and self.verify_with != "none":
+            raise ValueError(f"export.llama_cpp has no entry for {', '.join(unread)}")
         if "ollama" in self.formats and self.ollama_gguf not in self.gguf_types:
             raise ValueError(f"export.ollama_gguf {self.ollama_gguf!r} is not among gguf_types {self.gguf_types}")
         return self

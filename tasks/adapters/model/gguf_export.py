@@ -118,6 +118,19 @@ def _tokenizer_model(tokenizer_json: dict) -> str:
     return "gpt2" if "ByteLevel" in json.dumps(tokenizer_json.get("pre_tokenizer")) else "llama"
 
 
+def _prefixes_every_text(tokenizer_json: dict) -> bool:
+    """llama.cpp's `add_space_prefix` puts a space before the first text and after every special
+    token. A Metaspace pre-tokenizer with `prepend_scheme: first` (Mistral v0.3's tokenizer.json, and
+    tiny's) prefixes only the start of the whole input, which in a chat prompt is a special token: no
+    prefix anywhere there, so the flag is off (on, llama.cpp read "[INST] You" as "[INST]", "▁", "▁You",
+    where training saw "[INST]", "▁You"). `always`, or a normalizer that prepends, turns it on."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    for step in [pre, *pre.get("pretokenizers", [])]:
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") == "always"
+    return '"Prepend"' in json.dumps(tokenizer_json.get("normalizer"))
+
+
 def gguf_text_field(path: Path, key: str) -> str | None:
     """One string field of a GGUF file's metadata (None when absent)."""
     import gguf
@@ -146,7 +159,7 @@ def _add_tokenizer(writer, merged_dir: Path, tokenizer, codec: ChatCodec, vocab_
         writer.add_tokenizer_pre(pre_tokenizer or "default")
     if kind == "llama":
         writer.add_token_scores([-float(i) for i in range(vocab_size)])  # SentencePiece BPE: earlier id, higher priority
-        writer.add_add_space_prefix(True)
+        writer.add_add_space_prefix(_prefixes_every_text(tokenizer_json))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -227,3 +240,19 @@ def logit_gap(reference, other) -> tuple[float, float]:
     positions = sum(a.shape[0] for a in reference)
     flips = sum(int((a.argmax(-1) != b.argmax(-1)).sum()) for a, b in zip(reference, other, strict=True))
     return worst, flips / positions
+
+
+def decided_top1_changed(reference, other, tie: float) -> float:
+    """The share of positions whose most likely next word changed, counting only positions where
+    the reference's own top two words are at least `tie` apart in logits: at a near-tie (SmolLM2's
+    system prompt has one 0.0002 wide) either word is the model's, and any rounding picks one."""
+    import torch
+
+    decided = changed = 0
+    for a, b in zip(reference, other, strict=True):
+        a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
+        top2 = a.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) >= tie
+        decided += int(clear.sum())
+        changed += int(((a.argmax(-1) != b.argmax(-1)) & clear).sum())
+    return changed / decided if decided else 0.0

@@ -38,18 +38,23 @@ class Generator:
                  temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[str]:
         """Greedy (temperature 0) or sampled answers to conversations ending with a user turn,
         in batches of similar length with left padding. Deterministic for a seed."""
+        return [text for text, _ in self.replies(conversations, max_new_tokens, temperature, seed, batch_size)]
+
+    def replies(self, conversations: Sequence[Sequence[Message]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[tuple[str, int]]:
+        """`reply_to`'s answers with how many tokens each took, its end-of-turn token included (fewer
+        than `max_new_tokens`: it stopped by itself)."""
         import torch
         from tqdm.auto import tqdm
 
         encoded = [self.prompt_ids(c) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
-        answers: dict[int, str] = {}
+        answers: dict[int, tuple[str, int]] = {}
         torch.manual_seed(seed)
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="generating", unit="batch", leave=False, disable=len(starts) < 2):
             batch = order[start:start + batch_size]
-            replies = self._generate([encoded[i] for i in batch], max_new_tokens, temperature)
-            answers.update(zip(batch, (text for text, _ in replies), strict=True))
+            answers.update(zip(batch, self._generate([encoded[i] for i in batch], max_new_tokens, temperature), strict=True))
         return [answers[i] for i in range(len(encoded))]
 
     def complete(self, conversation: Sequence[Message], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
