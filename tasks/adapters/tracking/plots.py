@@ -56,7 +56,9 @@ def comparison_chart(challenger: dict[str, float], champion: dict[str, float] | 
         ax.set_title(f"{name}\n({metrics[name]} is better)", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         for x, value in enumerate(values):
-            ax.annotate(f"{value:.3g}", (x, value), ha="center", va="bottom", fontsize=7)
+            # no champion yet (a first run): say so, rather than a 0 that reads as a measured one
+            text = f"{value:.3g}" if x or math.isfinite(old) else "none"
+            ax.annotate(text, (x, value), ha="center", va="bottom", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
