@@ -135,6 +135,30 @@ def test_the_shared_prefix_runs_once_and_gives_the_same_loss_and_gradients(tiny_
     assert all(torch.allclose(shared_grads[n], g, rtol=1e-4, atol=1e-7) for n, g in grads.items())
 
 
+def test_under_gradient_checkpointing_the_rows_run_whole(tiny_base, small_build, tmp_path):
+    """transformers 5 drops the cache inside each checkpointed decoder layer, so rows run after a
+    shared prefix would not see it: with checkpointing on, the shared path runs whole rows instead,
+    the same computation, random draws and loss as without sharing."""
+    from tasks.adapters.model import fast_step
+
+    trainer, _, _ = build_trainer(tiny_base, small_build.train, [], CFG.model_copy(update={"device": "cpu"}), tmp_path)
+    model = trainer.model
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    calls = []
+    hook = fast_step._unwrapped(model)[1].register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    losses = []
+    for share in (False, True):
+        torch.manual_seed(3)
+        loss, _, _ = fast_step.answer_only_loss(model, batch, share_prefix=share)
+        loss.backward()
+        losses.append(loss.item())
+    hook.remove()
+    assert calls == [batch["input_ids"].shape] * 2 and losses[0] == losses[1]
+
+
 def test_the_shared_prefix_stops_at_the_first_difference_or_padding_and_leaves_each_row_a_token():
     from tasks.adapters.model.fast_step import shared_prefix_length
 

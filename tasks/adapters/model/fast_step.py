@@ -39,17 +39,28 @@ def backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     `share_prefix`, the leading tokens every row has in common run once, not once per row
     (`shared_prefix_length`), and the rows continue from their keys and values: the same states."""
     inner, backbone = _unwrapped(model)
-    shared = shared_prefix_length(input_ids, attention_mask) if share_prefix else 0
-    # gradient checkpointing switches the cache off, and a prefix this short saves less than its extra pass
-    if shared < MIN_SHARED_PREFIX or getattr(backbone, "gradient_checkpointing", False):
-        return inner, backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    shared = shared_prefix_length(input_ids, attention_mask) if share_prefix and not _checkpointing(backbone) else 0
+    if shared < MIN_SHARED_PREFIX:  # a prefix this short saves less than its extra pass costs
+        return inner, _whole(backbone, input_ids, attention_mask)
     prefix_ids = input_ids[:1, :shared]
     prefix = backbone(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True)
     cache = prefix.cache
+    if cache is None or cache.get_seq_length() != shared:  # a model that kept no cache: the rows could not see it
+        return inner, _whole(backbone, input_ids, attention_mask)
     cache.batch_repeat_interleave(len(input_ids))  # differentiable: each row's gradient flows back into the prefix
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     rest = backbone(input_ids=input_ids[:, shared:], attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
     return inner, torch.cat([prefix.last_hidden_state.expand(len(input_ids), -1, -1), rest], dim=1)
+
+
+def _whole(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def _checkpointing(backbone) -> bool:
+    """Gradient checkpointing is on: transformers 5 then drops the cache inside each decoder layer
+    (the flag is on the layers, not the backbone), so rows run after a prefix would not see it."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
 
 
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> int:
