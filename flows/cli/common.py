@@ -8,7 +8,7 @@ DEFAULT_CONFIG = "configs/pipeline.yaml"
 
 
 def run_overrides(framework: str | None, profile: str | None, max_steps: int | None, max_samples: int | None,
-               device: str | None) -> dict:
+               device: str | None, nproc_per_node: int | None = None) -> dict:
     overrides: dict = {}
     if framework:
         overrides["framework"] = framework
@@ -21,6 +21,8 @@ def run_overrides(framework: str | None, profile: str | None, max_steps: int | N
         training["max_steps"] = max_steps
     if device:
         training["device"] = device
+    if nproc_per_node is not None:
+        training["distributed"] = {"nproc_per_node": nproc_per_node}
     if training:
         overrides["training_overrides"] = training
     return overrides
@@ -59,6 +61,12 @@ max_steps_option = click.option("--max-steps", type=int, help="Optimizer steps (
 
 
 max_samples_option = click.option("--max-samples", type=int, help="Cap on dataset rows (0 = all).")
+
+
+nproc_option = click.option(
+    "--nproc-per-node", type=click.IntRange(min=1),
+    help="Training processes on this machine (DDP through torchrun: one per GPU, or CPU ranks on gloo); "
+         "overrides training.distributed.nproc_per_node. The global batch grows with it.")
 
 
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Training device.")

@@ -12,6 +12,7 @@ from flows.cli.common import (
     framework_option,
     max_samples_option,
     max_steps_option,
+    nproc_option,
     profile_option,
     run_overrides,
     setup,
@@ -26,6 +27,7 @@ from flows.cli.common import (
 @max_steps_option
 @max_samples_option
 @device_option
+@nproc_option
 @click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
 @click.option("--force", is_flag=True,
               help="Rebuild and retrain the chat adapter even when nothing changed (a registered reward model with "
@@ -40,14 +42,14 @@ from flows.cli.common import (
                    "(default: the profile's refine.enabled).")
 @click.option("--reward/--no-reward", default=None,
               help="Train the process reward model when its step labels changed (default: the profile's reward.enabled).")
-def pipeline(config_path, framework, profile, max_steps, max_samples, device, base_model, force, force_reward,
-             dataset_source, refine, reward) -> None:
+def pipeline(config_path, framework, profile, max_steps, max_samples, device, nproc_per_node, base_model, force,
+             force_reward, dataset_source, refine, reward) -> None:
     """Run the nightly_retrain flow once: build (or import), validate, train, [refine,] register, evaluate, promote."""
     setup()
     from flows.resolution import resolve_pipeline
     from tasks.adapters.ops.config_files import load_pipeline_config
 
-    overrides = run_overrides(framework, profile, max_steps, max_samples, device)
+    overrides = run_overrides(framework, profile, max_steps, max_samples, device, nproc_per_node)
     if dataset_source:
         overrides["dataset.source"] = str(Path(dataset_source).resolve())
     if refine is not None:
@@ -191,8 +193,9 @@ def preferences(dataset_dir, config_path) -> None:
 @profile_option
 @max_steps_option
 @device_option
+@nproc_option
 @click.option("--base-model", help="Hub id or local path replacing a pretrained profile's source.")
-def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> None:
+def train(dataset_dir, config_path, profile, max_steps, device, nproc_per_node, base_model) -> None:
     """Validate, then train a LoRA adapter on the dataset in DATASET_DIR (tracked in MLflow, not registered)."""
     setup(flows=True)
     from flows.nightly_retrain import train_adapter, validate_dataset
@@ -201,7 +204,8 @@ def train(dataset_dir, config_path, profile, max_steps, device, base_model) -> N
     from tasks.adapters.ops.config_files import load_pipeline_config
     from tasks.adapters.tracking.runs import Tracking
 
-    spec = resolve_pipeline(load_pipeline_config(config_path, run_overrides(None, profile, max_steps, None, device)))
+    spec = resolve_pipeline(load_pipeline_config(config_path, run_overrides(None, profile, max_steps, None, device,
+                                                                                 nproc_per_node)))
     dataset = dataset_ref(Path(dataset_dir))
     report = validate_dataset(spec, dataset)
     trained = train_adapter(spec, dataset, report, Tracking.configured(), base_model)

@@ -23,6 +23,35 @@ class LoraSettings(Frozen):
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+class DistributedConfig(Frozen):
+    """Training in several processes, data-parallel (DDP), started by an existing launcher:
+    `torchrun` (torch.distributed.run) or `accelerate launch` with a config from infra/accelerate/.
+    One process (the default) trains in the calling process. `batch_size` stays per process: the
+    global batch is batch_size x gradient_accumulation_steps x world size."""
+
+    nproc_per_node: int = Field(default=1, ge=1)   # processes on this machine: one per GPU, or CPU ranks (gloo)
+    nnodes: int = Field(default=1, ge=1)           # machines; each starts the same launch with its node_rank
+    node_rank: int = Field(default=0, ge=0)        # this machine's place among them
+    rdzv_endpoint: str | None = None               # host:port where the nodes meet (node 0), when nnodes > 1
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    # With launcher accelerate: the accelerate config file (DDP, FSDP2, DeepSpeed ZeRO-3 in infra/accelerate/).
+    accelerate_config: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _launch_is_complete(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} is not below nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0)")
+        if self.accelerate_config and self.launcher != "accelerate":
+            raise ValueError("accelerate_config is read by launcher: accelerate only")
+        return self
+
+
 class TrainingConfig(Frozen):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -60,6 +89,7 @@ class TrainingConfig(Frozen):
     save_total_limit: int = Field(default=2, ge=1)
     seed: int = 42
     lora: LoraSettings = LoraSettings()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _steps_are_a_count_or_epochs(self) -> TrainingConfig:

@@ -27,6 +27,43 @@ def trl_head_scores_answers_only(device: str) -> bool:
     return device == "cuda" and importlib.util.find_spec("triton") is not None
 
 
+def as_forward(model, step):
+    """`step(module)`, where `module` is the model itself or the one a DistributedDataParallel
+    wrapper holds; under the wrapper, run as its forward. DDP arms the gradient all-reduce in its
+    own forward: the loss functions here call the backbone directly, which, called from outside
+    it, would let each rank train on its own gradients, silently. None when another wrapper
+    (FSDP, DeepSpeed) holds the model: the caller takes the library's own loss path."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(model, DistributedDataParallel):
+        return step(model) if isinstance(model, torch.nn.Module) and _plain(model) else None
+    inner = model.module
+    if not _plain(inner):
+        return None
+    inner.forward = lambda: step(inner)  # an instance attribute: nn.Module.__call__ finds it first
+    try:
+        return model()
+    finally:
+        del inner.forward
+
+
+def as_trainer_scales(trainer, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+    """The loss as `Trainer.compute_loss` would hand it back: a sum over the token count of every
+    rank (`num_items_in_batch`, gathered across devices) is multiplied by the number of ranks,
+    since DDP then averages the ranks' gradients. A `compute_loss` override that builds its own
+    loss must do the same, or its gradients and logged loss are divided by the world size."""
+    args = trainer.args
+    if (num_items_in_batch is not None and args.average_tokens_across_devices
+            and (trainer.model_accepts_loss_kwargs or trainer.compute_loss_func)):
+        return loss * trainer.accelerator.num_processes
+    return loss
+
+
+def _plain(model) -> bool:
+    """A transformers or PEFT model, not one that FSDP or DeepSpeed has taken apart."""
+    return not any(type(m).__module__.startswith(("torch.distributed", "deepspeed")) for m in model.modules())
+
+
 def _unwrapped(model):
     """The model under PEFT's wrapper (the model itself when there is none), and its backbone."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model

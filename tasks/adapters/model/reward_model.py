@@ -134,7 +134,7 @@ def _trainer_class(head_on_step_ends_only: bool, class_weights: Sequence[float] 
     (the classifier's own loss over logits at every position, class-weighted when asked)."""
     from transformers import Trainer
 
-    from tasks.adapters.model.fast_step import step_end_loss
+    from tasks.adapters.model.fast_step import as_forward, as_trainer_scales, step_end_loss
 
     if not head_on_step_ends_only:
         return Trainer
@@ -144,7 +144,10 @@ def _trainer_class(head_on_step_ends_only: bool, class_weights: Sequence[float] 
             if return_outputs:  # a caller that wants the logits gets the classifier's own path
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             with self.accelerator.autocast():  # accelerate puts autocast around model.forward, bypassed here
-                return step_end_loss(model, inputs, class_weights, num_items_in_batch)
+                loss = as_forward(model, lambda m: step_end_loss(m, inputs, class_weights, num_items_in_batch))
+            if loss is None:  # FSDP or DeepSpeed holds the model: the classifier's own loss
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return as_trainer_scales(self, loss, num_items_in_batch if class_weights is None else None)
 
     return StepEndTrainer
 

@@ -8,18 +8,18 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tasks.adapters.model.base_models import check_tokenizer, load_base_model, load_tokenizer, runtime
 from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
+from tasks.adapters.model.distributed import MetricsSink
 from tasks.domain.config import TrainingConfig
 from tasks.domain.errors import RslmError
 from tasks.domain.formatting import TokenizedExample
 from tasks.domain.records import Row
 
-MetricsSink = Callable[[dict[str, float], int], None]
 SUMMARY_FILE = "training_summary.json"
 CHECKPOINTS = "checkpoints"  # under the training directory: local only (optimizer and RNG states are pickles)
 
@@ -47,6 +47,7 @@ class TrainingSummary:
     duration_s: float
     history: list[dict] = field(default_factory=list)
     resumed_from_step: int = 0  # 0: trained from the start; N: picked up from checkpoint N of an interrupted attempt
+    world_size: int = 1  # training processes (DDP ranks); tokens_seen counts all of them
 
     def metrics(self) -> dict[str, float]:
         """The numeric summary, for MLflow."""
@@ -96,7 +97,8 @@ def metrics_callback(sink: MetricsSink | None):
 
     class ForwardMetrics(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if sink and logs:
+            # every rank logs the same (already reduced) figures; rank 0 alone passes them on
+            if sink and logs and state.is_world_process_zero:
                 numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
                 sink(numeric, state.global_step)
 
@@ -132,7 +134,7 @@ def _answer_only_trainer_class(share_prefix: bool):
     the same `mean_token_accuracy` as TRL's (its `entropy` would cost a pass over the vocabulary)."""
     from trl import SFTTrainer
 
-    from tasks.adapters.model.fast_step import answer_only_loss
+    from tasks.adapters.model.fast_step import answer_only_loss, as_forward, as_trainer_scales
 
     class AnswerOnlySFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -140,7 +142,11 @@ def _answer_only_trainer_class(share_prefix: bool):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # accelerate puts the mixed-precision autocast around model.forward, which this bypasses
             with self.accelerator.autocast():
-                loss, tokens, top1 = answer_only_loss(model, inputs, num_items_in_batch, share_prefix)
+                result = as_forward(model, lambda m: answer_only_loss(m, inputs, num_items_in_batch, share_prefix))
+            if result is None:  # FSDP or DeepSpeed holds the model: TRL's own loss
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, tokens, top1 = result
+            loss = as_trainer_scales(self, loss, num_items_in_batch)
             if tokens:
                 self._metrics["train" if model.training else "eval"]["mean_token_accuracy"].append(top1 / tokens)
             return loss
@@ -194,6 +200,7 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
         max_length=cfg.max_length, completion_only_loss=True, packing=False,
         eval_strategy="no", report_to="none", dataset_num_proc=None, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length",
+        **ddp_arguments(device),
     )
     answer_only_head = cfg.head_on_answers_only and not trl_head_scores_answers_only(device)
     trainer_class = _answer_only_trainer_class(cfg.shared_prefix) if answer_only_head else SFTTrainer
@@ -217,6 +224,17 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def ddp_arguments(device: str) -> dict:
+    """Trainer arguments for a rank of a launched DDP training (none in a single process): gloo on a
+    CPU (nccl, the default, on CUDA), and no search for unused parameters, since every LoRA weight
+    takes part in every step and the search costs a pass over the graph."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return {}
+    return {"ddp_find_unused_parameters": False, **({"ddp_backend": "gloo"} if device == "cpu" else {})}
+
+
 def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
                cfg: TrainingConfig, out_dir: Path, sink: MetricsSink | None = None,
                chat_format: str | None = None) -> TrainingSummary:
@@ -224,9 +242,21 @@ def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Se
     `adapter_config.json`, `adapter_model.safetensors`, `tokenizer/`, `training_summary.json`.
     Checkpoints go to `out_dir/checkpoints/`; when `out_dir` holds one from an interrupted attempt
     (same data and settings: the caller keys `out_dir` by them), training resumes from it: model,
-    optimizer, scheduler, RNG and position in the data."""
+    optimizer, scheduler, RNG and position in the data. With `cfg.distributed` over one process,
+    the training runs in processes started by torchrun or accelerate (`distributed.py`); this one
+    waits, passes rank 0's metrics to `sink` and reads back the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = last_complete_checkpoint(out_dir / CHECKPOINTS)
+    if cfg.distributed.world_size > 1:
+        return train_across_processes(base_source, train_rows, eval_rows, cfg, out_dir, resume, sink, chat_format)
+    return train_in_this_process(base_source, train_rows, eval_rows, cfg, out_dir, resume, sink, chat_format)
+
+
+def train_in_this_process(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
+                          cfg: TrainingConfig, out_dir: Path, resume: Path | None, sink: MetricsSink | None = None,
+                          chat_format: str | None = None) -> TrainingSummary:
+    """`train_lora`'s work in this process: the whole training, or one rank of a launched one
+    (rank 0 alone writes the adapter and the summary; token counts are summed over the ranks)."""
     trainer, tokenizer, info = build_trainer(base_source, train_rows, eval_rows, cfg, out_dir, sink, chat_format=chat_format)
     counter: _CountingCollator = info["counter"]
     started = time.perf_counter()
@@ -236,10 +266,9 @@ def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Se
     if trainer.eval_dataset is not None:
         trainer.data_collator = counter.inner  # evaluation tokens are not training tokens
         eval_loss = float(trainer.evaluate()["eval_loss"])
-        if sink:
+        if sink and trainer.is_world_process_zero():
             sink({"eval_loss": eval_loss}, trainer.state.global_step)
-    trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    tokens, loss_tokens = _summed_over_ranks(trainer, counter.tokens, counter.loss_tokens)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     summary = TrainingSummary(
@@ -250,11 +279,62 @@ def train_lora(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Se
         train_loss_first=losses[0] if losses else float("nan"),
         train_loss_last=losses[-1] if losses else float("nan"),
         train_loss_mean=float(result.training_loss), eval_loss=eval_loss,
-        tokens_seen=counter.tokens, loss_tokens=counter.loss_tokens,
-        tokens_per_second=counter.tokens / duration if duration else 0.0,
-        loss_tokens_per_second=counter.loss_tokens / duration if duration else 0.0,
+        tokens_seen=tokens, loss_tokens=loss_tokens,
+        tokens_per_second=tokens / duration if duration else 0.0,
+        loss_tokens_per_second=loss_tokens / duration if duration else 0.0,
         duration_s=duration, history=[h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h],
         resumed_from_step=int(resume.name.split("-")[-1]) if resume else 0,
+        world_size=trainer.args.world_size,
     )
-    (out_dir / SUMMARY_FILE).write_text(summary.to_json())
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # sharded weights are gathered to rank 0 by a collective every rank joins (not run here: GPUs only)
+        trainer.save_model(str(out_dir))
+        if trainer.is_world_process_zero():
+            (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: never published
+    elif trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+        (out_dir / SUMMARY_FILE).write_text(summary.to_json())
+    trainer.accelerator.wait_for_everyone()  # no rank leaves before the adapter is written
     return summary
+
+
+def _summed_over_ranks(trainer, *counts: int) -> list[int]:
+    """Per-rank counts summed over every rank of a launched training (as they are, in one process)."""
+    if trainer.args.world_size <= 1:
+        return list(counts)
+    import torch
+
+    summed = trainer.accelerator.reduce(torch.tensor(counts, device=trainer.args.device), reduction="sum")
+    return [int(v) for v in summed.tolist()]
+
+
+RANK_MODULE = "tasks.adapters.model.train_rank"  # what each launched rank runs
+
+
+def train_across_processes(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
+                           cfg: TrainingConfig, out_dir: Path, resume: Path | None, sink: MetricsSink | None = None,
+                           chat_format: str | None = None) -> TrainingSummary:
+    """`train_lora` in `cfg.distributed.world_size` processes: launched, waited for, read back.
+    A failed rank raises one line naming it; the launcher has stopped the others by then."""
+    import tempfile
+
+    from tasks.adapters.model.distributed import launch_command, rank_environment, run_launcher
+
+    device, _ = runtime(cfg.device, cfg.precision, cfg.cpu_bf16_autocast)
+    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # only this launch's summary is read back
+    with tempfile.TemporaryDirectory(prefix="rslm-launch-") as tmp:
+        work = Path(tmp)
+        for name, rows in (("train", train_rows), ("eval", eval_rows)):
+            (work / f"{name}.jsonl").write_text("".join(r.to_json() + "\n" for r in rows), encoding="utf-8")
+        spec = {"base_source": str(base_source), "training": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
+                "resume": str(resume) if resume else None, "chat_format": chat_format,
+                "train": str(work / "train.jsonl"), "eval": str(work / "eval.jsonl")}
+        (work / "spec.json").write_text(json.dumps(spec))
+        command = launch_command(cfg.distributed, RANK_MODULE, work / "spec.json", device)
+        run_launcher(command, rank_environment(cfg.distributed, device), sink, cfg.distributed.world_size)
+    written = out_dir / SUMMARY_FILE
+    if not written.is_file():
+        raise RslmError(f"distributed training ended without rank 0's summary ({written})")
+    return TrainingSummary(**json.loads(written.read_text()))

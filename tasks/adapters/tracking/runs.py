@@ -148,13 +148,17 @@ class TrackedRun:
         _mlflow().log_params({k: v[:6000] for k, v in params.items()})
 
     def metrics_sink(self, prefix: str = "train/"):
-        """A callback for the trainer: per-step metrics into this run."""
+        """A callback for the trainer: per-step metrics into this run, from any thread (a
+        distributed training's metrics arrive on the thread reading its launcher's output, where
+        MLflow's thread-local active run is unset: the run is named, never implied)."""
         mlflow = _mlflow()
+        run_id = self.run_id
 
         def sink(metrics: dict[str, float], step: int) -> None:
             # queued and sent in the background: a slow or absent server never stalls a training
             # step; the queue is flushed when the run closes, and a failure surfaces there
-            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step, synchronous=False)
+            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step, synchronous=False,
+                               run_id=run_id)
 
         return sink
 
