@@ -233,7 +233,7 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
 def nightly_domains(frameworks: list[str], config_path: str = PIPELINE_CONFIG,
                     overrides: dict[str, Any] | None = None, force: bool = False) -> dict[str, dict]:
     """Retrain several domains in turn: each is its own nightly-retrain flow run (named after its
-    framework) with its own registered model, and they queue on the training slot. One domain's
+    framework) with its own registered model, and they queue on the machine's device slot. One domain's
     failure does not stop the others; this run fails at the end, naming every failed domain."""
     results: dict[str, dict] = {}
     for framework in frameworks:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, device_slot, slot_leases
+from tasks.adapters.ops.prefect_admin import device_slot, device_slot_name, slot_leases
 from tasks.domain.config import DeviceSlotConfig
 from tasks.domain.errors import RslmError
 
@@ -20,13 +20,14 @@ from conftest import REPO, kill_once_printed, pause_after_checkpoint
 
 pytestmark = [pytest.mark.integration]
 QUICK_SLOT = DeviceSlotConfig(lease_seconds=60, poll_seconds=2, wait_seconds=150)
+SLOT = device_slot_name(QUICK_SLOT)  # this machine's: device:<hostname>
 
 
 def _active_slots() -> int:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name(TRAINING_SLOT).active_slots
+        return client.read_global_concurrency_limit_by_name(SLOT).active_slots
 
 
 def _hold_slot_in_a_process(holder: str) -> subprocess.Popen:
@@ -55,11 +56,12 @@ def test_a_killed_holders_slot_is_reclaimed(prefect_harness, known_process):
 
     holder = str(uuid.uuid4())
     process = _hold_slot_in_a_process(holder)
-    assert [lease.holder for lease in slot_leases(None, TRAINING_SLOT)] == [f"flow run {holder}"]
+    assert [lease.holder for lease in slot_leases(None, SLOT)] == [f"flow run {holder}"]
     process.send_signal(signal.SIGKILL)
     process.wait()
     if not known_process:
-        (_holders_dir() / f"{holder}.json").unlink()
+        for record in _holders_dir().glob("*.json"):  # as if the holder had run on another machine
+            record.unlink()
     said: list[str] = []
     start = time.monotonic()
     with device_slot(QUICK_SLOT, str(uuid.uuid4()), said.append):
@@ -67,11 +69,11 @@ def test_a_killed_holders_slot_is_reclaimed(prefect_harness, known_process):
         assert _active_slots() == 1
     assert _active_slots() == 0
     if known_process:
-        assert waited < 10 and said == [f"training slot: reclaimed the lease of {said[0].split('lease of ')[1]}"]
-        assert said[0].endswith("its process has ended") and f"flow run {holder}" in said[0]
+        assert waited < 10 and said == [f"{SLOT} slot: reclaimed the lease of {said[0].split('lease of ')[1]}"]
+        assert said[0].endswith("its process on this machine has ended") and f"flow run {holder}" in said[0]
     else:
         assert 30 < waited < 100, "reclaimed once the dead holder's 60 s lease lapsed"
-        assert any(f"waiting for the training slot, held by flow run {holder}" in line for line in said), said
+        assert any(f"waiting for the {SLOT} slot, held by flow run {holder}" in line for line in said), said
         assert any(f"reclaimed the expired lease of flow run {holder}" in line for line in said), said
 
 
@@ -82,13 +84,54 @@ def test_a_slot_counted_without_a_lease_is_reclaimed(prefect_harness):
 
     from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit
 
-    ensure_concurrency_limit(None, TRAINING_SLOT, 1, overwrite=False)
+    ensure_concurrency_limit(None, SLOT, 1, overwrite=False)
     with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(TRAINING_SLOT, GlobalConcurrencyLimitUpdate(active_slots=1))
+        client.update_global_concurrency_limit(SLOT, GlobalConcurrencyLimitUpdate(active_slots=1))
     said: list[str] = []
     with device_slot(QUICK_SLOT, None, said.append):
         pass
-    assert said == ["training slot: reclaimed the 1 slot(s) held with no lease"] and _active_slots() == 0
+    assert said == [f"{SLOT} slot: reclaimed the 1 slot(s) held with no lease"] and _active_slots() == 0
+
+
+def test_each_machine_has_its_own_device_slot(prefect_harness):
+    """Two machines train at once, each in its own slot; a second run on one machine waits."""
+    here, there = (QUICK_SLOT.model_copy(update={"machine_id": m, "wait_seconds": 2, "poll_seconds": 1})
+                   for m in ("mac-studio-1", "gpu-box-2"))
+    with device_slot(here, str(uuid.uuid4()), print), device_slot(there, str(uuid.uuid4()), print):
+        assert {lease.holder.split()[0] for name in ("device:mac-studio-1", "device:gpu-box-2")
+                for lease in slot_leases(None, name)} == {"flow"}
+        with pytest.raises(RslmError, match="device:mac-studio-1 slot: still held after 2 s"):
+            with device_slot(here, None, lambda _: None):
+                pass
+
+
+def test_a_shared_server_elsewhere_reclaims_only_this_machines_dead_holders(prefect_harness, monkeypatch):
+    """With the server on another machine its lease files are not readable here. A slot held
+    there (no record on this machine) must not be taken for a leak and reset; a holder that died
+    on this machine is released at once, by the lease id it recorded."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.adapters.ops import prefect_admin
+
+    assert prefect_admin.leases_readable(None) and not prefect_admin.leases_readable("http://10.0.0.5:4200/api")
+    monkeypatch.setattr(prefect_admin, "leases_readable", lambda api_url: False)
+    remote = QUICK_SLOT.model_copy(update={"machine_id": "remote-box"})
+    name = device_slot_name(remote)
+    with device_slot(remote, str(uuid.uuid4()), print):
+        for record in prefect_admin._holders_dir().glob("*.json"):  # its holder record lives on its machine
+            record.unlink()
+        assert prefect_admin.reclaim_dead_slots(None, name) == []
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 1, "a live remote holder kept"
+    holder = str(uuid.uuid4())
+    process = _hold_slot_in_a_process(holder)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    said: list[str] = []
+    start = time.monotonic()
+    with device_slot(QUICK_SLOT, str(uuid.uuid4()), said.append):
+        assert time.monotonic() - start < 10, "released at once, not after the lease lapsed"
+    assert len(said) == 1 and f"flow run {holder}" in said[0] and said[0].endswith("on this machine has ended")
 
 
 def test_a_live_holder_is_waited_for_then_the_waiter_gives_up_naming_it(prefect_harness):
@@ -105,10 +148,10 @@ def test_a_live_holder_is_waited_for_then_the_waiter_gives_up_naming_it(prefect_
     assert took.wait(30)
     said: list[str] = []
     try:
-        with pytest.raises(RslmError, match=f"training slot: still held after 3 s by flow run {holder}"):
+        with pytest.raises(RslmError, match=f"{SLOT} slot: still held after 3 s by flow run {holder}"):
             with device_slot(QUICK_SLOT.model_copy(update={"wait_seconds": 3, "poll_seconds": 1}), None, said.append):
                 pass
-        assert said and all(line.startswith(f"waiting for the training slot, held by flow run {holder} since ")
+        assert said and all(line.startswith(f"waiting for the {SLOT} slot, held by flow run {holder} since ")
                             for line in said), said
     finally:
         released.set()
@@ -214,14 +257,14 @@ def test_a_run_stopped_during_training_says_so_and_leaves_nothing_running(tmp_pa
     time.sleep(2)
     assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     leases = [p for p in (home / "prefect" / "concurrency_leases").glob("*.json") if p.name != "expirations.json"]
-    assert not leases, "the training slot's lease was given back"
+    assert not leases, "the device slot's lease was given back"
 
 
 @pytest.mark.slow
 def test_a_pipeline_killed_during_training_is_followed_by_a_run_that_resumes_and_finishes(tmp_path):
     """`rslm pipeline --force` killed with -9 mid-training, as a user or the OOM killer would, then
     run again: no manual step. The second run stops the first one's orphaned Prefect server, marks
-    its MLflow run KILLED, reclaims the training slot once the dead run's lease lapses, resumes from
+    its MLflow run KILLED, reclaims the device slot once the dead run's lease lapses, resumes from
     the last checkpoint and registers a version."""
     import json
 

@@ -292,12 +292,12 @@ def test_failed_validation_trains_and_registers_nothing(prefect_harness, rslm_ho
 
 
 def test_training_slot_makes_overlapping_runs_take_turns(prefect_harness):
-    """Two runs reaching training at once: the strict `training` limit (created if missing) makes
+    """Two runs reaching training at once: the strict `device:<machine id>` limit (created if missing) makes
     the second wait for the first."""
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks.adapters.ops.prefect_admin import TRAINING_SLOT
+    from tasks.adapters.ops.prefect_admin import device_slot_name
     from tasks.domain.config import DeviceSlotConfig
     from tasks.model_tasks import training_slot
 
@@ -318,7 +318,7 @@ def test_training_slot_makes_overlapping_runs_take_turns(prefect_harness):
     (first, second) = sorted(held)
     assert second[0] >= first[1], f"trainings overlapped: {held}"
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(TRAINING_SLOT)
+        limit = client.read_global_concurrency_limit_by_name(device_slot_name(DeviceSlotConfig()))
     assert (limit.limit, limit.active, limit.active_slots) == (1, True, 0)
 
 

@@ -1,6 +1,7 @@
 """The local stack's definition (pure), its agent files, the deployment definitions and the cache
 keys. The running stack itself is exercised in test_stack_live.py."""
 import plistlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,8 @@ def test_nightly_deployment_runs_the_retrain_at_two_every_night():
 
 
 @pytest.mark.integration
-def test_make_deploy_registers_schedule_pool_and_training_limit(prefect_harness):
+def test_make_deploy_registers_schedule_pool_and_this_machines_device_slot(prefect_harness, monkeypatch):
+    monkeypatch.delenv("RSLM_MACHINE_ID", raising=False)
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
@@ -126,7 +128,7 @@ def test_make_deploy_registers_schedule_pool_and_training_limit(prefect_harness)
         assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
         assert client.read_deployment_by_name("promote-on-demand/promote").schedules == []
         assert client.read_work_pool("rslm-test-pool").type == "process"
-        limit = client.read_global_concurrency_limit_by_name("training")
+        limit = client.read_global_concurrency_limit_by_name(f"device:{socket.gethostname()}")  # this machine's slot
         assert (limit.limit, limit.active) == (1, True)
 
 

@@ -60,10 +60,12 @@ def status() -> None:
     _print_status(rows)
     api_url = local_stack.live_endpoints(where).get("PREFECT_API_URL")
     if api_url:
-        from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, slot_leases
+        from tasks.adapters.ops.config_files import load_pipeline_config
+        from tasks.adapters.ops.prefect_admin import device_slot_name, slot_leases
 
-        leases = slot_leases(api_url, TRAINING_SLOT)
-        click.echo(f"{TRAINING_SLOT} slot: " + ("; ".join(f"held by {lease.describe()}" for lease in leases) or "free"))
+        slot = device_slot_name(load_pipeline_config().device_slot)
+        leases = slot_leases(api_url, slot)
+        click.echo(f"{slot} slot: " + ("; ".join(f"held by {lease.describe()}" for lease in leases) or "free"))
     if rows and not all(r["healthy"] for r in rows):
         sys.exit(3)
 

@@ -416,7 +416,11 @@ class NotificationsConfig(Frozen):
 
 
 class DeviceSlotConfig(Frozen):
-    """The `training` global concurrency slot: one training or evaluation on the device at a time."""
+    """The device slot, `device:<machine id>`: one training or evaluation on a machine's device at
+    a time. One slot per machine, so workers on several machines train at once."""
+
+    # This machine's name in the slot; None: RSLM_MACHINE_ID, else the hostname.
+    machine_id: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
 
     # A holder renews its lease while it runs; a killed one stops, and its slot is reclaimed this
     # long after its last renewal.

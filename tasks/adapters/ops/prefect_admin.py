@@ -1,9 +1,11 @@
 """Idempotent Prefect set-up: the process work pool for the local agent and the global concurrency
-limit that lets one training at a time use the device; who holds that limit, and reclaiming the
-slots of holders that died."""
+limit that lets one training at a time use a machine's device (`device:<machine id>`); who holds
+that limit, and reclaiming the slots of holders that died."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -98,23 +100,30 @@ class SlotLease:
 
 
 def _holders_dir() -> Path:
-    """Which process holds a slot, by holder id: Prefect's lease knows the flow run, not the process."""
-    return _lease_dir().parent / "rslm-slot-holders"
+    """Which process holds a slot, by lease id: Prefect's lease knows the flow run, not the
+    process. Kept on the holder's own machine (its PREFECT_HOME), where that process can be judged."""
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home) / "rslm-slot-holders"
 
 
-def _holder_process_gone(holder_id: str) -> bool:
-    try:
-        return is_gone(json.loads((_holders_dir() / f"{holder_id}.json").read_text()))
-    except (OSError, ValueError):
-        return False  # unknown: only the lease's expiry can tell
+def _holder_records(name: str) -> dict[str, dict]:
+    """This machine's records of holders of slot `name`, by lease id."""
+    records = {}
+    for path in _holders_dir().glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written or removed right now
+            continue
+        if record.get("slot") == name:
+            records[path.stem] = record
+    return records
 
 
 @contextmanager
-def _holder_recorded(holder_id: str | None) -> Iterator[None]:
-    if holder_id is None:
-        yield
-        return
-    record = write_text_atomically(_holders_dir() / f"{holder_id}.json", json.dumps(this_process()))
+def _holder_recorded(name: str, lease_id: UUID, holder_id: str | None) -> Iterator[None]:
+    record = write_text_atomically(_holders_dir() / f"{lease_id}.json", json.dumps(
+        {"slot": name, "holder": holder_id, **this_process()}))
     try:
         yield
     finally:
@@ -127,15 +136,33 @@ def _lease_dir() -> Path:
     return Path(get_current_settings().home) / "concurrency_leases"
 
 
+def leases_readable(api_url: str | None) -> bool:
+    """Whether the server's lease files are this machine's to read: its own temporary server, or
+    one on the loopback address sharing this PREFECT_HOME. A shared server elsewhere keeps them on
+    its own disk; there, only this machine's holder records and the server's lease expiry count."""
+    from urllib.parse import urlparse
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = api_url or PREFECT_API_URL.value()
+    if not url:
+        return True
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1") and _lease_dir().is_dir()
+
+
 def slot_leases(api_url: str | None, name: str) -> list[SlotLease]:
-    """The leases held on the limit `name`, oldest first (none when it does not exist)."""
+    """The leases held on the limit `name`, oldest first (none when it does not exist, or when the
+    server's lease files are on another machine: see `leases_readable`)."""
     from prefect.exceptions import ObjectNotFound
 
+    if not leases_readable(api_url):
+        return []
     with _client(api_url) as client:
         try:
             limit_id = str(client.read_global_concurrency_limit_by_name(name).id)
         except ObjectNotFound:
             return []
+    records = _holder_records(name)
     leases = []
     for path in _lease_dir().glob("*.json"):
         try:
@@ -145,24 +172,37 @@ def slot_leases(api_url: str | None, name: str) -> list[SlotLease]:
         if path.name == "expirations.json" or limit_id not in data.get("resource_ids", []):
             continue
         holder = (data.get("metadata") or {}).get("holder") or {}
+        record = records.get(str(data["id"]))
         leases.append(SlotLease(lease_id=data["id"], since=datetime.fromisoformat(data["created_at"]),
                                 expires=datetime.fromisoformat(data["expiration"]),
                                 holder=f"{holder['type'].replace('_', ' ')} {holder['id']}" if holder else "unknown",
-                                holder_gone=bool(holder) and _holder_process_gone(holder["id"])))
+                                holder_gone=record is not None and is_gone(record)))
     return sorted(leases, key=lambda lease: lease.since)
 
 
 def reclaim_dead_slots(api_url: str | None, name: str) -> list[str]:
-    """Give back the slots of `name` whose holders died: leases whose holder's process on this
-    machine has ended, expired leases (a killed process stops renewing), and slots counted with no
-    lease at all (taken before leases were kept on disk, or
-    by a server that kept them in memory). Prefect's own lease reaper does not run in its temporary
-    server, so this runs before every wait. Returns what was reclaimed, for the log."""
+    """Give back the slots of `name` whose holders died. Always: the leases of holders recorded on
+    this machine whose process has ended, released by lease id through the API (wherever the
+    server runs). Where the server's lease files are readable here, also expired leases (a killed
+    process stops renewing; Prefect's own lease reaper does not run in its temporary server) and
+    slots counted with no lease at all. A shared server elsewhere expires the leases of holders on
+    other machines itself. Returns what was reclaimed, for the log."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
 
     reclaimed = []
     with _client(api_url) as client:
+        for lease_id, record in _holder_records(name).items():
+            if is_gone(record):
+                try:
+                    client.release_concurrency_slots_with_lease(UUID(lease_id))
+                except ObjectNotFound:  # already expired and reaped
+                    pass
+                (_holders_dir() / f"{lease_id}.json").unlink(missing_ok=True)
+                reclaimed.append(f"lease of flow run {record.get('holder')} (pid {record.get('pid')}); "
+                                 "its process on this machine has ended")
+        if not leases_readable(api_url):
+            return reclaimed
         for lease in (lease for lease in slot_leases(api_url, name) if lease.dead):
             client.release_concurrency_slots_with_lease(UUID(lease.lease_id))
             reclaimed.append(f"{'expired ' if lease.expired else ''}lease of {lease.describe()}"
@@ -182,25 +222,53 @@ def reclaim_dead_slots(api_url: str | None, name: str) -> list[str]:
     return reclaimed
 
 
-TRAINING_SLOT = "training"  # global concurrency limit name: one training (or evaluation) on the device at a time
+def machine_id(policy: DeviceSlotConfig) -> str:
+    """This machine's name in its device slot: the config's, else RSLM_MACHINE_ID, else the hostname."""
+    return policy.machine_id or os.environ.get("RSLM_MACHINE_ID") or socket.gethostname()
+
+
+def device_slot_name(policy: DeviceSlotConfig) -> str:
+    """The global concurrency limit for this machine's device: `device:<machine id>`. One per
+    machine, so a fleet trains on every machine at once, one training per device."""
+    return f"device:{machine_id(policy)}"
+
+
+@contextmanager
+def _leased(name: str, policy: DeviceSlotConfig, holder, timeout: float) -> Iterator[UUID]:
+    """prefect.concurrency.sync.concurrency(strict=True), keeping the lease id it keeps to itself:
+    with it, this machine can release a dead local holder's slot through the API even when the
+    server, and its lease files, are on another machine."""
+    from prefect.concurrency._leases import maintain_concurrency_lease
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease, release_concurrency_slots_with_lease
+
+    acquired = acquire_concurrency_slots_with_lease([name], 1, timeout_seconds=timeout, strict=True,
+                                                    lease_duration=policy.lease_seconds, holder=holder)
+    try:
+        # a Prefect server hiccup during a long training must not kill it; the lease then lapses
+        # and the slot may be shared for a while, which is the lesser harm
+        with maintain_concurrency_lease(acquired.lease_id, policy.lease_seconds, raise_on_lease_renewal_failure=False):
+            yield acquired.lease_id
+    finally:
+        release_concurrency_slots_with_lease(acquired.lease_id)
 
 
 @contextmanager
 def device_slot(policy: DeviceSlotConfig, holder_id: str | None, log: Callable[[str], None],
-                name: str = TRAINING_SLOT) -> Iterator[None]:
-    """Hold the device. Strict, so a missing limit is created (limit 1) rather than skipped, and
-    overlapping nightly and manual runs queue here instead of fighting over memory (`make up`
-    creates the limit too, with `training_slots` from infra/stack.yaml).
+                name: str | None = None) -> Iterator[None]:
+    """Hold this machine's device (`device_slot_name`, or `name`). Strict, so a missing limit is
+    created (limit 1) rather than skipped, and overlapping nightly and manual runs on one machine
+    queue here instead of fighting over memory (`make up` creates the limit too, with
+    `training_slots` from infra/stack.yaml).
 
     The slot is a lease the holder renews while it runs: a killed holder's slot is reclaimed at
-    once when its process ran on this machine (recorded beside the lease), else once its lease
+    once when its process ran on this machine (recorded beside the lease id), else once its lease
     lapses. While waiting this says who holds the slot, every `poll_seconds`, and gives
     up after `wait_seconds` with an error naming the holder."""
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency.sync import concurrency
 
     from tasks.domain.errors import RslmError
 
+    name = name or device_slot_name(policy)
     ensure_concurrency_limit(None, name, 1, overwrite=False)
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(holder_id)) if holder_id else None
     deadline = time.monotonic() + policy.wait_seconds
@@ -209,13 +277,9 @@ def device_slot(policy: DeviceSlotConfig, holder_id: str | None, log: Callable[[
             for what in reclaim_dead_slots(None, name):
                 log(f"{name} slot: reclaimed the {what}")
             try:
-                held.enter_context(concurrency(
-                    name, occupy=1, strict=True, holder=holder, lease_duration=policy.lease_seconds,
-                    timeout_seconds=max(1.0, min(policy.poll_seconds, deadline - time.monotonic())),
-                    # a Prefect server hiccup during a long training must not kill it; the lease
-                    # then lapses and the slot may be shared for a while, which is the lesser harm
-                    raise_on_lease_renewal_failure=False))
-                held.enter_context(_holder_recorded(holder_id))
+                lease_id = held.enter_context(_leased(
+                    name, policy, holder, timeout=max(1.0, min(policy.poll_seconds, deadline - time.monotonic()))))
+                held.enter_context(_holder_recorded(name, lease_id, holder_id))
                 break
             except TimeoutError:
                 holders = "; ".join(lease.describe() for lease in slot_leases(None, name)) or "a holder without a lease"

@@ -140,12 +140,20 @@ def up(config: StackConfig, paths: Paths, timeout: float = 120.0, only: set[str]
     return read_state(paths)
 
 
+def _this_machines_slot() -> str:
+    """The device slot the runs on this machine take (the pipeline config's machine id)."""
+    from tasks.adapters.ops.config_files import load_pipeline_config
+    from tasks.adapters.ops.prefect_admin import device_slot_name
+
+    return device_slot_name(load_pipeline_config().device_slot)
+
+
 def prepare_prefect(config: StackConfig) -> None:
-    """The process work pool and the `training` global concurrency limit (idempotent)."""
-    from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, ensure_concurrency_limit, ensure_work_pool
+    """The process work pool and this machine's device slot (a global concurrency limit; idempotent)."""
+    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
 
     ensure_work_pool(config.prefect_api_url, config.work_pool)
-    ensure_concurrency_limit(config.prefect_api_url, TRAINING_SLOT, config.training_slots)
+    ensure_concurrency_limit(config.prefect_api_url, _this_machines_slot(), config.training_slots)
 
 
 def _stop_tree(pid: int, grace: float) -> None:
@@ -234,10 +242,10 @@ def live_endpoints(paths: Paths) -> dict[str, str]:
 def deploy(config: StackConfig, api_url: str | None = None, prefect_file: str = "infra/prefect.yaml") -> str:
     """Work pool + concurrency limit, then every deployment in `prefect_file`; returns the CLI output."""
     api_url = api_url or config.prefect_api_url
-    from tasks.adapters.ops.prefect_admin import TRAINING_SLOT, ensure_concurrency_limit, ensure_work_pool
+    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
 
     ensure_work_pool(api_url, config.work_pool)
-    ensure_concurrency_limit(api_url, TRAINING_SLOT, config.training_slots)
+    ensure_concurrency_limit(api_url, _this_machines_slot(), config.training_slots)
     env = {**os.environ, "PREFECT_API_URL": api_url, "RSLM_REPO": str(REPO_ROOT), "RSLM_WORK_POOL": config.work_pool,
            "RSLM_TIMEZONE": config.timezone, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     result = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
