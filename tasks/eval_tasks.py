@@ -12,7 +12,7 @@ from tasks.adapters.ops.settings import paths
 from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import PipelineConfig
 from tasks.domain.run_spec import EvaluationSpec
-from tasks.model_tasks import training_slot
+from tasks.model_tasks import registry_slot, training_slot
 from tasks.retry_policy import SERVICE_RETRIES
 from tasks.stages import evaluate, promote
 
@@ -28,7 +28,8 @@ def evaluate_model_task(model_uri: str, spec: EvaluationSpec, tracking: Tracking
 @task(name="promote-model", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def promote_model_task(config: PipelineConfig, evaluation: evaluate.Evaluation,
                        tracking: Tracking) -> promote.Promotion:
-    return promote.promote_challenger(config, evaluation, tracking)
+    with registry_slot(config.device_slot, evaluation.name):
+        return promote.promote_challenger(config, evaluation, tracking)
 
 
 def _inline_png(path: str) -> str:

@@ -30,6 +30,20 @@ def training_slot(policy: DeviceSlotConfig):
         yield
 
 
+@contextmanager
+def registry_slot(policy: DeviceSlotConfig, model_name: str):
+    """One registration or alias move of `model_name` at a time, across every machine sharing the
+    Prefect server: MLflow numbers a new version max(version) + 1, so two at once can collide, and
+    two promotions at once could each see the other's champion as current. A slot of its own,
+    `registry:<model>`, held only for the registry calls (seconds), never for a training."""
+    from prefect.runtime import flow_run
+
+    from tasks.adapters.ops.prefect_admin import device_slot
+
+    with device_slot(policy, flow_run.get_id(), get_run_logger().info, name=f"registry:{model_name}"):
+        yield
+
+
 @task(name="prepare-base-model", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_jitter_factor=0.5)
 def prepare_base_model_task(spec: RunSpec, dataset: DatasetRef, base_override: str | None = None) -> str:
     return stage.prepare_base_model(spec, dataset, paths(), base_override)
@@ -45,7 +59,8 @@ def train_adapter_task(spec: RunSpec, dataset: DatasetRef, report: ValidationRep
 @task(name="register-adapter", cache_policy=NO_CACHE, **SERVICE_RETRIES)
 def register_adapter_task(spec: RunSpec, dataset: DatasetRef, trained: stage.TrainedAdapter,
                           tracking: Tracking, key: str = "") -> stage.Registration:
-    return stage.register_adapter(spec, dataset, trained, tracking, key)
+    with registry_slot(spec.config.device_slot, spec.config.tracking.registered_model(dataset.domain)):
+        return stage.register_adapter(spec, dataset, trained, tracking, key)
 
 
 @task(name="find-trained-version", cache_policy=NO_CACHE, **SERVICE_RETRIES)
@@ -103,7 +118,8 @@ def train_reward_model_task(spec: RunSpec, dataset: DatasetRef, steps: reward_st
 @task(name="register-reward-model", cache_policy=NO_CACHE)
 def register_reward_model_task(spec: RunSpec, dataset: DatasetRef, trained: reward_stage.TrainedReward,
                                tracking: Tracking, key: str) -> reward_stage.RewardModel:
-    return reward_stage.register_and_gate(spec, dataset, trained, tracking, key)
+    with registry_slot(spec.config.device_slot, spec.config.tracking.reward_model(dataset.domain)):
+        return reward_stage.register_and_gate(spec, dataset, trained, tracking, key)
 
 
 @task(name="export-model", cache_policy=NO_CACHE)

@@ -159,34 +159,92 @@ def query(database: str, statement: str):
 
 
 @pytest.mark.skipif(not postgres_listening(), reason="no PostgreSQL on 127.0.0.1:5432")
-def test_same_stack_on_postgresql(tmp_path):
+def test_servers_on_postgresql_with_artifacts_in_s3_run_a_pipeline_and_serialise_registrations(tmp_path, monkeypatch):
+    """A team's servers: Prefect and MLflow on PostgreSQL (databases made for this test, dropped
+    after), MLflow's artifacts proxied into S3 (moto's server). A tiny pipeline runs end to end
+    against them from another process, as a worker's flow run would; then two flow runs register
+    versions of one model at once, and the registry slot makes them take turns: distinct,
+    consecutive versions."""
+    import threading
+
+    import boto3
     import psycopg2
     from mlflow.tracking import MlflowClient
+    from moto.server import ThreadedMotoServer
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tasks.adapters.ops import stack_processes as stack
-    from tasks.adapters.ops.prefect_admin import ensure_concurrency_limit, ensure_work_pool
+    from tasks.adapters.ops.prefect_admin import device_slot_name, ensure_concurrency_limit, ensure_work_pool
     from tasks.adapters.ops.settings import Paths
+    from tasks.adapters.tracking.runs import Tracking
+    from tasks.domain.config import DeviceSlotConfig
     from tasks.domain.stack import StackConfig
+    from tasks.model_tasks import registry_slot
 
-    suffix = uuid.uuid4().hex[:8]
+    s3_port, suffix = free_port(), uuid.uuid4().hex[:8]
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    moto.start()
+    for key, value in (("AWS_ACCESS_KEY_ID", "AKIARSLMTESTKEY12345"), ("AWS_SECRET_ACCESS_KEY", "rslm-test-secret"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="rslm-team")
     config = StackConfig(prefect_port=free_port(), mlflow_port=free_port(), postgres_url=POSTGRES, start_worker=False,
-                         prefect_database=f"rslm_test_prefect_{suffix}", mlflow_database=f"rslm_test_mlflow_{suffix}")
+                         prefect_database=f"rslm_test_prefect_{suffix}", mlflow_database=f"rslm_test_mlflow_{suffix}",
+                         artifacts_destination="s3://rslm-team/mlartifacts", s3_endpoint_url=endpoint)
     paths = Paths(tmp_path / "home")
     try:
         state = stack.up(config, paths)
         assert state["database"] == "postgresql" and "postgres_url" not in state["config"]
-        client = MlflowClient(tracking_uri=config.mlflow_url, registry_uri=config.mlflow_url)
-        experiment = client.create_experiment("pg-check")
-        run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "eval/loss", 1.25)
-        assert client.get_run(run.info.run_id).data.metrics["eval/loss"] == 1.25
         assert ensure_work_pool(config.prefect_api_url, "pg-pool") is True
-        assert ensure_concurrency_limit(config.prefect_api_url, "training", 1) is False, "up created it already"
-        assert query(config.mlflow_database, "SELECT name FROM experiments WHERE name = 'pg-check'") == ("pg-check",)
+        assert ensure_concurrency_limit(config.prefect_api_url, device_slot_name(DeviceSlotConfig()), 1) is False, \
+            "up created this machine's device slot already"
         assert query(config.prefect_database, "SELECT name FROM work_pool WHERE name = 'pg-pool'") == ("pg-pool",)
+
+        env = {**os.environ, "PREFECT_API_URL": config.prefect_api_url, "MLFLOW_TRACKING_URI": config.mlflow_url,
+               "RSLM_HOME": str(tmp_path / "run-home")}
+        run = subprocess.run([str(REPO / ".venv/bin/rslm"), "pipeline", "--profile", "tiny", "--max-steps", "6",
+                              "--max-samples", "300"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        record = json.loads((tmp_path / "run-home" / "last-run.json").read_text())
+        assert record["status"] == "succeeded" and record["model_version"] == "1"
+        assert record["mlflow_tracking_uri"] == config.mlflow_url
+        assert query(config.mlflow_database, "SELECT name FROM registered_models") == (record["registered_model"],)
+        assert query(config.prefect_database, "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")[0] >= 1
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+            Bucket="rslm-team").get("Contents", [])]
+        assert any(k.endswith("adapter_model.safetensors") for k in keys), "the adapter's artifacts are in S3"
         assert not (paths.home / "mlflow.db").exists() and not (paths.home / "prefect" / "prefect.db").exists()
+
+        name, tracking = record["registered_model"], Tracking(uri=config.mlflow_url, artifact_root=tmp_path / "unused")
+        held: list[tuple[float, float, str]] = []
+
+        @flow
+        def register_once():
+            with registry_slot(DeviceSlotConfig(poll_seconds=0.5), name):
+                start = time.monotonic()
+                version, _ = tracking.registry.register(record["model_uri"], name)
+                time.sleep(0.5)
+                held.append((start, time.monotonic(), version))
+
+        def in_the_team_server():
+            with temporary_settings({PREFECT_API_URL: config.prefect_api_url}):
+                register_once()
+        threads = [threading.Thread(target=in_the_team_server) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        (first, second) = sorted(held)
+        assert second[0] >= first[1], f"registrations overlapped: {held}"
+        assert sorted(v for *_, v in held) == ["2", "3"]
+        versions = MlflowClient(tracking_uri=config.mlflow_url, registry_uri=config.mlflow_url).search_model_versions(
+            f"name='{name}'")
+        assert sorted(str(v.version) for v in versions) == ["1", "2", "3"]
     finally:
         stack.down(paths)
+        moto.stop()
         admin = psycopg2.connect(POSTGRES, dbname="postgres")
         admin.autocommit = True
         with admin.cursor() as cursor:
