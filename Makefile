@@ -26,7 +26,7 @@ LLAMA_CPP_WHEEL := $(subst -,_,$(word 1,$(subst ==, ,$(LLAMA_CPP))))-$(word 2,$(
 WHEEL_CACHE     ?= $(HOME)/.cache/reasoning-slm/wheels
 LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 
-.PHONY: bench docs venv venv-test run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
+.PHONY: test-scale bench docs venv venv-test run test test-fast clean ui-mlflow ui-prefect up down status deploy agent-install agent-uninstall
 
 venv: $(STAMP)
 # what `make run` needs; the test tools (pytest, moto, schemathesis, mkdocs, ...) on top for make test
@@ -59,7 +59,12 @@ run: venv
 test: venv-test
 	$(VENV)/bin/ruff check .
 	$(MAKE) --no-print-directory docs
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -m "not scale"
+
+## The scale-out tests (issue 31): DDP ranks, a fleet of two workers, servers on PostgreSQL with S3,
+## a Kubernetes pool. About 13 minutes on 2 cores; .ci/run runs them after `make test`.
+test-scale: venv-test
+	$(PY) -m pytest -q --durations=8 -m scale
 
 ## The docs/ pages as a site in $(RSLM_HOME)/site; --strict: a broken link or anchor fails the build.
 docs: venv-test

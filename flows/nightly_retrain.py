@@ -29,6 +29,7 @@ from flows.resolution import resolve_pipeline
 from tasks.adapters.data.dataset_store import DatasetRef
 from tasks.adapters.data.gx_runner import ValidationReport
 from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_pipeline_config
+from tasks.adapters.ops.prefect_admin import deployment_exists, run_deployment_runs
 from tasks.adapters.ops.run_record import write_run_record
 from tasks.adapters.ops.settings import paths, resolve_path
 from tasks.adapters.ops.signals import interruption, stop_signals_interrupt
@@ -49,6 +50,7 @@ from tasks.eval_tasks import evaluate_model_task, promote_model_task, publish_ev
 from tasks.model_tasks import (
     build_preferences_task,
     build_step_data_task,
+    domain_slot,
     export_model_task,
     find_reward_model_task,
     find_trained_version_task,
@@ -214,7 +216,7 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
                        pid=os.getpid())
     write_run_record(record, paths().last_run)  # `running` from the start: a killed run never shows the last success
     try:
-        with stop_signals_interrupt():
+        with stop_signals_interrupt(), domain_slot(config.device_slot, Path(config.framework).stem):
             _run_stages(config, tracking, record, base_model, force, force_reward)
     except BaseException as error:
         stopped = interruption(error)
@@ -229,27 +231,54 @@ def nightly_retrain(config_path: str = PIPELINE_CONFIG, overrides: dict[str, Any
     return record.model_dump(mode="json")
 
 
+RETRAIN_DEPLOYMENT = "nightly-retrain/nightly-retrain"  # infra/prefect.yaml, registered by `make deploy`
+
+
 @flow(name="nightly-domains")
 def nightly_domains(frameworks: list[str], config_path: str = PIPELINE_CONFIG,
-                    overrides: dict[str, Any] | None = None, force: bool = False) -> dict[str, dict]:
-    """Retrain several domains in turn: each is its own nightly-retrain flow run (named after its
-    framework) with its own registered model, and they queue on the machine's device slot. One domain's
-    failure does not stop the others; this run fails at the end, naming every failed domain."""
-    results: dict[str, dict] = {}
-    for framework in frameworks:
-        retrain = nightly_retrain.with_options(flow_run_name=f"nightly-retrain-{Path(framework).stem}")
-        try:
-            record = retrain(config_path=config_path, overrides={**(overrides or {}), "framework": framework}, force=force)
-        except Exception as error:  # Ctrl-C and SIGTERM are not Exceptions: they stop every domain
-            results[framework] = {"status": "failed", "error": first_line(error)}
-            continue
-        results[framework] = {key: record.get(key) for key in
-                              ("status", "domain", "registered_model", "model_version", "aliases")}
+                    overrides: dict[str, Any] | None = None, force: bool = False,
+                    deployment: str = RETRAIN_DEPLOYMENT) -> dict[str, dict]:
+    """Retrain several domains: each is its own nightly-retrain flow run (named after its
+    framework) with its own registered model. Where the `nightly-retrain` deployment exists
+    (`make deploy`), every domain is started at once as a run of it (`run_deployment`), so the
+    work pool's workers, on every machine, share them; each trains in its machine's device slot,
+    and a domain runs at most once at a time (its `domain:<name>` slot). Without the deployment
+    (a run by hand, no stack) they run here in turn. One domain's failure does not stop the
+    others; this run fails at the end, naming every failed domain."""
+    per_domain = {framework: {**(overrides or {}), "framework": framework} for framework in frameworks}
+    if deployment_exists(deployment):
+        results = started_as_deployment_runs(deployment, per_domain, config_path, force)
+    else:
+        results = {framework: _retrain_here(framework, config_path, domain_overrides, force)
+                   for framework, domain_overrides in per_domain.items()}
     failed = [name for name, result in results.items() if result["status"] == "failed"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(frameworks)} domains failed: "
                            + "; ".join(f"{name}: {results[name]['error']}" for name in failed))
     return results
+
+
+def started_as_deployment_runs(deployment: str, per_domain: dict[str, dict[str, Any]], config_path: str,
+                               force: bool) -> dict[str, dict]:
+    ended = run_deployment_runs(deployment, {framework: (_retrain_name(framework), {
+        "config_path": config_path, "overrides": domain_overrides, "force": force})
+        for framework, domain_overrides in per_domain.items()})
+    return {framework: {"status": "succeeded" if run["state"] == "COMPLETED" else "failed",
+                        "error": run["message"], "flow_run": run["flow_run"], "flow_run_id": run["flow_run_id"]}
+            for framework, run in ended.items()}
+
+
+def _retrain_name(framework: str) -> str:
+    return f"nightly-retrain-{Path(framework).stem}"
+
+
+def _retrain_here(framework: str, config_path: str, overrides: dict[str, Any], force: bool) -> dict:
+    retrain = nightly_retrain.with_options(flow_run_name=_retrain_name(framework))
+    try:
+        record = retrain(config_path=config_path, overrides=overrides, force=force)
+    except Exception as error:  # Ctrl-C and SIGTERM are not Exceptions: they stop every domain
+        return {"status": "failed", "error": first_line(error)}
+    return {key: record.get(key) for key in ("status", "domain", "registered_model", "model_version", "aliases")}
 
 
 def _run_stages(config: PipelineConfig, tracking: Tracking, record: RunRecord, base_model: str | None,

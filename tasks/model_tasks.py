@@ -44,6 +44,18 @@ def registry_slot(policy: DeviceSlotConfig, model_name: str):
         yield
 
 
+@contextmanager
+def domain_slot(policy: DeviceSlotConfig, domain: str):
+    """One nightly-retrain run per domain at a time, fleet-wide (`domain:<name>`): runs of one
+    deployment fanned out to several workers may overlap only across domains."""
+    from prefect.runtime import flow_run
+
+    from tasks.adapters.ops.prefect_admin import device_slot
+
+    with device_slot(policy, flow_run.get_id(), get_run_logger().info, name=f"domain:{domain}"):
+        yield
+
+
 @task(name="prepare-base-model", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_jitter_factor=0.5)
 def prepare_base_model_task(spec: RunSpec, dataset: DatasetRef, base_override: str | None = None) -> str:
     return stage.prepare_base_model(spec, dataset, paths(), base_override)

@@ -50,6 +50,7 @@ def _config(processes: int, batch: int, steps: int, **changes) -> TrainingConfig
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 def test_two_ranks_train_the_adapter_one_process_trains_at_the_same_global_batch(tiny_base, small_build, tmp_path):
     from safetensors.torch import load_file
 
@@ -183,6 +184,7 @@ def _kill_rank_after_checkpoint(home: Path, rank: int, step: int, killed: list) 
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.scale
 def test_a_pipeline_on_two_ranks_fails_naming_a_killed_rank_then_resumes_and_registers_once(prefect_harness, rslm_home):
     """`nightly-retrain` with `training.distributed.nproc_per_node: 2`: rank 1 killed with -9 after
     checkpoint 10 fails the training task with one line naming it and leaves no rank behind;

@@ -57,6 +57,7 @@ def test_the_job_template_asks_for_gpus_secrets_and_patience(prefect_harness):
 
 
 @pytest.mark.integration
+@pytest.mark.scale
 def test_the_kubernetes_deployment_registers_against_a_kubernetes_pool_and_renders(prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate

@@ -159,6 +159,7 @@ def query(database: str, statement: str):
 
 
 @pytest.mark.skipif(not postgres_listening(), reason="no PostgreSQL on 127.0.0.1:5432")
+@pytest.mark.scale
 def test_servers_on_postgresql_with_artifacts_in_s3_run_a_pipeline_and_serialise_registrations(tmp_path, monkeypatch):
     """A team's servers: Prefect and MLflow on PostgreSQL (databases made for this test, dropped
     after), MLflow's artifacts proxied into S3 (moto's server). A tiny pipeline runs end to end

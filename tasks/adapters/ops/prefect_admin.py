@@ -280,6 +280,8 @@ def device_slot(policy: DeviceSlotConfig, holder_id: str | None, log: Callable[[
                 lease_id = held.enter_context(_leased(
                     name, policy, holder, timeout=max(1.0, min(policy.poll_seconds, deadline - time.monotonic()))))
                 held.enter_context(_holder_recorded(name, lease_id, holder_id))
+                log(f"{name} slot: taken")
+                taken = time.monotonic()
                 break
             except TimeoutError:
                 holders = "; ".join(lease.describe() for lease in slot_leases(None, name)) or "a holder without a lease"
@@ -287,4 +289,42 @@ def device_slot(policy: DeviceSlotConfig, holder_id: str | None, log: Callable[[
                     raise RslmError(f"{name} slot: still held after {policy.wait_seconds:.0f} s by {holders}; "
                                     "raise device_slot.wait_seconds, or stop that run") from None
                 log(f"waiting for the {name} slot, held by {holders}")
-        yield
+        try:
+            yield
+        finally:
+            log(f"{name} slot: given back after {time.monotonic() - taken:.0f} s")
+
+
+def deployment_exists(name: str) -> bool:
+    """Whether the deployment `flow/deployment` is registered on the configured Prefect server."""
+    from prefect.exceptions import ObjectNotFound
+
+    with _client(None) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def run_deployment_runs(deployment: str, runs: dict[str, tuple[str, dict]], poll_seconds: float = 5.0) -> dict[str, dict]:
+    """Start one run of `deployment` per entry (`key: (flow run name, parameters)`), all at once,
+    as sub-flow runs of the caller, for the work pool's workers to pick up wherever they run; wait
+    for every one to end. Returns, per key, its flow run id, name, final state and message."""
+    from prefect.deployments import run_deployment
+
+    started = {key: run_deployment(deployment, parameters=parameters, flow_run_name=name, timeout=0)
+               for key, (name, parameters) in runs.items()}
+    ended: dict[str, dict] = {}
+    with _client(None) as client:
+        while len(ended) < len(started):
+            for key, run in started.items():
+                if key in ended:
+                    continue
+                state = client.read_flow_run(run.id).state
+                if state is not None and state.is_final():
+                    ended[key] = {"flow_run_id": str(run.id), "flow_run": run.name, "state": state.type.value,
+                                  "message": state.message or ""}
+            if len(ended) < len(started):
+                time.sleep(poll_seconds)
+    return ended
