@@ -38,7 +38,7 @@ def _hold_slot_in_a_process(holder: str) -> subprocess.Popen:
         import time
         from tasks.adapters.ops.prefect_admin import device_slot
         from tasks.domain.config import DeviceSlotConfig
-        with device_slot(DeviceSlotConfig(lease_seconds=60), {holder!r}, print):
+        with device_slot(DeviceSlotConfig(lease_seconds=60), {holder!r}, lambda line: None):
             print("held", flush=True)
             time.sleep(600)
     """)

@@ -10,6 +10,8 @@
     smollm2_vs_trl  the `training` comparison on SmolLM2 as `make run` trains it (8 steps, --smollm2-reps runs)
     reward_model  the step-level reward model's step (SmolLM2, the profile's `reward` settings), each speed
                   switch off in turn, against a plain transformers.Trainer token classifier (baseline_prm.py)
+    distributed   SmolLM2's training in 1 and 2 DDP ranks (torchrun) at the same global batch, and the time to
+                  all-reduce the trainable weights once (tests/bench/allreduce_probe.py)
     large_model   on a CUDA GPU: our step on a random-init model with Mistral-7B's shapes, tokens/s and MFU
 
 Writes results.json and results.md to --out (default $RSLM_HOME/bench). A benchmark, not a test:
@@ -516,6 +518,56 @@ def bench_smollm2(device: str, workdir: Path, steps: int = 8) -> dict:
     return results
 
 
+def bench_distributed(device: str, workdir: Path, steps: int = 8, processes: int = 2) -> dict:
+    """SmolLM2's training as `make run` configures it, in one process and in `processes` DDP ranks
+    (torchrun; gloo on a CPU) at the same global batch: tokens/s over the training itself (rank 0's
+    train time, every rank's tokens), the launch's whole wall time, and the time to all-reduce a
+    buffer the size of the trainable weights (what DDP adds per step), measured apart. On a
+    2-core machine two ranks share the same two cores: the figure is reported as it is."""
+    import re
+    import subprocess
+
+    from tasks.adapters.model.base_models import ensure_packaged_base
+    from tasks.adapters.model.training import train_lora
+    from tasks.adapters.ops.config_files import load_profile
+
+    profile = load_profile("smollm2-135m")
+    base = ensure_packaged_base(profile.packaged, workdir / "models")
+    batch = profile.training.batch_size
+    rows = rows_for(3000)[1].train[:steps * batch]
+    results: dict = {"steps": steps, "global_batch": batch}
+    for ranks in (1, processes):
+        cfg = profile.training.model_copy(update={
+            "max_steps": steps, "save_steps": 10_000, "device": device, "batch_size": batch // ranks,
+            "distributed": profile.training.distributed.model_copy(update={"nproc_per_node": ranks})})
+        started = time.perf_counter()
+        summary = train_lora(base, rows, [], cfg, workdir / f"ddp-{ranks}")
+        results[f"ranks_{ranks}"] = {"launch_wall_s": time.perf_counter() - started, "train_s": summary.duration_s,
+                                     "tokens": summary.tokens_seen, "tokens_per_s": summary.tokens_per_second,
+                                     "world_size": summary.world_size}
+        trainable = summary.trainable_params
+    probe = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                            str(processes), str(Path(__file__).with_name("allreduce_probe.py")), str(trainable), "10"],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))})
+    found = re.search(r"ALLREDUCE_MS ([\d.]+)", probe.stdout)
+    results["allreduce_ms"] = float(found.group(1)) if found else None
+    results["trainable_params"] = trainable
+    results["scaling"] = results[f"ranks_{processes}"]["tokens_per_s"] / results["ranks_1"]["tokens_per_s"]
+    return results
+
+
+def distributed_markdown(t: dict) -> list[str]:
+    lines = ["## Training in several processes (smollm2-135m, DDP through torchrun, same global batch)", "",
+             "| ranks | tokens/s (training) | training s | launch wall s |", "|---|---|---|---|"]
+    for key in sorted(k for k in t if k.startswith("ranks_")):
+        r = t[key]
+        lines.append(f"| {r['world_size']} | {r['tokens_per_s']:.0f} | {r['train_s']:.1f} | {r['launch_wall_s']:.1f} |")
+    comm = f"{t['allreduce_ms']:.1f} ms" if t.get("allreduce_ms") is not None else "not measured"
+    return lines + ["", f"{t['scaling']:.2f}x one process's tokens/s; all-reduce of the "
+                        f"{t['trainable_params'] / 1e6:.1f}M trainable weights (fp32), once per step: {comm}.", ""]
+
+
 def bench_serve(workdir: Path) -> dict:
     """`rslm serve` on SmolLM2 under 1, 8 and 64 concurrent clients (tests/bench/serve_load.py)."""
     from tasks.adapters.model.base_models import ensure_packaged_base
@@ -612,6 +664,8 @@ def markdown(results: dict) -> str:
             lines += training_markdown(t, title)
     if results.get("reward_model"):
         lines += reward_markdown(results["reward_model"])
+    if results.get("distributed"):
+        lines += distributed_markdown(results["distributed"])
     if results.get("smollm2"):
         m = results["smollm2"]
         lines += ["## Training step (smollm2-135m profile, the default)", "",
@@ -657,8 +711,8 @@ def default_sections(device: str) -> list[str]:
     import torch
 
     wants_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return ["training", "smollm2", "smollm2_vs_trl", "reward_model", "stages", "serving", "orchestration",
-            *(["large_model"] if wants_gpu else [])]
+    return ["training", "smollm2", "smollm2_vs_trl", "reward_model", "distributed", "stages", "serving",
+            "orchestration", *(["large_model"] if wants_gpu else [])]
 
 
 def main() -> None:
@@ -667,7 +721,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--only", help="comma-separated sections: training, smollm2, smollm2_vs_trl, reward_model, stages, "
+    parser.add_argument("--only", help="comma-separated sections: training, smollm2, smollm2_vs_trl, reward_model, "
+                                       "distributed, stages, "
                                        "orchestration, "
                                        "large_model "
                                        "(default: all but large_model, plus large_model on a CUDA machine)")
@@ -690,6 +745,7 @@ def main() -> None:
                "smollm2": lambda work: bench_smollm2(args.device, work),
                "smollm2_vs_trl": lambda work: bench_training(args.smollm2_reps, args.device, work, "smollm2-135m", steps=8),
                "reward_model": lambda work: bench_reward_model(args.reward_reps, args.device, work, args.reward_steps),
+               "distributed": lambda work: bench_distributed(args.device, work),
                "large_model": lambda work: large_model_section(args, work),
                "stages": lambda work: bench_stages([int(s) for s in args.sizes.split(",")], work),
                "serving": bench_serve,
