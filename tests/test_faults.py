@@ -108,15 +108,19 @@ def test_each_machine_has_its_own_device_slot(prefect_harness):
                 pass
 
 
-def test_a_shared_server_elsewhere_reclaims_only_this_machines_dead_holders(prefect_harness, monkeypatch):
+def test_a_shared_server_elsewhere_reclaims_only_this_machines_dead_holders(prefect_harness, monkeypatch, tmp_path):
     """With the server on another machine its lease files are not readable here. A slot held
     there (no record on this machine) must not be taken for a leak and reset; a holder that died
     on this machine is released at once, by the lease id it recorded."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_HOME, temporary_settings
 
     from tasks.adapters.ops import prefect_admin
 
     assert prefect_admin.leases_readable(None) and not prefect_admin.leases_readable("http://10.0.0.5:4200/api")
+    with temporary_settings({PREFECT_HOME: tmp_path}):
+        (tmp_path / "concurrency_leases").mkdir()
+        assert not prefect_admin.leases_readable(None), "a loopback server with another home keeps its leases there"
     monkeypatch.setattr(prefect_admin, "leases_readable", lambda api_url: False)
     remote = QUICK_SLOT.model_copy(update={"machine_id": "remote-box"})
     name = device_slot_name(remote)

@@ -30,11 +30,27 @@ def _worker(pool: str, machine: str, home: Path, api_url: str, mlflow_url: str) 
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _slot_log(client) -> list[tuple[float, str]]:
-    """Every "<slot> slot: taken / given back" line the runs logged, in time order."""
-    from prefect.client.schemas.filters import LogFilter, LogFilterTextSearch
+def _with_subflows(client, flow_run_ids: list) -> list:
+    """These flow runs and all their subflow runs, at any depth."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query=" slot: ")), limit=200)
+    found, frontier = list(flow_run_ids), list(flow_run_ids)
+    while frontier:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+        frontier = [run.id for run in children if run.id not in found]
+        found += frontier
+    return found
+
+
+def _slot_log(client, flow_run_ids: list) -> list[tuple[float, str]]:
+    """Every "<slot> slot: taken / given back" line these flow runs and their subflows logged, in
+    time order (the Prefect API is the session's: earlier tests' runs logged slot lines too)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTextSearch
+
+    runs = _with_subflows(client, flow_run_ids)
+    logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query=" slot: "),
+                                                 flow_run_id=LogFilterFlowRunId(any_=runs)), limit=200)
     return sorted((log.timestamp.timestamp(), log.message) for log in logs
                   if " slot: taken" in log.message or " slot: given back" in log.message)
 
@@ -76,7 +92,7 @@ def test_two_workers_train_two_domains_at_once_each_in_its_machines_slot(prefect
 
         with get_client(sync_client=True) as client:
             runs = {framework: client.read_flow_run(result["flow_run_id"]) for framework, result in outcome.items()}
-            log = _slot_log(client)
+            log = _slot_log(client, [run.id for run in runs.values()])
         assert {run.name for run in runs.values()} == {"nightly-retrain-devops", "nightly-retrain-cs"}
         (a_start, a_end), (b_start, b_end) = [(run.start_time, run.end_time) for run in runs.values()]
         assert a_start < b_end and b_start < a_end, "the two domain runs overlapped"

@@ -54,14 +54,17 @@ def ensure_concurrency_limit(api_url: str | None, name: str, limit: int, overwri
     """Create the global concurrency limit `name` (and, with `overwrite`, set an existing one to
     `limit`); True when created or changed."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with _client(api_url) as client:
         try:
             existing = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True))
-            return True
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True))
+                return True
+            except ObjectAlreadyExists:  # two runs starting at once on a fresh server: the other made it
+                existing = client.read_global_concurrency_limit_by_name(name)
         if overwrite and (existing.limit != limit or not existing.active):
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
             return True
@@ -138,16 +141,30 @@ def _lease_dir() -> Path:
 
 def leases_readable(api_url: str | None) -> bool:
     """Whether the server's lease files are this machine's to read: its own temporary server, or
-    one on the loopback address sharing this PREFECT_HOME. A shared server elsewhere keeps them on
-    its own disk; there, only this machine's holder records and the server's lease expiry count."""
+    one on the loopback address whose PREFECT_HOME, by the server's own /admin/settings, is this
+    process's, with the filesystem lease storage. A loopback server with another home (a team's
+    server from `make up` beside a test harness, say) keeps its leases elsewhere: judging its slots
+    by this home's files would call every lease missing and hand a held slot to a second holder.
+    A shared server elsewhere keeps them on its own disk; there, only this machine's holder records
+    and the server's lease expiry count."""
     from urllib.parse import urlparse
 
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, get_current_settings
 
     url = api_url or PREFECT_API_URL.value()
     if not url:
         return True
-    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1") and _lease_dir().is_dir()
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1") or not _lease_dir().is_dir():
+        return False
+    with _client(api_url) as client:
+        try:
+            served = client.request("GET", "/admin/settings").json()
+        except Exception:  # noqa: BLE001 - an older or locked-down server: judge by holder records only
+            return False
+    storage = ((served.get("server") or {}).get("concurrency") or {}).get("lease_storage")
+    home = served.get("home")
+    return storage == LEASE_STORAGE and home is not None and \
+        Path(home).expanduser().resolve() == Path(get_current_settings().home).expanduser().resolve()
 
 
 def slot_leases(api_url: str | None, name: str) -> list[SlotLease]:
