@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.adapters.model.distributed import RankFailure, failed_rank, launch_command, rank_environment
-from tasks.adapters.model.training import RANK_MODULE
+from tasks.adapters.model.distributed import RANK_MODULE, RankFailure, failed_rank, launch_command, rank_environment
 from tasks.domain.config import DistributedConfig, TrainingConfig
 from tasks.domain.errors import ConfigError
 
@@ -74,6 +73,39 @@ def test_two_ranks_train_the_adapter_one_process_trains_at_the_same_global_batch
     losses = {n: [(step, m["loss"]) for step, m in logged[n] if "loss" in m] for n in logged}
     assert [step for step, _ in losses[2]] == [step for step, _ in losses[1]] and len(losses[2]) >= 12
     assert all(abs(a - b) <= 1e-4 * a for (_, a), (_, b) in zip(losses[1], losses[2], strict=True))
+    assert not _ranks_running()
+
+
+@pytest.mark.slow
+@pytest.mark.scale
+def test_two_ranks_refine_with_dpo_as_one_process_does_at_the_same_global_batch(
+        tiny_base, small_build, devops_framework, tmp_path):
+    """`rslm refine --nproc-per-node 2`'s DPO: the same refined adapter as one process (an SFT
+    parent without dropout, so no rank draws masks of its own), rank 0's reward figures in the sink."""
+    from safetensors.torch import load_file
+
+    from tasks.adapters.model.preference_training import train_dpo
+    from tasks.adapters.model.training import train_lora
+    from tasks.domain.config import RefineConfig
+    from tasks.domain.preferences import build_pairs
+
+    train_lora(tiny_base, small_build.train[:32], [], _config(1, 8, 4), tmp_path / "sft")
+    pairs = build_pairs(small_build.train[:48], devops_framework, seed=3)[:48]
+    logged: dict[int, list] = {1: [], 2: []}
+    summaries = {processes: train_dpo(tiny_base, tmp_path / "sft", pairs,
+                                      RefineConfig(max_steps=6, batch_size=batch, learning_rate=5.0e-3),
+                                      _config(processes, 8, 4), tmp_path / f"dpo-{processes}",
+                                      sink=lambda metrics, step, n=processes: logged[n].append(metrics))
+                 for processes, batch in ((1, 8), (2, 4))}
+    assert (summaries[1]["world_size"], summaries[2]["world_size"]) == (1, 2)
+    assert summaries[2]["steps"] == summaries[1]["steps"] == 6
+    sft, one, two = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("sft", "dpo-1", "dpo-2"))
+    assert one.keys() == two.keys() == sft.keys(), "the policy alone, not TRL's reference copy"
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < EQUAL_WEIGHTS
+    assert max(float((one[k] - sft[k]).abs().max()) for k in one) > 100 * EQUAL_WEIGHTS, "DPO moved the adapter"
+    margins = {n: [m["rewards/margins"] for m in logged[n] if "rewards/margins" in m] for n in logged}
+    assert len(margins[2]) == len(margins[1]) == 6
+    assert all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(margins[1], margins[2], strict=True))
     assert not _ranks_running()
 
 

@@ -9,9 +9,11 @@ from flows.cli.common import (
     champion_uri,
     config_option,
     model_name,
+    nproc_option,
     registered_generator,
     registered_scorer,
     reward_model_uri,
+    run_overrides,
     setup,
 )
 
@@ -124,8 +126,9 @@ def evaluate(model_uri, eval_path, config_path) -> None:
 @click.option("--model", "model_uri", help="The version to refine (default: the configured domain's @champion).")
 @click.option("--max-steps", type=int, help="DPO steps (overrides the profile's refine.max_steps).")
 @click.option("--on-policy-rows", type=int, help="Training questions answered for on-policy pairs (refine.on_policy_rows).")
+@nproc_option
 @config_option
-def refine(model_uri, max_steps, on_policy_rows, config_path) -> None:
+def refine(model_uri, max_steps, on_policy_rows, nproc_per_node, config_path) -> None:
     """Refine a registered version with DPO on its framework's preference pairs; registers the
     refined adapter as a new version (tagged with its parent), evaluates it and puts it through the gate."""
     setup(flows=True)
@@ -133,8 +136,10 @@ def refine(model_uri, max_steps, on_policy_rows, config_path) -> None:
 
     settings = {key: value for key, value in (("max_steps", max_steps), ("on_policy_rows", on_policy_rows))
                 if value is not None}
-    record = refine_on_demand(model_uri or champion_uri(config_path), config_path,
-                              {"refine_overrides": settings} if settings else None)
+    overrides = run_overrides(None, None, None, None, None, nproc_per_node)
+    if settings:
+        overrides["refine_overrides"] = settings
+    record = refine_on_demand(model_uri or champion_uri(config_path), config_path, overrides or None)
     refined = record.get("training", {}).get("refine", {})
     click.echo(json.dumps({"refined": f"models:/{record['registered_model']}/{record['model_version']}",
                            "parent_run": record["sft_run_id"], "adapter_dir": record["adapter_dir"],

@@ -3,11 +3,11 @@
 launcher does, and stops the others when one fails.
 
 The calling process (the Prefect training task, inside its device slot) writes the job to a
-spec file, starts the launcher as a child and waits (`run_launcher`). Each rank runs an entry
-module (`train_rank`): the same training as in one process, with the Trainer's DDP. Rank 0 alone
-writes the adapter and the summary, and prints its metrics as `RSLM_METRICS` lines
-(`print_metrics`), which the caller passes to its sink: the MLflow run stays in the caller, so
-one training is one MLflow run.
+spec file, starts the launcher as a child and waits (`launch_job`, `run_launcher`). Each rank runs
+the entry module `train_rank`: the same training as in one process (SFT, or DPO for `rslm refine`),
+with the Trainer's DDP. Rank 0 alone writes the adapter and the job's result, and prints its
+metrics as `RSLM_METRICS` lines (`print_metrics`), which the caller passes to its sink: the MLflow
+run stays in the caller, so one training is one MLflow run.
 
 Ranks are the launcher's children and share its process group: the caller stops the group when it
 is interrupted, and on Linux the launcher is also told to stop if the caller dies (SIGKILL
@@ -20,9 +20,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tasks.domain.errors import ConfigError, RslmError
 
 MetricsSink = Callable[[dict[str, float], int], None]
 METRICS_PREFIX = "RSLM_METRICS "
+RANK_MODULE = "tasks.adapters.model.train_rank"  # what each launched rank runs
 
 
 def launch_command(dist: DistributedConfig, entry_module: str, spec_path: Path, device: str) -> list[str]:
@@ -159,6 +161,26 @@ def run_launcher(command: list[str], env: dict[str, str], sink: MetricsSink | No
     if code != 0:
         _stop_group(process)  # the launcher stops its ranks itself; this is for a launcher that died first
         raise RslmError(_rank_error("".join(kept), code, world_size))
+
+
+def launch_job(job: str, spec: dict, rows: Mapping[str, Sequence], dist: DistributedConfig, device: str,
+               sink: MetricsSink | None) -> dict:
+    """Run `train_rank`'s `job` ("sft" or "dpo") in `dist.world_size` processes and wait: `spec`
+    and each row set (pydantic records, one JSON line each) go to a spec file the ranks read; rank
+    0 writes the job's result there, and that result is returned."""
+    with tempfile.TemporaryDirectory(prefix="rslm-launch-") as tmp:
+        work = Path(tmp)
+        files = {}
+        for name, records in rows.items():
+            files[name] = str(work / f"{name}.jsonl")
+            Path(files[name]).write_text("".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8")
+        result = work / "result.json"
+        (work / "spec.json").write_text(json.dumps({**spec, "job": job, "rows": files, "result": str(result)}))
+        run_launcher(launch_command(dist, RANK_MODULE, work / "spec.json", device), rank_environment(dist, device),
+                     sink, dist.world_size)
+        if not result.is_file():
+            raise RslmError(f"distributed {job} training ended without rank 0's result")
+        return json.loads(result.read_text())
 
 
 def _stop_group(process: subprocess.Popen) -> None:

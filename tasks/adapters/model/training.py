@@ -310,31 +310,15 @@ def _summed_over_ranks(trainer, *counts: int) -> list[int]:
     return [int(v) for v in summed.tolist()]
 
 
-RANK_MODULE = "tasks.adapters.model.train_rank"  # what each launched rank runs
-
-
 def train_across_processes(base_source: str | Path, train_rows: Sequence[Row], eval_rows: Sequence[Row],
                            cfg: TrainingConfig, out_dir: Path, resume: Path | None, sink: MetricsSink | None = None,
                            chat_format: str | None = None) -> TrainingSummary:
     """`train_lora` in `cfg.distributed.world_size` processes: launched, waited for, read back.
     A failed rank raises one line naming it; the launcher has stopped the others by then."""
-    import tempfile
-
-    from tasks.adapters.model.distributed import launch_command, rank_environment, run_launcher
+    from tasks.adapters.model.distributed import launch_job
 
     device, _ = runtime(cfg.device, cfg.precision, cfg.cpu_bf16_autocast)
-    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # only this launch's summary is read back
-    with tempfile.TemporaryDirectory(prefix="rslm-launch-") as tmp:
-        work = Path(tmp)
-        for name, rows in (("train", train_rows), ("eval", eval_rows)):
-            (work / f"{name}.jsonl").write_text("".join(r.to_json() + "\n" for r in rows), encoding="utf-8")
-        spec = {"base_source": str(base_source), "training": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
-                "resume": str(resume) if resume else None, "chat_format": chat_format,
-                "train": str(work / "train.jsonl"), "eval": str(work / "eval.jsonl")}
-        (work / "spec.json").write_text(json.dumps(spec))
-        command = launch_command(cfg.distributed, RANK_MODULE, work / "spec.json", device)
-        run_launcher(command, rank_environment(cfg.distributed, device), sink, cfg.distributed.world_size)
-    written = out_dir / SUMMARY_FILE
-    if not written.is_file():
-        raise RslmError(f"distributed training ended without rank 0's summary ({written})")
-    return TrainingSummary(**json.loads(written.read_text()))
+    spec = {"base_source": str(base_source), "training": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
+            "resume": str(resume) if resume else None, "chat_format": chat_format}
+    summary = launch_job("sft", spec, {"train": train_rows, "eval": eval_rows}, cfg.distributed, device, sink)
+    return TrainingSummary(**summary)
