@@ -17,6 +17,7 @@ whatever happens, and a failure also leaves a `nightly-retrain-failure` artifact
 a webhook call. Each run first marks KILLED the MLflow runs a killed earlier attempt left RUNNING."""
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ from tasks.adapters.ops.config_files import PIPELINE_CONFIG, load_pipeline_confi
 from tasks.adapters.ops.prefect_admin import deployment_exists, run_deployment_runs
 from tasks.adapters.ops.run_record import write_run_record
 from tasks.adapters.ops.settings import paths, resolve_path
-from tasks.adapters.ops.signals import interruption, stop_signals_interrupt
+from tasks.adapters.ops.signals import interruption, raise_if_stop_requested, stop_signals_interrupt
 from tasks.adapters.tracking.runs import Tracking
 from tasks.dataset_tasks import (
     expand_dataset_task,
@@ -71,11 +72,25 @@ from tasks.stages.reward import RewardModel, require_valid_steps
 from tasks.stages.train import Registration, TrainedAdapter
 
 
+def stage(name: str):
+    """A pipeline stage: a Prefect subflow that does not start once this run was told to stop.
+    Prefect drops a Ctrl-C or SIGTERM that lands while the previous stage's subflow is being wrapped
+    up; without this check the run went on (seen: Ctrl-C during the evaluation subflow's wrap-up,
+    and the run promoted and exited 0)."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            raise_if_stop_requested()
+            return fn(*args, **kwargs)
+        return flow(name=name)(checked)
+    return decorate
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@flow(name="build-dataset")
+@stage("build-dataset")
 def build_dataset(spec: RunSpec, force: bool = False) -> DatasetRef:
     config, framework = spec.config, spec.framework
     if config.dataset.source:  # the user's own rows: imported, not generated
@@ -87,7 +102,7 @@ def build_dataset(spec: RunSpec, force: bool = False) -> DatasetRef:
     return dataset
 
 
-@flow(name="validate-dataset")
+@stage("validate-dataset")
 def validate_dataset(spec: RunSpec, dataset: DatasetRef, force: bool = False) -> ValidationReport:
     config, framework = spec.config, spec.framework
     out_dir = f"{dataset.directory}/validation"
@@ -101,14 +116,14 @@ def validate_dataset(spec: RunSpec, dataset: DatasetRef, force: bool = False) ->
     return report
 
 
-@flow(name="train-adapter")
+@stage("train-adapter")
 def train_adapter(spec: RunSpec, dataset: DatasetRef, report: ValidationReport, tracking: Tracking,
                   base_override: str | None = None, measure_eval_loss: bool = True) -> TrainedAdapter:
     base_model = prepare_base_model_task(spec, dataset, base_override)
     return train_adapter_task(spec, dataset, report, base_model, tracking, measure_eval_loss)
 
 
-@flow(name="train-reward-model")
+@stage("train-reward-model")
 def reward_model(spec: RunSpec, dataset: DatasetRef, tracking: Tracking, base_override: str | None = None,
                  force: bool = False) -> RewardModel:
     """Step labels built and validated (a failed check stops the run here), then the process
@@ -125,7 +140,7 @@ def reward_model(spec: RunSpec, dataset: DatasetRef, tracking: Tracking, base_ov
     return register_reward_model_task(spec, dataset, trained, tracking, key)
 
 
-@flow(name="build-preferences")
+@stage("build-preferences")
 def build_preferences(spec: RunSpec, dataset: DatasetRef) -> PreferenceSet:
     """Preference pairs from the dataset, validated as read back from their file: a failed check
     stops the run here, before anything is trained."""
@@ -135,27 +150,27 @@ def build_preferences(spec: RunSpec, dataset: DatasetRef) -> PreferenceSet:
     return preferences
 
 
-@flow(name="refine-preferences")
+@stage("refine-preferences")
 def refine_preferences(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, preferences: PreferenceSet,
                        tracking: Tracking) -> TrainedAdapter:
     """DPO on top of the SFT adapter, tracked as a run nested under its training run."""
     return refine_adapter_task(spec, dataset, trained, preferences, tracking)
 
 
-@flow(name="register-adapter")
+@stage("register-adapter")
 def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, tracking: Tracking,
                      training_key: str = "") -> Registration:
     return register_adapter_task(spec, dataset, trained, tracking, training_key)
 
 
-@flow(name="evaluate-model")
+@stage("evaluate-model")
 def evaluate_model(spec: EvaluationSpec, model_uri: str, tracking: Tracking, eval_path: str | None = None) -> Evaluation:
     evaluation = evaluate_model_task(model_uri, spec, tracking, eval_path)
     publish_evaluation_task(evaluation)
     return evaluation
 
 
-@flow(name="promote-model")
+@stage("promote-model")
 def promote_model(config: PipelineConfig, evaluation: Evaluation, tracking: Tracking) -> Promotion:
     promotion = promote_model_task(config, evaluation, tracking)
     publish_promotion_task(promotion)
@@ -195,7 +210,7 @@ def evaluate_and_promote(spec: RunSpec, name: str, version: str, tracking: Track
     record.update({"status": "succeeded"})
 
 
-@flow(name="export-model")
+@stage("export-model")
 def export_champion(spec: RunSpec, model_uri: str, tracking: Tracking) -> dict:
     """The `export` deployment's work on promotion: the configured formats, checked and recorded."""
     report = export_model_task(spec, model_uri, spec.config.export.formats_to_write(), tracking)
