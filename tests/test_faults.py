@@ -244,8 +244,9 @@ def test_a_run_stopped_during_training_says_so_and_leaves_nothing_running(tmp_pa
     from mlflow.tracking import MlflowClient
 
     command, env, home = _tiny_pipeline(tmp_path)
+    # started as from a terminal, Ctrl-C handled (a suite run in the background has it ignored)
     run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_a_checkpoint(run, home)
     family = [p.pid for p in psutil.Process(run.pid).children(recursive=True)]
     if stop == "ctrl-c":

@@ -47,8 +47,9 @@ def stop_signals_interrupt() -> Iterator[None]:
         yield
         return
     _requested.clear()
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
-                signal.SIGINT: signal.signal(signal.SIGINT, _ctrl_c)}
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (`cmd &`)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _ctrl_c)
     try:
         yield
         raise_if_stop_requested()  # the block ran on after a swallowed stop: it still fails as stopped
