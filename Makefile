@@ -63,8 +63,12 @@ test: venv-test
 
 ## The scale-out tests (issue 31): DDP ranks, a fleet of two workers, servers on PostgreSQL with S3,
 ## a Kubernetes pool. About 13 minutes on 2 cores; .ci/run runs them after `make test`.
+## One pytest process per file: Prefect's concurrency services are process-wide and keep the API
+## server of their first use, so a process that used the test harness cannot then take slots on a
+## second server (the PostgreSQL one), as no real worker ever does.
+SCALE_TESTS = tests/test_distributed.py tests/test_kubernetes.py tests/test_fleet.py tests/test_stack_live.py
 test-scale: venv-test
-	$(PY) -m pytest -q --durations=8 -m scale
+	@set -e; for file in $(SCALE_TESTS); do $(PY) -m pytest -q --durations=4 -m scale $$file; done
 
 ## The docs/ pages as a site in $(RSLM_HOME)/site; --strict: a broken link or anchor fails the build.
 docs: venv-test
