@@ -102,3 +102,16 @@ def test_64_concurrent_clients_are_answered_or_refused_within_the_bound_and_memo
     assert max(r["seconds"] for r in refused) <= WAIT_TIMEOUT_S + 10
     assert rss_mib(process.pid) - rss_before < 200, "memory stays bounded (< 200 MiB more)"
     assert concurrent_load(url, TOKEN, 1, 1, max_tokens=8)["status"] == {200: 1}, "and the server still answers"
+
+
+def test_a_lone_surrogate_in_a_request_is_a_422_not_a_500(server):
+    """Found by the fuzzing above: FastAPI's own 422 echoes the input, and a lone surrogate in it
+    cannot be encoded as UTF-8, so the server answered 500."""
+    import httpx
+
+    url, _ = server
+    body = '{"model": "m", "messages": [{"__proto__": [null], "\\u00c6\\uda6eD": [[null, -4.7]]}]}'
+    reply = httpx.post(f"{url}/v1/chat/completions", content=body.encode(),
+                       headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"]["message"].startswith("body.messages.0.role: Field required")
