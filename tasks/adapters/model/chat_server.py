@@ -155,7 +155,7 @@ def create_app(generator: Generator, model_id: str, token: str | None = None, sc
         # FastAPI's own handler echoes the offending input, and a lone surrogate in it (a field name
         # of "\udf19", say) cannot be encoded as UTF-8: the 422 became a 500 (found by schemathesis).
         # Where and what, escaped, say enough.
-        first = error.errors()[0] if error.errors() else {}
+        first = next(iter(error.errors()), {})
         where = ".".join(str(part) for part in first.get("loc", ()))
         message = f"{where}: {first.get('msg', 'invalid request')}"
         return _error(422, message.encode("utf-8", "backslashreplace").decode("utf-8"), "invalid_request_error")
