@@ -2,6 +2,8 @@
 the shipped frameworks' own training rows and the hand-written held-out references."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import yaml
 
@@ -9,6 +11,7 @@ from tasks.domain.config import HeldOutSet
 from tasks.domain.content import ChoiceItem, PasteIndex, choice_chance, choice_results, content_plan, question_nouns, relevance
 from tasks.domain.metrics import is_structured
 from tasks.domain.preferences import reasons_by_pattern
+from tasks.domain.records import question_turns
 
 from conftest import REPO
 
@@ -103,7 +106,8 @@ def test_a_pattern_is_not_pasted_from_itself_and_question_words_do_not_count():
 def test_choice_items_put_the_reference_first_among_distinct_same_shaped_distractors(plans):
     for domain, (framework, rows, plan) in plans.items():
         heldout = _heldout(domain)
-        items = plan.heldout_items(framework.system_prompt, [(q.question, q.reference) for q in heldout.questions])
+        ask = partial(question_turns, framework.system_prompt)
+        items = plan.heldout_items(ask, [(q.question, q.reference) for q in heldout.questions])
         for item, question in zip(items, heldout.questions, strict=True):
             assert item.options[0] == question.reference and item.kinds[0] == "reference"
             assert len(set(item.options)) == len(item.options) == 5, (domain, item.kinds)
@@ -112,7 +116,7 @@ def test_choice_items_put_the_reference_first_among_distinct_same_shaped_distrac
             assert item.prompt[0].content == framework.system_prompt and item.prompt[-1].content == question.question
         assert choice_chance(items) == pytest.approx(0.2)
         # the same options in the same order for every model, every run
-        again = plan.heldout_items(framework.system_prompt, [(q.question, q.reference) for q in heldout.questions])
+        again = plan.heldout_items(ask, [(q.question, q.reference) for q in heldout.questions])
         assert again == items
         eval_items = plan.row_items(rows[:20])
         assert all(not kind.endswith(":" + row.metadata.pattern_id) for item, row in zip(eval_items, rows[:20],
@@ -121,7 +125,7 @@ def test_choice_items_put_the_reference_first_among_distinct_same_shaped_distrac
 
 def test_pasted_distractors_carry_the_question_nouns(plans):
     framework, _, plan = plans["devops"]
-    (item,) = plan.heldout_items(framework.system_prompt, [("Why rotate TLS certificates automatically?",
+    (item,) = plan.heldout_items(partial(question_turns, framework.system_prompt), [("Why rotate TLS certificates automatically?",
                                                              "1. Expiry: automation does not forget the date.")])
     pasted = [o for o, k in zip(item.options, item.kinds, strict=True) if k.startswith("pasted:")]
     assert len(pasted) == 2 and all("TLS certificates" in o for o in pasted)

@@ -149,3 +149,21 @@ def test_a_refined_version_may_not_fall_below_its_sft_parent_on_heldout_style(ch
     assert check.passed is passed, check.detail
     assert not [c for c in decide(challenger, None, PromotionGate(), challenger_version="2").checks
                 if "SFT parent" in c.name], "an SFT-only version has no parent check"
+
+
+def test_reward_model_gate_holds_it_to_its_out_of_framework_floor_when_one_is_set():
+    from tasks.domain.promotion import decide_reward_model
+
+    def decide(figures, floor):
+        return decide_reward_model(figures, None, min_bad_step_found=0.8, max_drop=None, challenger_version="2",
+                                   min_out_of_framework_f1=floor)
+
+    in_framework_only = {"bad_step_found": 0.95}
+    assert decide(in_framework_only, None).promote  # no floor: measured, not gated
+    finds_pastes = {**in_framework_only, "out_of_framework/f1": 0.75}
+    assert decide(finds_pastes, 0.7).promote
+    blind = {**in_framework_only, "out_of_framework/f1": 0.18}
+    decision = decide(blind, 0.7)
+    assert not decision.promote
+    assert any(r.startswith("FAIL finds the wrong step outside the framework (F1)") for r in decision.reasons())
+    assert not decide(in_framework_only, 0.7).promote  # a floor set and nothing measured is not a pass

@@ -34,6 +34,29 @@ def test_every_corruption_breaks_exactly_the_step_it_labels(examples):
     assert all(len(positions) >= 2 for kind, positions in where.items() if kind != "wrong_number")
 
 
+def test_content_corruptions_keep_the_label_and_change_only_the_claim(examples, small_build):
+    """Issue 30: a swapped or invented claim sits under the step's own label, so only what the step
+    says is wrong; the swapped claim is true of another pattern, the invented one names this question."""
+    from tasks.domain.preferences import reasons_by_pattern
+    from tasks.domain.steps import question_subject
+
+    pool = reasons_by_pattern(small_build.train)
+    correct = {e.source_row_id: e for e in examples if e.kind == "correct"}
+    for kind in ("swapped_claim", "false_effect"):
+        broken = [e for e in examples if e.kind == kind]
+        assert len(broken) >= 20, kind
+        for example in broken:
+            before, after = correct[example.source_row_id].steps[example.bad_step], example.steps[example.bad_step]
+            label = before.partition(": ")[0]
+            assert after.startswith(label + ": ") and after != before, (before, after)
+            claim = after.partition(": ")[2]
+            if kind == "swapped_claim":
+                foreign = {r.partition(": ")[2] for p, reasons in pool.items() if p != example.pattern_id for r in reasons}
+                assert claim in foreign, after
+            else:
+                assert claim.startswith(question_subject(example.question())), (example.question(), after)
+
+
 def test_step_labels_suite_names_the_line_of_a_bad_label(examples, tmp_path):
     from tasks.adapters.data.preference_store import write_record_set
     from tasks.domain.config import PipelineConfig, RewardConfig
@@ -301,6 +324,9 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     run = client.get_run(prm["run_id"])
     assert run.data.params["reward.lora.r"] == "16" and run.data.params["reward.head_learning_rate"] == "0.05"
     assert "prm/heldout/auroc" in run.data.metrics
+    # ... and on the hand-written DevOps answers outside the framework (configs/probes/steps/devops.yaml)
+    assert 0 <= run.data.metrics["prm/heldout/out_of_framework/f1"] <= 1
+    assert prm["metrics"]["out_of_framework/f1"] == run.data.metrics["prm/heldout/out_of_framework/f1"]
     assert len(client.get_metric_history(prm["run_id"], "prm/train/loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(prm["run_id"], "reward")}
     assert "reward/heldout_step_scores.json" in artifacts
@@ -321,9 +347,13 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     again = nightly_retrain(overrides=tiny_run(6, reward_overrides=reward))
     assert again["reward_model"]["status"] == "unchanged" and again["reward_model"]["version"] == "1"
 
-    # a reward model that misses the gate is registered, and the champion stays
-    strict = nightly_retrain(overrides=tiny_run(6, reward_overrides={**reward, "min_bad_step_found": 1.0}))
+    # a reward model that misses the gate is registered, and the champion stays; the decision names
+    # the out-of-framework floor it missed (a tiny model cannot reach F1 1.0 on hand-written answers)
+    strict = nightly_retrain(overrides=tiny_run(6, reward_overrides={**reward, "min_bad_step_found": 1.0,
+                                                                     "min_out_of_framework_f1": 1.0}))
     assert strict["reward_model"]["version"] == "2" and strict["reward_model"]["verdict"] == "rejected"
+    reasons = json.loads(client.get_model_version("reasoning-slm-devops-prm", "2").tags["promotion.reasons"])
+    assert any(r.startswith("FAIL finds the wrong step outside the framework (F1)") for r in reasons), reasons
     assert strict["reward_model"]["champion_version"] == "1"
     assert str(client.get_model_version_by_alias("reasoning-slm-devops-prm", "champion").version) == "1"
 

@@ -197,6 +197,9 @@ class RewardConfig(Frozen):
     # fall below the champion reward model's on the same held-out answers.
     min_bad_step_found: float = Field(default=0.8, ge=0, le=1)
     max_bad_step_found_drop: float | None = Field(default=0.02, ge=0, le=1)
+    # ... and, where the domain has step probes, the F1 of "finds the earliest wrong step" and "says none
+    # when none is wrong" on those hand-written answers outside the framework (None: measured, not gated).
+    min_out_of_framework_f1: float | None = Field(default=None, ge=0, le=1)
 
 
 class ModelProfile(Frozen):
@@ -242,6 +245,10 @@ class DatasetConfig(Frozen):
     # Question groups per pattern, at most (0: no cap): patterns with many slot values (split-vpc,
     # pin-digest: ~100 distinct answers each) otherwise teach their skeleton far more often than the rest.
     max_groups_per_pattern: int = Field(default=0, ge=0)
+    # Framework-grounded answering (issue 30): each generated row's system turn carries the framework's
+    # N principles most related to its question, and the registered model is asked the same way in
+    # chat, serve and evaluation (tasks/domain/grounding.py). 0: closed-book, the system prompt alone.
+    grounding_passages: int = Field(default=0, ge=0, le=8)
     license: str = "cc-by-4.0"  # SPDX-style id for the dataset card (the data is written from your framework)
 
 
@@ -334,6 +341,9 @@ class EvaluationConfig(Frozen):
     probes: str = "configs/probes/general.yaml"
     # Held-out questions per domain (<dir>/<domain>.yaml), answered by the tuned model and its base.
     heldout_dir: str = "configs/probes/heldout"
+    # Hand-written answers outside every pattern, as written and with one planted wrong step, per domain
+    # (<dir>/<domain>.yaml): the process reward model's out-of-framework measurement and gate.
+    step_probes_dir: str = "configs/probes/steps"
     max_generations: int = Field(default=64, ge=1)
     # Eval rows (the first of the generated sample) whose answer is also put through the choice test.
     choice_rows: int = Field(default=12, ge=1)

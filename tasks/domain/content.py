@@ -21,7 +21,7 @@ import random
 import re
 import string
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tasks.domain.expansion import render
@@ -57,6 +57,9 @@ def _stem(word: str) -> str:
     if _DIGIT.search(word):
         return "#"
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+QUESTION_VERBS = frozenset(_stem(v) for v in _QUESTION_VERBS)  # stemmed, as content_words gives them
 
 
 def content_words(text: str) -> set[str]:
@@ -139,6 +142,31 @@ class PasteIndex:
 
 # --- relevance --------------------------------------------------------------------------------
 
+class TfIdf:
+    """TF-IDF vectors over content words, weighted by a fixed set of documents, and the cosine
+    of a text against each of them: what relevance and framework grounding rank by."""
+
+    def __init__(self, documents: Sequence[str]):
+        bags = [content_words(d) for d in documents]
+        frequency = Counter(word for bag in bags for word in bag)
+        self._idf = {word: math.log((1 + len(bags)) / (1 + n)) + 1 for word, n in frequency.items()}
+        self._documents = [self._vector(bag) for bag in bags]
+
+    def _vector(self, words: set[str]) -> dict[str, float]:
+        return {w: self._idf[w] for w in words if w in self._idf}
+
+    @staticmethod
+    def _cosine(a: dict[str, float], b: dict[str, float]) -> float:
+        dot = sum(v * b[w] for w, v in a.items() if w in b)
+        return dot / (math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values())) or 1.0)
+
+    def similarities(self, text: str, ignore: frozenset[str] = frozenset()) -> list[float]:
+        """The text's cosine against each document, in the documents' order (0: no shared word),
+        leaving out the words in `ignore`."""
+        vector = self._vector(content_words(text) - ignore)
+        return [self._cosine(vector, d) for d in self._documents]
+
+
 def relevance(answers: Sequence[str], documents: Sequence[str]) -> list[float | None]:
     """For answer i, the share of its reasons whose most similar document (TF-IDF cosine over
     content words) is document i, its own question with its reference; None for an answer with no
@@ -148,18 +176,7 @@ def relevance(answers: Sequence[str], documents: Sequence[str]) -> list[float | 
     >>> relevance(["1. Availability: health checks remove a dead server.", "1. Price: cheap per GB."], docs)
     [1.0, 0.0]
     """
-    bags = [content_words(d) for d in documents]
-    frequency = Counter(word for bag in bags for word in bag)
-    idf = {word: math.log((1 + len(bags)) / (1 + n)) + 1 for word, n in frequency.items()}
-
-    def vector(words: set[str]) -> dict[str, float]:
-        return {w: idf[w] for w in words if w in idf}
-
-    def cosine(a: dict[str, float], b: dict[str, float]) -> float:
-        dot = sum(v * b[w] for w, v in a.items() if w in b)
-        return dot / (math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values())) or 1.0)
-
-    doc_vectors = [vector(b) for b in bags]
+    index = TfIdf(documents)
     shares: list[float | None] = []
     for own, answer in enumerate(answers):
         reasons = reasons_of(answer)
@@ -168,7 +185,7 @@ def relevance(answers: Sequence[str], documents: Sequence[str]) -> list[float | 
             continue
         hits = 0
         for reason in reasons:
-            sims = [cosine(vector(content_words(reason)), d) for d in doc_vectors]
+            sims = index.similarities(reason)
             hits += sims[own] > 0 and sims[own] == max(sims)
         shares.append(hits / len(reasons))
     return shares
@@ -330,10 +347,10 @@ class ContentPlan:
     index: PasteIndex
     seed: int
 
-    def heldout_items(self, system_prompt: str, questions: Sequence[tuple[str, str]]) -> list[ChoiceItem]:
-        """(question, reference) pairs, asked under the domain's system prompt."""
-        return [choice_item(q, (Message(role="system", content=system_prompt), Message(role="user", content=q)),
-                            reference, None, self.source, self.seed) for q, reference in questions]
+    def heldout_items(self, ask: Callable[[str], Sequence[Message]],
+                      questions: Sequence[tuple[str, str]]) -> list[ChoiceItem]:
+        """(question, reference) pairs, each asked as `ask` puts it (the model's own prompt turns)."""
+        return [choice_item(q, tuple(ask(q)), reference, None, self.source, self.seed) for q, reference in questions]
 
     def row_items(self, rows: Sequence[Row]) -> list[ChoiceItem]:
         """Eval rows: the row's own answer is the reference, its pattern is not a distractor."""

@@ -43,6 +43,7 @@ HELDOUT_PASTED = "heldout/pasted"
 HELDOUT_RELEVANCE = "heldout/relevance"
 CHOICE = "choice_accuracy"
 BAD_STEP_FOUND = "bad_step_found"  # a reward model's: how often the corrupted step scores lowest
+OUT_OF_FRAMEWORK_F1 = "out_of_framework/f1"  # ... and its ProcessBench F1 on hand-written answers outside the framework
 # What the comparison table and chart show, in order, and which direction is better.
 KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
     LOSS: "lower", PERPLEXITY: "lower", STYLE: "higher", "within_word_cap": "higher",
@@ -232,10 +233,12 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
 
 def decide_reward_model(challenger: Metrics, champion: Metrics | None, *, min_bad_step_found: float,
                         max_drop: float | None, challenger_version: str, champion_version: str | None = None,
-                        preconditions: list[Check] | None = None) -> Decision:
+                        preconditions: list[Check] | None = None,
+                        min_out_of_framework_f1: float | None = None) -> Decision:
     """A process reward model's gate: it must find the corrupted step often enough on held-out
     step labels and, where a champion reward model was measured on the same labels, not much
-    less often than it.
+    less often than it; with a floor set, it must also find the wrong step (or say none) in
+    hand-written answers outside the framework.
 
     >>> decide_reward_model({BAD_STEP_FOUND: 0.85}, {BAD_STEP_FOUND: 0.9}, min_bad_step_found=0.8, max_drop=0.02,
     ...                     challenger_version="2", champion_version="1").reasons()[1]
@@ -247,6 +250,9 @@ def decide_reward_model(challenger: Metrics, champion: Metrics | None, *, min_ba
     if champion is not None and max_drop is not None:
         checks.append(_not_below_champion("corrupted step found no less often than the champion", BAD_STEP_FOUND,
                                           challenger, champion, max_drop))
+    if min_out_of_framework_f1 is not None:
+        checks.append(_bound_check("finds the wrong step outside the framework (F1)", OUT_OF_FRAMEWORK_F1,
+                                   challenger.get(OUT_OF_FRAMEWORK_F1), min_out_of_framework_f1, upper=False))
     return Decision(promote=all(c.passed for c in checks), checks=checks,
                     challenger_version=challenger_version, champion_version=champion_version)
 

@@ -12,6 +12,7 @@ from tasks.domain.config import (
     ProbeSet,
     RefineConfig,
     RewardConfig,
+    StepProbeSet,
     TrainingConfig,
     effective_refine,
     effective_reward,
@@ -19,6 +20,7 @@ from tasks.domain.config import (
 )
 from tasks.domain.framework import Framework
 from tasks.domain.frozen import Frozen
+from tasks.domain.grounding import Grounding, framework_grounding
 
 
 class EvaluationSpec(Frozen):
@@ -29,6 +31,7 @@ class EvaluationSpec(Frozen):
     framework: Framework
     probes: ProbeSet
     heldout: HeldOutSet | None = None
+    step_probes: StepProbeSet | None = None  # hand-written step checks for the reward model (None: the domain has none)
     slot: DeviceSlotConfig = DeviceSlotConfig()  # evaluation runs models on the device too
     # The process reward model that scores the held-out answers' steps (`models:/NAME/VERSION`);
     # None: no step reward is measured.
@@ -51,6 +54,14 @@ class RunSpec(Frozen):
     def refine(self) -> RefineConfig:
         """The profile's preference-refinement (DPO) section with the run's overrides applied."""
         return effective_refine(self.profile, self.config)
+
+    @property
+    def grounding(self) -> Grounding | None:
+        """How the run's rows are asked, and so how its model must be: grounded in the framework's
+        principles, or closed-book (None; always for a user's imported rows, which keep their turns)."""
+        if self.config.dataset.source:
+            return None
+        return framework_grounding(self.framework, self.config.dataset.grounding_passages)
 
     def scored_by(self, reward_model: str | None) -> RunSpec:
         """This spec with held-out answers scored by `reward_model` in evaluation."""

@@ -4,7 +4,10 @@ labels every step good; a corrupted copy breaks exactly one step and labels that
 
 The corruptions are the failures a small model shows, one step at a time: a reason pasted from
 another pattern, a computed number gone wrong, the step's claim negated (a contradiction of the
-principle it states), hedging filler, and a step cut off mid-sentence.
+principle it states), hedging filler, a step cut off mid-sentence, and two that keep the step's
+own label so that only what it says is wrong (issue 30): another pattern's claim under this
+step's label (a fact swapped between patterns, what pasting produces) and an invented effect,
+a false comparative or causal claim about the question's own subject.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from tasks.domain.content import question_nouns
 from tasks.domain.framework import Framework
 from tasks.domain.frozen import Frozen
 from tasks.domain.hashing import content_hash
@@ -22,8 +26,10 @@ from tasks.domain.metrics import numbered_reasons
 from tasks.domain.preferences import corrupt, reasons_by_pattern
 from tasks.domain.records import Message, Row
 
-StepKind = Literal["correct", "other_pattern", "wrong_number", "contradiction", "hedged", "cut_short"]
-CORRUPTIONS: tuple[StepKind, ...] = ("other_pattern", "wrong_number", "contradiction", "hedged", "cut_short")
+StepKind = Literal["correct", "other_pattern", "wrong_number", "contradiction", "hedged", "cut_short",
+                   "swapped_claim", "false_effect"]
+CORRUPTIONS: tuple[StepKind, ...] = ("other_pattern", "wrong_number", "contradiction", "hedged", "cut_short",
+                                     "swapped_claim", "false_effect")
 GOOD, BAD = 1, 0
 
 
@@ -131,6 +137,65 @@ def hedged_step(step: str, banned_phrases: Sequence[str], rng: random.Random) ->
     return f"{marker}{phrase[:1].upper()}{phrase[1:]}, {body[:1].lower()}{body[1:]}"
 
 
+def _label_and_claim(step: str) -> tuple[str, str] | None:
+    """('N. Label: ', claim) for a step that names its reason; None for one that does not."""
+    marker, body = _body(step)
+    label, colon, claim = body.partition(": ")
+    return (f"{marker}{label}{colon}", claim) if colon and claim and len(label.split()) <= 4 else None
+
+
+def swapped_claim(step: str, foreign_reason: str) -> str | None:
+    """The step's own label over another pattern's claim: the label still fits the question,
+    the claim is true somewhere else.
+
+    >>> swapped_claim("3. Concurrency: one job runs the migration.", "Blast radius: a bad build hits 5% of users, not all.")
+    '3. Concurrency: a bad build hits 5% of users, not all.'
+    """
+    own, foreign = _label_and_claim(step), _label_and_claim(foreign_reason)
+    if own is None or foreign is None or foreign[1] == own[1]:
+        return None
+    return own[0] + foreign[1]
+
+
+# Invented effects: magnitudes and mechanisms no reason in any framework claims. Worded apart from
+# the hand-written ProcessBench probes (configs/probes/steps/), which use "doubles", "halves",
+# "twice as fast", "faster", "encrypts" and "compresses": the probe figure then measures whether the
+# reward model learned that such claims are false, not these words. No "every", "all" or "zero"
+# either: true steps say "one query covers every node", and a quantifier must not read as a lie.
+_FALSE_EFFECTS: tuple[str, ...] = (
+    "{subject} triples the throughput of the service.",
+    "{subject} cuts the cloud bill by 90% on its own.",
+    "{subject} makes the disks ten times larger.",
+    "{subject} removes network latency.",
+    "{subject} prevents failed requests.",
+    "{subject} shrinks the container image to a tenth of its size.",
+    "{subject} lets the CPU run at three times its clock speed.",
+    "{subject} uses a third of the memory of the application it serves.",
+    "{subject} speeds up DNS lookups tenfold.",
+    "{subject} replaces the need for backups.",
+    "{subject} quadruples the bandwidth of the network card.",
+    "{subject} stores the logs for free.",
+)
+
+
+def false_effect(step: str, subject: str, rng: random.Random) -> str | None:
+    """The step's own label over an invented effect of the question's subject.
+
+    >>> false_effect("2. Capacity: requests spread across both servers.", "a load balancer", random.Random(1))
+    '2. Capacity: a load balancer makes the disks ten times larger.'
+    """
+    own = _label_and_claim(step)
+    if own is None or not subject:
+        return None
+    return own[0] + rng.choice(_FALSE_EFFECTS).format(subject=subject)
+
+
+def question_subject(question: str) -> str:
+    """The noun phrase a question is about, as a claim's subject: its longest noun run, or ''."""
+    nouns = [n for n in question_nouns(question) if not any(c.isdigit() for c in n)]  # "the 20 average" reads as noise
+    return f"the {nouns[0]}" if nouns else ""
+
+
 def _changed_step(steps: Sequence[str], corrupted_answer: str | None) -> tuple[list[str], int] | None:
     """A whole-answer corruption as (its steps, the one changed step), or None where it did not
     change exactly one step (a step must stay a step for its label to mean anything)."""
@@ -167,6 +232,12 @@ def corrupt_steps(kind: StepKind, row: Row, framework: Framework, pool: dict[str
         return _one_step(steps, lambda s: hedged_step(s, framework.style.banned_phrases, rng), rng)
     if kind == "cut_short":
         return _one_step(steps, cut_short, rng)
+    if kind == "swapped_claim":
+        others = sorted(p for p in pool if p != row.metadata.pattern_id and pool[p])
+        return _one_step(steps, lambda s: swapped_claim(s, rng.choice(pool[rng.choice(others)])), rng) if others else None
+    if kind == "false_effect":
+        subject = question_subject(row.turns("user")[-1])
+        return _one_step(steps, lambda s: false_effect(s, subject, rng), rng)
     raise ValueError(f"{kind!r} is not a step corruption")
 
 
@@ -284,6 +355,15 @@ def earliest_wrong(scores: Sequence[float], threshold: float = 0.5) -> int | Non
     (1, None)
     """
     return next((i for i, score in enumerate(scores) if score < threshold), None)
+
+
+OUT_OF_FRAMEWORK = "out_of_framework/"  # prefix of the reward model's figures on the hand-written step probes
+
+
+def out_of_framework_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Sequence[float]]) -> dict[str, float]:
+    """ProcessBench's figures on hand-written answers outside the framework, named for the reward
+    model's run beside its in-framework `bad_step_found`."""
+    return {f"{OUT_OF_FRAMEWORK}{k}": v for k, v in processbench_metrics(wrong_steps, scores).items()}
 
 
 def processbench_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Sequence[float]],

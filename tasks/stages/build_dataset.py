@@ -3,6 +3,7 @@ the domain and the IO adapters; Prefect tasks wrap them, `rslm generate` and `rs
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from expectations.reasoning_dataset import SuiteSpec, flatten_rows
@@ -18,6 +19,7 @@ from tasks.domain.dataset_card import dataset_card
 from tasks.domain.errors import DataValidationError
 from tasks.domain.expansion import assemble_dataset, build_dataset
 from tasks.domain.framework import Framework
+from tasks.domain.grounding import framework_grounding, grounded_rows
 from tasks.domain.hashing import content_hash
 from tasks.domain.imported import imported_framework, question_groups, with_import_metadata
 
@@ -41,6 +43,10 @@ def expand_dataset(framework: Framework, blueprint: Blueprint, config: PipelineC
                           max_samples=config.dataset.max_samples, max_answer_repeats=config.dataset.max_answer_repeats,
                           max_groups_per_pattern=config.dataset.max_groups_per_pattern,
                           progress=tqdm_progress("expanding patterns"))
+    grounding = framework_grounding(framework, config.dataset.grounding_passages)
+    if grounding:  # after dedup and the caps, which judge questions and answers, not system turns
+        build = replace(build, train=grounded_rows(build.train, blueprint.system_prompt, grounding),
+                        eval=grounded_rows(build.eval, blueprint.system_prompt, grounding))
     config_hash = content_hash({"framework": framework.model_dump(mode="json"),
                                 "dataset": config.dataset.model_dump(), "seed": config.seed})
     return write_dataset(build, blueprint, config_hash=config_hash, seed=config.seed, root=root)

@@ -111,7 +111,9 @@ def model_table(name: str, tracking: Tracking) -> list[dict]:
         if REWARD_KEY_TAG in v.tags:  # a process reward model: its held-out step figures
             figures = {"bad_step_found": v.metrics.get("prm/heldout/bad_step_found"),
                        "auroc": v.metrics.get("prm/heldout/auroc"),
-                       "step_accuracy": v.metrics.get("prm/heldout/step_accuracy")}
+                       "step_accuracy": v.metrics.get("prm/heldout/step_accuracy"),
+                       # the hand-written answers outside the framework (issue 30 part 6)
+                       "out_of_framework_f1": v.metrics.get("prm/heldout/out_of_framework/f1")}
         else:
             figures = {"eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
                        "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl"),

@@ -149,18 +149,32 @@ def _score(scorer, examples: Sequence[StepExample], batch_size: int) -> list[lis
     return scorer.score_steps([e.prompt for e in examples], [e.steps for e in examples], batch_size)
 
 
+def _measured(scorer, spec: RunSpec, held_out: Sequence[StepExample]) -> tuple[dict[str, float], list[list[float]]]:
+    """A reward model's figures: on the held-out step labels of the framework, and on the domain's
+    hand-written step probes outside it (where it has them); and its held-out step scores."""
+    from tasks.domain.steps import out_of_framework_metrics, step_metrics
+
+    batch = spec.evaluation.settings.batch_size
+    scores = _score(scorer, held_out, batch)
+    figures = step_metrics(held_out, scores)
+    probes = spec.evaluation.step_probes
+    if probes is not None:
+        probe_scores = scorer.score_steps([scorer.conversation(a.question) for a in probes.answers],
+                                          [a.steps for a in probes.answers], batch)
+        figures |= out_of_framework_metrics([a.wrong_step for a in probes.answers], probe_scores)
+    return figures, scores
+
+
 def _champion_figures(spec: RunSpec, domain: str, held_out: Sequence[StepExample], paths: Paths,
                       tracking: Tracking) -> tuple[str | None, dict[str, float] | None]:
     """The champion reward model measured on the same held-out labels (None: there is none)."""
-    from tasks.domain.steps import step_metrics
-
     registry = tracking.registry
     name = spec.config.tracking.reward_model(domain)
     champion = registry.version_for_alias(name, CHAMPION)
     if not champion:
         return None, None
     scorer = registry.load_reward_scorer(f"models:/{name}/{champion}", paths.registry_cache, spec.training.device)
-    return champion, step_metrics(held_out, _score(scorer, held_out, spec.evaluation.settings.batch_size))
+    return champion, _measured(scorer, spec, held_out)[0]
 
 
 def _scores_table(examples: Sequence[StepExample], scores: Sequence[Sequence[float]]) -> pd.DataFrame:
@@ -183,7 +197,6 @@ def train_and_measure(spec: RunSpec, dataset: DatasetRef, steps: StepSet, base_m
     from the last complete checkpoint (and `say`s so)."""
     from tasks.adapters.model.reward_model import load_reward_scorer, train_reward_model
     from tasks.adapters.tracking.plots import grouped_bars, loss_curve
-    from tasks.domain.steps import step_metrics
 
     cfg, profile, training, domain = spec.reward, spec.profile, spec.training, dataset.domain
     train = _spread([e for _, e in read_located(Path(steps.train_path), StepExample)], cfg.max_steps * cfg.batch_size)
@@ -201,9 +214,8 @@ def train_and_measure(spec: RunSpec, dataset: DatasetRef, steps: StepSet, base_m
         summary = train_reward_model(base_model, train, cfg, training, work_dir, sink=run.metrics_sink(f"{PREFIX}train/"),
                                      chat_format=profile.chat_format, say=say)
         scorer = load_reward_scorer(base_model, work_dir, spec.framework.system_prompt, training.device)
-        scores = _score(scorer, held_out, spec.evaluation.settings.batch_size)
+        figures, scores = _measured(scorer, spec, held_out)
         del scorer
-        figures = step_metrics(held_out, scores)
         champion, champion_figures = _champion_figures(spec, domain, held_out, paths, tracking)
         run.log_metrics({f"{PREFIX}heldout/{k}": v for k, v in figures.items()}
                         | {f"{PREFIX}champion/{k}": v for k, v in (champion_figures or {}).items()}
@@ -241,7 +253,10 @@ def register_and_gate(spec: RunSpec, dataset: DatasetRef, trained: TrainedReward
     decision = decide_reward_model(trained.metrics, trained.champion_metrics,
                                    min_bad_step_found=spec.reward.min_bad_step_found,
                                    max_drop=spec.reward.max_bad_step_found_drop, challenger_version=version,
-                                   champion_version=trained.champion_version, preconditions=preconditions)
+                                   champion_version=trained.champion_version, preconditions=preconditions,
+                                   # a domain without hand-written step probes has nothing to gate on there
+                                   min_out_of_framework_f1=spec.reward.min_out_of_framework_f1
+                                   if spec.evaluation.step_probes else None)
     registry.record_decision(name, decision)
     aliases = registry.promote(name, version) if decision.promote else registry.aliases_now(name)
     with tracking.resume(trained.run_id) as run:

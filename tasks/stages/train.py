@@ -134,7 +134,8 @@ def register_adapter(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
     profile = spec.profile
     with tracking.resume(trained.run_id) as run:
         model_uri = run.log_adapter_model(Path(trained.adapter_dir), base_source=trained.base_model,
-                                               log_base=profile.log_base_model, system_prompt=spec.framework.system_prompt)
+                                               log_base=profile.log_base_model, system_prompt=spec.framework.system_prompt,
+                                               grounding=spec.grounding)
     name = spec.config.tracking.registered_model(dataset.domain)
     version, aliases = tracking.registry.register(model_uri, name, tags={
         "dataset_sha256": dataset.sha256, "dataset.eval_path": dataset.eval_path, "run_id": trained.run_id,

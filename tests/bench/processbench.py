@@ -5,7 +5,8 @@ step" and "says none when none is wrong", and every answer's step scores; writes
 
     .venv/bin/python tests/bench/processbench.py [--reward-model models:/reasoning-slm-devops-prm@champion]
 
-Measurement only: the reward model's gate does not use it yet."""
+The reward stage measures the same figures on every reward model it trains
+(`prm/heldout/out_of_framework/*`), and gates on them where `reward.min_out_of_framework_f1` is set."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from flows.cli.common import registered_scorer, reward_model_uri  # noqa: E402 - importable only after the sys.path lines above
-from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config  # noqa: E402 - importable only after the sys.path lines above
+from tasks.adapters.ops.config_files import load_framework, load_pipeline_config, load_step_probes  # noqa: E402 - importable only after the sys.path lines above
 from tasks.adapters.ops.settings import paths  # noqa: E402 - importable only after the sys.path lines above
-from tasks.domain.config import StepProbeSet  # noqa: E402 - importable only after the sys.path lines above
 from tasks.domain.steps import earliest_wrong, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
 
 
@@ -31,7 +31,9 @@ def main() -> None:
     args = parser.parse_args()
     config = load_pipeline_config(args.config)
     domain = load_framework(config.framework).domain
-    probes = load_model(StepProbeSet, REPO / "configs/probes/steps" / f"{domain}.yaml")
+    probes = load_step_probes(config.evaluation, domain)
+    if probes is None:
+        sys.exit(f"{domain}: no step probes under {config.evaluation.step_probes_dir}")
     scorer = registered_scorer(reward_model_uri(args.config, args.reward_model))
     scores = scorer.score_steps([scorer.conversation(a.question) for a in probes.answers],
                                 [a.steps for a in probes.answers])

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Literal
 
@@ -59,11 +60,14 @@ class ChatRequest(BaseModel):
     best_of: int = Field(default=1, ge=1, le=32)
 
 
-def _conversation(request: ChatRequest, default_system: str) -> list[Message]:
-    """The request's messages; the served model's own system prompt when the client sends none."""
+def _conversation(request: ChatRequest, system_turn: Callable[[str], str]) -> list[Message]:
+    """The request's messages; the served model's own system turn for its first question (its
+    system prompt, with that question's principles for a grounded model) when the client sends none."""
     messages = [Message(role=m.role, content=m.content) for m in request.messages]
-    if default_system and not any(m.role == "system" for m in messages):
-        messages.insert(0, Message(role="system", content=default_system))
+    if not any(m.role == "system" for m in messages):
+        question = next((m.content for m in messages if m.role == "user"), "")
+        if system := system_turn(question):
+            messages.insert(0, Message(role="system", content=system))
     return messages
 
 
@@ -170,7 +174,7 @@ def create_app(generator: Generator, model_id: str, token: str | None = None, sc
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
     def chat(request: ChatRequest):
-        conversation = _conversation(request, generator.system_prompt)
+        conversation = _conversation(request, generator.system_turn)
         limit = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_NEW_TOKENS
         if request.best_of > 1 and scorer is None:
             return _invalid("best_of needs a process reward model: start the server with --reward-model")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tasks.adapters.model.base_models import adapter_tokenizer, load_base_model, runtime, with_adapter
 from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
+from tasks.domain.grounding import Grounding
 from tasks.domain.records import Message, question_turns
 
 DEFAULT_MAX_NEW_TOKENS = 96  # terse answers: 60 words fit comfortably
@@ -18,13 +19,18 @@ class Generator:
     codec: ChatCodec
     device: str
     system_prompt: str
+    grounding: Grounding | None = None  # a grounded model is asked with its question's principles too
 
     @property
     def tokenizer(self):
         return self.codec.tokenizer
 
+    def system_turn(self, question: str) -> str:
+        """The system turn this model is asked `question` under."""
+        return self.grounding.system_turn(self.system_prompt, question) if self.grounding else self.system_prompt
+
     def conversation(self, question: str) -> list[Message]:
-        return question_turns(self.system_prompt, question)
+        return question_turns(self.system_turn(question), question)
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         return self.codec.prompt_ids(messages)
@@ -99,13 +105,14 @@ class Generator:
 
 
 def load_generator(base_source: str | Path, adapter_dir: str | Path | None, system_prompt: str,
-                   device: str = "auto", precision: str = "auto") -> Generator:
+                   device: str = "auto", precision: str = "auto", grounding: Grounding | None = None) -> Generator:
     """Base model plus (optionally) a LoRA adapter, in eval mode on the chosen device."""
     chosen_device, chosen_precision = runtime(device, precision)
     tokenizer = adapter_tokenizer(adapter_dir, base_source)
     model = load_base_model(base_source, chosen_precision, chosen_device)
     model = with_adapter(model, adapter_dir) if adapter_dir else model.eval()
-    return Generator(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt)
+    return Generator(model=model, codec=chat_codec(tokenizer), device=chosen_device, system_prompt=system_prompt,
+                     grounding=grounding)
 
 
 def load_adapter_generator(adapter_dir: str | Path, system_prompt: str, device: str = "auto") -> Generator:

@@ -241,7 +241,7 @@ def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Fram
     heldout_questions = [q.question for q in heldout]
     sample = generation_sample(eval_rows, cfg.max_generations, cfg.seed)
     loss_rows = loss_sample(eval_rows, cfg.loss_rows, cfg.seed, first=sample)
-    heldout_items = content.heldout_items(framework.system_prompt, [(q.question, q.reference) for q in heldout]) \
+    heldout_items = content.heldout_items(gen.conversation, [(q.question, q.reference) for q in heldout]) \
         if content and heldout else []
     # what needs the base's own outputs (the adapter switched off) first, on the weights as loaded
     kl = probe_kl(gen, probes, cfg.batch_size)

@@ -9,7 +9,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tasks.adapters.ops.settings import REPO_ROOT, resolve_path
-from tasks.domain.config import EvaluationConfig, HeldOutSet, ModelProfile, PipelineConfig, ProbeSet, apply_overrides
+from tasks.domain.config import (
+    EvaluationConfig,
+    HeldOutSet,
+    ModelProfile,
+    PipelineConfig,
+    ProbeSet,
+    StepProbeSet,
+    apply_overrides,
+)
 from tasks.domain.errors import ConfigError
 from tasks.domain.framework import Framework
 from tasks.domain.run_spec import EvaluationSpec, RunSpec
@@ -97,18 +105,29 @@ def resolve_evaluation(config: PipelineConfig, framework: Framework) -> Evaluati
     """The evaluation settings with the probes and the framework domain's held-out questions."""
     return EvaluationSpec(settings=config.evaluation, framework=framework,
                           probes=load_model(ProbeSet, config.evaluation.probes),
-                          heldout=load_heldout(config.evaluation, framework.domain), slot=config.device_slot)
+                          heldout=load_heldout(config.evaluation, framework.domain),
+                          step_probes=load_step_probes(config.evaluation, framework.domain), slot=config.device_slot)
+
+
+def _domain_file(directory: str, domain: str, model, what: str):
+    """`<directory>/<domain>.yaml` read as `model`, or None when the domain has none."""
+    path = resolve_path(directory) / f"{domain}.yaml"
+    if not path.is_file():
+        return None
+    loaded = load_model(model, path)
+    if loaded.domain != domain:
+        raise ConfigError(f"{path}: {what} is for domain {loaded.domain!r}, not {domain!r}")
+    return loaded
 
 
 def load_heldout(cfg: EvaluationConfig, domain: str) -> HeldOutSet | None:
     """The domain's held-out questions (`<heldout_dir>/<domain>.yaml`), or None when it has none."""
-    path = resolve_path(cfg.heldout_dir) / f"{domain}.yaml"
-    if not path.is_file():
-        return None
-    heldout = load_model(HeldOutSet, path)
-    if heldout.domain != domain:
-        raise ConfigError(f"{path}: held-out set is for domain {heldout.domain!r}, not {domain!r}")
-    return heldout
+    return _domain_file(cfg.heldout_dir, domain, HeldOutSet, "held-out set")
+
+
+def load_step_probes(cfg: EvaluationConfig, domain: str) -> StepProbeSet | None:
+    """The domain's hand-written step checks (`<step_probes_dir>/<domain>.yaml`), or None."""
+    return _domain_file(cfg.step_probes_dir, domain, StepProbeSet, "step probe set")
 
 
 def load_profile(name_or_path: str) -> ModelProfile:

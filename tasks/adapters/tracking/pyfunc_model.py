@@ -12,11 +12,12 @@ class ReasoningAdapterModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         from tasks.adapters.model.inference import DEFAULT_MAX_NEW_TOKENS, load_generator
+        from tasks.domain.grounding import recorded_grounding
 
         config = context.model_config or {}
         base = context.artifacts.get("base_model") or config["base_model"]
         self.generator = load_generator(base, context.artifacts["adapter"], config.get("system_prompt", ""),
-                                        device=config.get("device", "auto"))
+                                        device=config.get("device", "auto"), grounding=recorded_grounding(config))
         self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
 
     def predict(self, context, model_input, params=None):

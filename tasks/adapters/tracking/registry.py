@@ -230,18 +230,25 @@ class ModelRegistry:
         staging.replace(target)
         return target
 
+    def _parts(self, model_uri: str, cache_root: Path) -> tuple[str, Path, dict]:
+        config, artifacts = model_files(self.download(self.resolve(model_uri), cache_root))
+        return str(artifacts.get("base_model") or config["base_model"]), artifacts["adapter"], config
+
     def base_and_adapter(self, model_uri: str, cache_root: Path) -> tuple[str, Path, str]:
         """A registered version's base (bundled, else referenced), adapter and system prompt."""
-        config, artifacts = model_files(self.download(self.resolve(model_uri), cache_root))
-        return str(artifacts.get("base_model") or config["base_model"]), artifacts["adapter"], config.get("system_prompt", "")
+        base, adapter, config = self._parts(model_uri, cache_root)
+        return base, adapter, config.get("system_prompt", "")
 
     def load_generator(self, model_uri: str, cache_root: Path, device: str = "auto"):
         """Base + adapter of a registered version (`models:/NAME@ALIAS` or `models:/NAME/VERSION`),
-        ready to answer: the bundled base when the model carries one, else the base it references."""
+        ready to answer as it was trained (its system prompt, and its grounding where it has one):
+        the bundled base when the model carries one, else the base it references."""
         from tasks.adapters.model.inference import load_generator
+        from tasks.domain.grounding import recorded_grounding
 
-        base, adapter, system_prompt = self.base_and_adapter(model_uri, cache_root)
-        return load_generator(base, adapter, system_prompt, device=device)
+        base, adapter, config = self._parts(model_uri, cache_root)
+        return load_generator(base, adapter, config.get("system_prompt", ""), device=device,
+                              grounding=recorded_grounding(config))
 
     def load_reward_scorer(self, model_uri: str, cache_root: Path, device: str = "auto"):
         """A registered process reward model, ready to score answers' steps."""

@@ -193,8 +193,10 @@ class TrackedRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         _mlflow().set_tags(tags)
 
-    def log_adapter_model(self, adapter_dir: Path, *, base_source: str, log_base: bool, system_prompt: str) -> str:
-        """Log base + adapter as a pyfunc chat model in this run; returns its model URI."""
+    def log_adapter_model(self, adapter_dir: Path, *, base_source: str, log_base: bool, system_prompt: str,
+                          grounding=None) -> str:
+        """Log base + adapter as a pyfunc chat model in this run; returns its model URI. A grounded
+        model's passages and `k` go in its model config beside the system prompt."""
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -204,7 +206,8 @@ class TrackedRun:
         signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
                                    params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]))
         return self._log_pyfunc(pyfunc_model.__file__, adapter_dir, base_source, log_base, signature,
-                                {"system_prompt": system_prompt, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS})
+                                {"system_prompt": system_prompt, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+                                 **({"grounding": grounding.model_dump(mode="json")} if grounding else {})})
 
     def log_reward_model(self, adapter_dir: Path, *, base_source: str, log_base: bool, system_prompt: str) -> str:
         """Log base + reward adapter (LoRA and token head) as a pyfunc scorer; returns its model URI."""
