@@ -31,6 +31,10 @@ StepKind = Literal["correct", "other_pattern", "wrong_number", "contradiction", 
 CORRUPTIONS: tuple[StepKind, ...] = ("other_pattern", "wrong_number", "contradiction", "hedged", "cut_short",
                                      "swapped_claim", "false_effect")
 GOOD, BAD = 1, 0
+# Part of the step data's cache key: bump it when a corruption changes what it writes, or a step
+# set written by the old code is reused (and with it the reward model trained on it).
+# 2: swapped_claim and false_effect (issue 30).
+STEPS_VERSION = 2
 
 
 class StepExample(Frozen):
@@ -160,21 +164,21 @@ def swapped_claim(step: str, foreign_reason: str) -> str | None:
 # Invented effects: magnitudes and mechanisms no reason in any framework claims. Worded apart from
 # the hand-written ProcessBench probes (configs/probes/steps/), which use "doubles", "halves",
 # "twice as fast", "faster", "encrypts" and "compresses": the probe figure then measures whether the
-# reward model learned that such claims are false, not these words. No "every", "all" or "zero"
-# either: true steps say "one query covers every node", and a quantifier must not read as a lie.
+# reward model learned that such claims are false, not these words. (Measured 2026-12-05: the same
+# effects without "every", "all" and "zero" did worse outside the framework, F1 0.42 against 0.53.)
 _FALSE_EFFECTS: tuple[str, ...] = (
-    "{subject} triples the throughput of the service.",
+    "{subject} triples the throughput of every service.",
     "{subject} cuts the cloud bill by 90% on its own.",
-    "{subject} makes the disks ten times larger.",
-    "{subject} removes network latency.",
-    "{subject} prevents failed requests.",
-    "{subject} shrinks the container image to a tenth of its size.",
-    "{subject} lets the CPU run at three times its clock speed.",
+    "{subject} makes every disk ten times larger.",
+    "{subject} removes all network latency.",
+    "{subject} guarantees zero failed requests.",
+    "{subject} shrinks each container image to a tenth of its size.",
+    "{subject} lets each CPU run at three times its clock speed.",
     "{subject} uses a third of the memory of the application it serves.",
-    "{subject} speeds up DNS lookups tenfold.",
+    "{subject} speeds up every DNS lookup tenfold.",
     "{subject} replaces the need for backups.",
     "{subject} quadruples the bandwidth of the network card.",
-    "{subject} stores the logs for free.",
+    "{subject} keeps every log line for free.",
 )
 
 
@@ -182,7 +186,7 @@ def false_effect(step: str, subject: str, rng: random.Random) -> str | None:
     """The step's own label over an invented effect of the question's subject.
 
     >>> false_effect("2. Capacity: requests spread across both servers.", "a load balancer", random.Random(1))
-    '2. Capacity: a load balancer makes the disks ten times larger.'
+    '2. Capacity: a load balancer makes every disk ten times larger.'
     """
     own = _label_and_claim(step)
     if own is None or not subject:

@@ -27,7 +27,7 @@ from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import Check, decide_reward_model, eligibility
 from tasks.domain.run_spec import RunSpec
 from tasks.domain.sampling import spread_sample
-from tasks.domain.steps import StepExample, step_examples
+from tasks.domain.steps import STEPS_VERSION, StepExample, step_examples
 from tasks.stages.evaluate import EVALUATION_STATUS
 from tasks.stages.record_set import CheckedRecords
 
@@ -50,7 +50,8 @@ def build_step_data(dataset: DatasetRef, config: PipelineConfig, spec_reward: Re
     train = step_examples(train_rows, framework, seed=config.seed, kinds=spec_reward.kinds, per_row=spec_reward.per_row)
     held_out = step_examples(eval_rows, framework, seed=config.seed + 1, kinds=spec_reward.kinds,
                              per_row=spec_reward.per_row)
-    key = content_hash({"steps": settings, "seed": config.seed, "framework": framework.model_dump()})
+    key = content_hash({"steps": settings, "seed": config.seed, "framework": framework.model_dump(),
+                        "version": STEPS_VERSION})
     counts = {"train": dict(Counter(e.kind for e in train)), "eval": dict(Counter(e.kind for e in held_out))}
     target = write_record_set(root / dataset.domain / f"{dataset.sha256[:12]}-{key[:8]}",
                               {STEPS_FILE: train, STEPS_EVAL_FILE: held_out},
