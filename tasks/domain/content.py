@@ -59,7 +59,16 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
-QUESTION_VERBS = frozenset(_stem(v) for v in _QUESTION_VERBS)  # stemmed, as content_words gives them
+def opening_verb(question: str) -> frozenset[str]:
+    """The verb a question opens with, stemmed as content_words gives it ({} when it opens otherwise):
+    "Why use a NAT gateway?" is about NAT gateways, not about using. The same word later on
+    ("Why cache Docker layers?" against "a cache in front of the database") still counts.
+
+    >>> sorted(opening_verb("Why use a NAT gateway?")), sorted(opening_verb("Why is latency high?"))
+    (['use'], [])
+    """
+    words = [w for w in _WORD.findall(question.lower()) if w not in _STOPWORDS]
+    return frozenset({_stem(words[0])}) if words and words[0] in _QUESTION_VERBS else frozenset()
 
 
 def content_words(text: str) -> set[str]:

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from tasks.domain.content import QUESTION_VERBS, TfIdf
+from tasks.domain.content import TfIdf, opening_verb
 from tasks.domain.framework import Framework
 from tasks.domain.frozen import Frozen
 from tasks.domain.records import Message, Row
@@ -54,7 +54,7 @@ class Grounding(Frozen):
         >>> g.relevant("Why add a cache in front of the database?"), g.relevant("Why?")
         (['Caches trade memory for latency.'], [])
         """
-        similarity = _index(self.passages).similarities(question, ignore=QUESTION_VERBS)  # "use", "keep": no topic
+        similarity = _index(self.passages).similarities(question, ignore=opening_verb(question))
         ranked = sorted((i for i, s in enumerate(similarity) if s > 0), key=lambda i: (-similarity[i], i))
         return [self.passages[i] for i in ranked[:self.k]]
 
