@@ -3,6 +3,7 @@ id and its own local state, as two machines sharing one Prefect server and one M
 `nightly-domains` fans out one `nightly-retrain` deployment run per domain; the two domains train
 at once, each in its worker's device slot, and the registry ends consistent."""
 import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -113,7 +114,21 @@ def test_two_workers_train_two_domains_at_once_each_in_its_machines_slot(prefect
             champions = [v for v in versions if "champion" in registry.get_model_version(v.name, v.version).aliases]
             assert len(champions) == 1, "one champion per model"
     finally:
-        for worker in workers:
-            os.killpg(worker.pid, 15)
-            worker.wait(timeout=60)
+        _stop(workers)
         stack.down(stack_paths)
+
+
+def _stop(workers: list[subprocess.Popen]) -> None:
+    """SIGTERM to every worker at once, then a minute for each to finish; one still running is
+    killed. How long Prefect's worker takes to wind down (CI saw one retry its heartbeat against the
+    harness's locked SQLite for over a minute) is not what this test is about, and an error raised
+    here would hide the test's own outcome; the worker's log under tmp_path says what it was doing."""
+    for worker in workers:
+        os.killpg(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            print(f"worker {worker.args[-1]} still running a minute after SIGTERM: killed")
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
