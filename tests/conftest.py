@@ -26,7 +26,7 @@ from serve_load import free_port, running_server  # noqa: E402,F401 - re-exporte
 NO_FLOORS = {f"promotion.{key}": None for key in ("min_style_adherence", "min_structured", "max_degenerate",
                                                   "min_heldout_structured", "min_heldout_gain", "min_numbers_right",
                                                   "min_heldout_choice_accuracy", "min_heldout_choice_gain",
-                                                  "max_heldout_pasted")}
+                                                  "max_heldout_pasted", "max_heldout_stock")}
 
 
 def shipped_caps() -> dict:

@@ -111,8 +111,16 @@ def test_evaluation_on_the_tiny_model_is_deterministic_and_drift_is_measured(tin
     assert 0.0 <= metrics["style_adherence"] <= 1.0 and 0.0 <= metrics["consistency"] <= 1.0
     assert metrics["stability/seeds"] == 2 and metrics["stability/style_adherence_std"] >= 0.0
     assert len(first.paraphrases) == 2 and len(first.probe_kl) == 2
-    for key in ("choice_accuracy", "heldout/choice_accuracy", "heldout/base_choice_accuracy", "heldout/pasted"):
+    for key in ("choice_accuracy", "heldout/choice_accuracy", "heldout/base_choice_accuracy", "heldout/pasted",
+                "heldout/stock", "heldout/base_stock"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    # each answer's stock reasons are its own reasons, each named with the other question it went to
+    questions = {h.question for h in first.heldout}
+    for h in first.heldout:
+        for flagged in h.tuned_stock:
+            reason, _, other = flagged.partition(" [also to: ")
+            assert reason in h.tuned and other.rstrip("]") in questions - {h.question}
+    assert metrics["heldout/stock"] == sum(bool(h.tuned_stock) for h in first.heldout) / len(first.heldout)
     assert [h.reference for h in first.heldout] == [q.reference for q in heldout]
     assert all(a.choice_correct is not None for a in first.answers)
 

@@ -69,10 +69,11 @@ def test_shipped_gate_rejects_number_salad_and_a_model_no_better_than_its_base()
     from tasks.adapters.ops.config_files import load_pipeline_config
 
     gate = load_pipeline_config().promotion
-    content_ok = {"heldout/choice_accuracy": 0.85, "heldout/choice_gain": 0.05, "heldout/pasted": 0.05}
+    content_ok = {"heldout/choice_accuracy": 0.85, "heldout/choice_gain": 0.05, "heldout/pasted": 0.05,
+                  "heldout/stock": 0.1}
     salad = {"loss": 4.5, "style_adherence": 0.0, "drift_kl": 0.3, "structured": 0.0, "degenerate": 1.0,
              "heldout/structured": 0.0, "heldout/structured_gain": 0.0, "numbers_right": 0.0,
-             "heldout/choice_accuracy": 0.2, "heldout/choice_gain": -0.6, "heldout/pasted": 0.0}
+             "heldout/choice_accuracy": 0.2, "heldout/choice_gain": -0.6, "heldout/pasted": 0.0, "heldout/stock": 0.0}
     assert set(failed(gate_decision(salad, champion=None, gate=gate))) == {
         "style adherence floor", "numbered-reason structure floor", "degenerate answers bound",
         "held-out structure floor", "beats its base on held-out questions", "numbers as the reference computes them",
@@ -92,6 +93,10 @@ def test_shipped_gate_rejects_number_salad_and_a_model_no_better_than_its_base()
     assert failed(gate_decision(pasting, champion=None, gate=gate)) == [
         "picks the reference answer on held-out questions", "picks the reference more often than its base",
         "held-out answers with a pasted reason"]
+    # Well shaped, no pastes, but its own filler under every question (the 61-pattern DevOps model at
+    # 60 steps: "Availability: X is always available, so ..." in 9 of 20 answers): not promoted.
+    assert failed(gate_decision({**taught, "heldout/stock": 0.45}, champion=None, gate=gate)) == [
+        "held-out answers with a stock reason"]
 
 
 def test_switched_off_checks_are_not_evaluated():

@@ -9,6 +9,10 @@
 - **Paste detection**: a reason whose new words (those the question does not contain) come mostly
   from one training reason of another pattern. "Blast radius: a bad build hits 5% of users" under a
   TLS question is pasted; "Availability: health checks stop traffic to a failed server" is not.
+- **Stock reasons**: a reason that nearly repeats one the same model gave to a *different* held-out
+  question. "Availability: the NAT gateway is always available, so …" and "Availability: a message
+  queue is always available, so …" are one claim with the nouns swapped: filler of the model's own,
+  which paste detection (training reasons only) and relevance (topic words) both call fine.
 - **Relevance**: whether a reason talks about its own question rather than another one: its
   TF-IDF similarity to its own question and reference against every other held-out question's.
   It sees topic, not truth: "a health check is rarely available" is on topic and false.
@@ -147,6 +151,23 @@ class PasteIndex:
 
     def pastes(self, answer: str, question: str, own_pattern: str | None = None) -> list[Paste]:
         return [p for p in (self.paste(r, question, own_pattern) for r in reasons_of(answer)) if p]
+
+
+def stock_reasons(answers: Sequence[str], questions: Sequence[str]) -> list[list[Paste]]:
+    """Per answer, its reasons that nearly repeat a reason given to another question (the paste
+    rule, with the other answers in place of the training reasons; `Paste.pattern` is that other
+    question's index). Words an answer's own question uses do not count, as for pastes.
+
+    >>> answers = ["1. Availability: a NAT gateway is always available, so nothing fails.",
+    ...            "1. Availability: a message queue is always available, so nothing fails.",
+    ...            "1. Expiry: an expired certificate breaks every client."]
+    >>> questions = ["Why use a NAT gateway?", "Why use a message queue?", "Why rotate certificates?"]
+    >>> [[p.pattern for p in found] for found in stock_reasons(answers, questions)]
+    [['1'], ['0'], []]
+    """
+    index = PasteIndex({str(i): reasons_of(answer) for i, answer in enumerate(answers)})
+    return [index.pastes(answer, question, own_pattern=str(i))
+            for i, (answer, question) in enumerate(zip(answers, questions, strict=True))]
 
 
 # --- relevance --------------------------------------------------------------------------------

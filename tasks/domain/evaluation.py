@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tasks.domain.content import ChoiceResult, Paste, PasteIndex, relevance
+from tasks.domain.content import ChoiceResult, Paste, PasteIndex, relevance, stock_reasons
 from tasks.domain.framework import Framework, Style
 from tasks.domain.metrics import (
     StyleScore,
@@ -44,6 +44,7 @@ from tasks.domain.promotion import (
     HELDOUT_PASTED,
     HELDOUT_RELEVANCE,
     HELDOUT_STEP_REWARD,
+    HELDOUT_STOCK,
     HELDOUT_STRUCTURED,
     HELDOUT_STYLE,
     LOSS,
@@ -222,8 +223,9 @@ class HeldOutAnswer:
     # The process reward model's score of each step of the tuned answer (empty: none was scored).
     tuned_step_scores: list[float] = field(default_factory=list)
     # Content (issue 30): the hand-written reference; whether tuned and base picked it in the choice
-    # test (None: not measured) and what tuned picked; each answer's pasted reasons ("pattern: reason");
-    # the share of tuned reasons most similar to this question and its reference.
+    # test (None: not measured) and what tuned picked; each answer's pasted reasons ("pattern: reason")
+    # and stock reasons (one it also gave, nearly word for word, to another held-out question: "reason
+    # [also to: question]"); the share of tuned reasons most similar to this question and its reference.
     reference: str = ""
     choice_correct: bool | None = None
     base_choice_correct: bool | None = None
@@ -232,6 +234,8 @@ class HeldOutAnswer:
     choice_scores: dict[str, float] = field(default_factory=dict)  # tuned: mean log-prob per token, by option kind
     tuned_pasted: list[str] = field(default_factory=list)
     base_pasted: list[str] = field(default_factory=list)
+    tuned_stock: list[str] = field(default_factory=list)
+    base_stock: list[str] = field(default_factory=list)
     relevance: float | None = None
 
 
@@ -265,6 +269,11 @@ def _described(pastes: Sequence[Paste]) -> list[str]:
     return [f"{p.pattern}: {p.reason}" for p in pastes]
 
 
+def _stock(answers: Sequence[str], questions: Sequence[str]) -> list[list[str]]:
+    return [[f"{p.reason} [also to: {questions[int(p.pattern)]}]" for p in found]
+            for found in stock_reasons(answers, questions)]
+
+
 def judge_eval_content(records: Sequence[AnswerRecord], rows: Sequence[Row], choices: Sequence[ChoiceResult],
                        index: PasteIndex) -> None:
     """The eval answers' choice verdicts (the first `len(choices)` rows: the choice test samples
@@ -277,8 +286,8 @@ def judge_eval_content(records: Sequence[AnswerRecord], rows: Sequence[Row], cho
 
 def judge_heldout_content(answers: Sequence[HeldOutAnswer], references: Sequence[str], tuned: Sequence[ChoiceResult],
                           base: Sequence[ChoiceResult] | None, index: PasteIndex) -> None:
-    """The held-out answers' content verdicts: choice (tuned and base), pasted reasons of both
-    answers, and each tuned answer's relevance to its own question and reference."""
+    """The held-out answers' content verdicts: choice (tuned and base), pasted and stock reasons of
+    both answers, and each tuned answer's relevance to its own question and reference."""
     documents = [f"{a.question} {ref}" for a, ref in zip(answers, references, strict=True)]
     relevant = relevance([a.tuned for a in answers], documents)
     for i, answer in enumerate(answers):
@@ -289,6 +298,10 @@ def judge_heldout_content(answers: Sequence[HeldOutAnswer], references: Sequence
             answer.base_choice_correct, answer.base_choice_picked = base[i].correct, base[i].picked
         answer.tuned_pasted = _described(index.pastes(answer.tuned, answer.question))
         answer.base_pasted = _described(index.pastes(answer.base, answer.question))
+    questions = [a.question for a in answers]
+    for answer, tuned_stock, base_stock in zip(answers, _stock([a.tuned for a in answers], questions),
+                                               _stock([a.base for a in answers], questions), strict=True):
+        answer.tuned_stock, answer.base_stock = tuned_stock, base_stock
 
 
 def distractor_wins(scores: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -307,8 +320,8 @@ def distractor_wins(scores: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def content_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
-    """Choice accuracy (tuned, base, gain), the share of answers with a pasted reason (tuned, base)
-    and mean relevance, over the held-out answers the content checks judged ({} when none).
+    """Choice accuracy (tuned, base, gain), the shares of answers with a pasted reason and with a
+    stock reason (tuned, base) and mean relevance, over the held-out answers the content checks judged ({} when none).
 
     >>> row = HeldOutAnswer("q", "b", "t", True, True, False, False, 3, reference="1. R: r.", choice_correct=True,
     ...                     base_choice_correct=False, tuned_pasted=["canary: Blast radius: ..."], relevance=0.5)
@@ -321,6 +334,8 @@ def content_metrics(rows: Sequence[HeldOutAnswer]) -> dict[str, float]:
     figures = {HELDOUT_CHOICE: mean(float(r.choice_correct) for r in judged),
                HELDOUT_PASTED: mean(float(bool(r.tuned_pasted)) for r in judged),
                "heldout/base_pasted": mean(float(bool(r.base_pasted)) for r in judged),
+               HELDOUT_STOCK: mean(float(bool(r.tuned_stock)) for r in judged),
+               "heldout/base_stock": mean(float(bool(r.base_stock)) for r in judged),
                HELDOUT_RELEVANCE: mean(r.relevance or 0.0 for r in judged),
                "heldout/choice_chance": mean(1 / len(r.choice_scores) for r in judged if r.choice_scores)}
     figures |= distractor_wins([r.choice_scores for r in judged])
@@ -363,11 +378,12 @@ def _flat(text: str) -> str:
 
 
 def _content_flags(r: HeldOutAnswer) -> str:
-    """The tuned answer's content verdicts in one cell: choice, pastes, relevance."""
+    """The tuned answer's content verdicts in one cell: choice, pastes, stock reasons, relevance."""
     if r.choice_correct is None:
         return "-"
     flags = ["picks reference" if r.choice_correct else f"picks {r.choice_picked}"]
     flags += [f"PASTED {_flat(p)}" for p in r.tuned_pasted]
+    flags += [f"STOCK {_flat(s)}" for s in r.tuned_stock]
     if r.relevance is not None:
         flags.append(f"relevance {r.relevance:.2f}")
     return "; ".join(flags)
@@ -386,7 +402,8 @@ def heldout_markdown(rows: Sequence[HeldOutAnswer], title: str) -> str:
     legend = ["✓ = in the trained shape (1-3 numbered reasons, each a real clause)"]
     if judged:
         legend.append("content: whether the tuned model's likelihood picks the reference among same-shaped distractors, "
-                      "and each reason pasted from another pattern's training answer")
+                      "each reason pasted from another pattern's training answer, "
+                      "and each STOCK reason: one the tuned model also gave, nearly word for word, to another question")
     lines = [f"# {title}", "", "\n\n".join(legend), "", header, "|" + "---|" * header.count(" |")]
     for r in rows:
         line = f"| {r.question} | {cell(r.base, r.base_structured)} | {cell(r.tuned, r.tuned_structured)} |"

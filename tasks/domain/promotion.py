@@ -35,11 +35,13 @@ HELDOUT_STYLE = "heldout/style"
 HELDOUT_STEP_REWARD = "heldout/step_reward"  # the process reward model's mean step score on held-out answers
 # Content (issue 30): the reference answer picked among same-shaped distractors by the model's own
 # likelihood, on held-out questions (tuned and base) and on the eval split; the share of held-out
-# answers with a reason pasted from another pattern's training answer.
+# answers with a reason pasted from another pattern's training answer, and with a stock reason (one
+# the model also gave, nearly word for word, to another held-out question: its own filler).
 HELDOUT_CHOICE = "heldout/choice_accuracy"
 HELDOUT_BASE_CHOICE = "heldout/base_choice_accuracy"
 HELDOUT_CHOICE_GAIN = "heldout/choice_gain"
 HELDOUT_PASTED = "heldout/pasted"
+HELDOUT_STOCK = "heldout/stock"
 HELDOUT_RELEVANCE = "heldout/relevance"
 CHOICE = "choice_accuracy"
 BAD_STEP_FOUND = "bad_step_found"  # a reward model's: how often the corrupted step scores lowest
@@ -50,7 +52,7 @@ KEY_METRICS: dict[str, Literal["lower", "higher"]] = {
     "key_term_coverage": "higher", "no_hedging": "higher", STRUCTURED: "higher", DEGENERATE: "lower", NUMBERS_RIGHT: "higher",
     CONSISTENCY: "higher", DRIFT: "lower", HELDOUT_STRUCTURED: "higher", HELDOUT_GAIN: "higher", HELDOUT_STYLE: "higher",
     HELDOUT_STEP_REWARD: "higher", CHOICE: "higher", HELDOUT_CHOICE: "higher", HELDOUT_BASE_CHOICE: "higher",
-    HELDOUT_PASTED: "lower", HELDOUT_RELEVANCE: "higher",
+    HELDOUT_PASTED: "lower", HELDOUT_STOCK: "lower", HELDOUT_RELEVANCE: "higher",
 }
 
 
@@ -84,6 +86,7 @@ class PromotionGate(Frozen):
     min_heldout_choice_accuracy: float | None = Field(default=None, ge=0, le=1)
     min_heldout_choice_gain: float | None = Field(default=None, ge=-1, le=1)
     max_heldout_pasted: float | None = Field(default=None, ge=0, le=1)
+    max_heldout_stock: float | None = Field(default=None, ge=0, le=1)
 
 
 class Check(BaseModel):
@@ -224,7 +227,8 @@ def decide(challenger: Metrics, champion: Metrics | None, gate: PromotionGate, *
               ("picks the reference answer on held-out questions", HELDOUT_CHOICE, gate.min_heldout_choice_accuracy,
                False),
               ("picks the reference more often than its base", HELDOUT_CHOICE_GAIN, gate.min_heldout_choice_gain, False),
-              ("held-out answers with a pasted reason", HELDOUT_PASTED, gate.max_heldout_pasted, True)]
+              ("held-out answers with a pasted reason", HELDOUT_PASTED, gate.max_heldout_pasted, True),
+              ("held-out answers with a stock reason", HELDOUT_STOCK, gate.max_heldout_stock, True)]
     checks += [_bound_check(name, metric, challenger.get(metric), bound, upper=upper)
                for name, metric, bound, upper in floors if bound is not None]
     return Decision(promote=all(c.passed for c in checks), checks=checks,

@@ -118,10 +118,11 @@ def model_table(name: str, tracking: Tracking) -> list[dict]:
             figures = {"eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
                        "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl"),
                        # content (issue 30): the reference picked on held-out questions, by the version and
-                       # by its base, and the share of its held-out answers with a pasted reason
+                       # by its base, and the shares of its held-out answers with a pasted and a stock reason
                        "choice": v.metrics.get("eval/heldout/choice_accuracy"),
                        "base_choice": v.metrics.get("eval/heldout/base_choice_accuracy"),
-                       "pasted": v.metrics.get("eval/heldout/pasted")}
+                       "pasted": v.metrics.get("eval/heldout/pasted"),
+                       "stock": v.metrics.get("eval/heldout/stock")}
         rows.append({"version": v.version, "aliases": ",".join(sorted(v.aliases)) or "-", **figures,
                      "evaluation": v.tags.get(EVALUATION_STATUS, "-"), "decision": v.tags.get("promotion.decision", "-"),
                      "run": v.run_status})
