@@ -20,40 +20,34 @@ from tasks.stages.build_preferences import PreferenceSet, build_preferences
 
 
 @contextmanager
-def training_slot(policy: DeviceSlotConfig):
-    """The device, held for this flow run (see `device_slot`)."""
+def named_slot(policy: DeviceSlotConfig, name: str | None = None):
+    """A slot held by this flow run: this machine's device (no name), or a fleet-wide one of its own
+    (see `device_slot`)."""
     from prefect.runtime import flow_run
 
     from tasks.adapters.ops.prefect_admin import device_slot
 
-    with device_slot(policy, flow_run.get_id(), get_run_logger().info):
+    with device_slot(policy, flow_run.get_id(), get_run_logger().info, name=name):
         yield
 
 
-@contextmanager
+def training_slot(policy: DeviceSlotConfig):
+    """The device, held for this flow run."""
+    return named_slot(policy)
+
+
 def registry_slot(policy: DeviceSlotConfig, model_name: str):
     """One registration or alias move of `model_name` at a time, across every machine sharing the
     Prefect server: MLflow numbers a new version max(version) + 1, so two at once can collide, and
     two promotions at once could each see the other's champion as current. A slot of its own,
     `registry:<model>`, held only for the registry calls (seconds), never for a training."""
-    from prefect.runtime import flow_run
-
-    from tasks.adapters.ops.prefect_admin import device_slot
-
-    with device_slot(policy, flow_run.get_id(), get_run_logger().info, name=f"registry:{model_name}"):
-        yield
+    return named_slot(policy, f"registry:{model_name}")
 
 
-@contextmanager
 def domain_slot(policy: DeviceSlotConfig, domain: str):
     """One nightly-retrain run per domain at a time, fleet-wide (`domain:<name>`): runs of one
     deployment fanned out to several workers may overlap only across domains."""
-    from prefect.runtime import flow_run
-
-    from tasks.adapters.ops.prefect_admin import device_slot
-
-    with device_slot(policy, flow_run.get_id(), get_run_logger().info, name=f"domain:{domain}"):
-        yield
+    return named_slot(policy, f"domain:{domain}")
 
 
 @task(name="prepare-base-model", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_jitter_factor=0.5)

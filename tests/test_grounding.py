@@ -24,7 +24,8 @@ def test_a_question_gets_the_principles_that_share_its_words_and_none_that_do_no
     routed = grounding.system_turn(prompt, "Why use a NAT gateway for private subnets?")
     lines = routed.splitlines()
     assert lines[:2] == [prompt, HEADER] and len(lines) == 4
-    assert "Subnets are the unit of routing" in lines[2]  # the best match first
+    # the best match first: both passages name private subnets, the first twice over ("private subnets")
+    assert "Data tiers sit in private subnets" in lines[2] and "Subnets are the unit of routing" in lines[3]
     # a question that shares no content word with the framework is asked closed-book, not padded
     assert grounding.system_turn(prompt, "Why rotate TLS certificates automatically?") == prompt
     # the question's opening verb is not a topic: "use" must not pull in "Pay for what you use"
