@@ -69,6 +69,23 @@ def test_overrides_reach_nested_training_settings():
         effective_training(load_profile("tiny"), config.model_copy(update={"training_overrides": {"max_stpes": 1}}))
 
 
+def test_a_profile_sets_its_recipe_per_domain_and_the_pipeline_overrides_still_win():
+    """SmolLM2 trains the 61-pattern DevOps framework longer than the small ones (memorised at 72
+    steps); a run's spec reads its own framework's domain; CLI overrides beat both."""
+    from flows.resolution import resolve_pipeline
+
+    profile, config = load_profile("smollm2-135m"), load_pipeline_config()
+    assert effective_training(profile, config, "devops").max_steps == profile.training.max_steps == 72
+    assert [effective_training(profile, config, d).max_steps for d in ("cs", "finance", "physics")] == [48, 48, 24]
+    assert effective_training(profile, config, "custom").max_steps == 72, "a domain without a recipe: the profile's"
+    forced = config.model_copy(update={"training_overrides": {"max_steps": 5}})
+    assert effective_training(profile, forced, "cs").max_steps == 5
+    spec = resolve_pipeline(load_pipeline_config(overrides={"framework": "configs/frameworks/cs.yaml"}))
+    assert spec.framework.domain == "cs" and spec.training.max_steps == 48
+    with pytest.raises(ValidationError, match="max_stpes"):
+        effective_training(profile.model_copy(update={"domain_training": {"cs": {"max_stpes": 1}}}), config, "cs")
+
+
 def test_apply_overrides_does_not_mutate_input():
     data = {"a": {"b": 1}}
     assert apply_overrides(data, {"a.b": 2}) == {"a": {"b": 2}}

@@ -214,6 +214,10 @@ class ModelProfile(Frozen):
     # Log the base weights inside the MLflow model (small tiny models) or only a reference (7B).
     log_base_model: bool = False
     training: TrainingConfig = TrainingConfig()
+    # Per-domain training overrides for this model (a framework's `domain` -> keys as in
+    # `training_overrides`), applied before the pipeline's own: the recipe measured for each
+    # framework. A small framework is memorised at the step count a large one needs.
+    domain_training: dict[str, dict[str, Any]] = Field(default_factory=dict)
     refine: RefineConfig = RefineConfig()
     reward: RewardConfig = RewardConfig()
 
@@ -559,10 +563,11 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
-def effective_training(profile: ModelProfile, pipeline: PipelineConfig) -> TrainingConfig:
-    """The profile's training section with the pipeline's overrides applied (validated again)."""
-    data = apply_overrides(profile.training.model_dump(), pipeline.training_overrides)
-    return TrainingConfig.model_validate(data)
+def effective_training(profile: ModelProfile, pipeline: PipelineConfig, domain: str | None = None) -> TrainingConfig:
+    """The profile's training section with its overrides for `domain`, then the pipeline's, applied
+    (validated again)."""
+    data = apply_overrides(profile.training.model_dump(), profile.domain_training.get(domain or "", {}))
+    return TrainingConfig.model_validate(apply_overrides(data, pipeline.training_overrides))
 
 
 def effective_refine(profile: ModelProfile, pipeline: PipelineConfig) -> RefineConfig:

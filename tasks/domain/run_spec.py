@@ -47,8 +47,8 @@ class RunSpec(Frozen):
 
     @property
     def training(self) -> TrainingConfig:
-        """The profile's training section with the run's overrides applied."""
-        return effective_training(self.profile, self.config)
+        """The profile's training section with its overrides for this domain and the run's applied."""
+        return effective_training(self.profile, self.config, self.framework.domain)
 
     @property
     def refine(self) -> RefineConfig:
