@@ -164,7 +164,7 @@ def test_each_reward_step_switch_trains_as_the_unoptimized_step(tiny_base, examp
     """Issue 29: the head only at step ends, eager attention, fast dropout and bf16 frozen weights
     change the speed, not the losses: each switch alone, and all of them, against every switch
     off, on the same 5 steps of the same answers (class-weighted loss with all on), give the same
-    losses, to 1e-5 in fp32 and 1e-3 under bf16 autocast (5e-3 where eager attention replaces SDPA).
+    losses, to 1e-5 in fp32 and 2e-3 under bf16 autocast (5e-3 where eager attention replaces SDPA).
     (Length grouping changes the batches by design, so it is not compared here.)"""
     from tasks.adapters.ops.config_files import load_profile
     from tasks.domain.config import RewardConfig
@@ -180,8 +180,10 @@ def test_each_reward_step_switch_trains_as_the_unoptimized_step(tiny_base, examp
                                  training, tmp_path / "fast")
     # Under bf16 autocast, eager attention and SDPA round the attention differently (bf16's unit
     # roundoff is 3.9e-3): the losses differ by up to 3e-3 over five steps (measured on an
-    # AVX512-BF16 CPU, 2026-12-03; the bf16 cases had only ever skipped before). A wrong loss is off by far more.
-    rel = 1e-5 if not autocast else 5e-3 if switches.get("attention") == "eager" else 1e-3
+    # AVX512-BF16 CPU, 2026-12-03; the bf16 cases had only ever skipped before). The other switches
+    # round too: bf16 frozen weights against per-step casts differed by 1.0006e-3 at the fifth step on
+    # the 61-pattern framework's answers (2026-12-05). A wrong loss is off by far more.
+    rel = 1e-5 if not autocast else 5e-3 if switches.get("attention") == "eager" else 2e-3
     assert len(fast) == 5 and fast == pytest.approx(slow, rel=rel)
     assert fast[-1] < fast[0], "and it learns"
 
