@@ -101,7 +101,11 @@ def test_two_ranks_refine_with_dpo_as_one_process_does_at_the_same_global_batch(
     assert summaries[2]["steps"] == summaries[1]["steps"] == 6
     sft, one, two = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("sft", "dpo-1", "dpo-2"))
     assert one.keys() == two.keys() == sft.keys(), "the policy alone, not TRL's reference copy"
-    assert max(float((one[k] - two[k]).abs().max()) for k in one) < EQUAL_WEIGHTS
+    # DPO's Adam steps at 5e-3 turn the ranks' different summation order into weight differences of
+    # up to 3.1e-4 on the 61-pattern framework's pairs (2026-12-05; below 1e-4 on the 28-pattern
+    # ones): 10x EQUAL_WEIGHTS here, a tenth of the movement DPO must show below, and the reward
+    # margins below agree to 1e-3.
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 10 * EQUAL_WEIGHTS
     assert max(float((one[k] - sft[k]).abs().max()) for k in one) > 100 * EQUAL_WEIGHTS, "DPO moved the adapter"
     margins = {n: [m["rewards/margins"] for m in logged[n] if "rewards/margins" in m] for n in logged}
     assert len(margins[2]) == len(margins[1]) == 6
