@@ -290,18 +290,17 @@ def judge_heldout_content(answers: Sequence[HeldOutAnswer], references: Sequence
     both answers, and each tuned answer's relevance to its own question and reference."""
     documents = [f"{a.question} {ref}" for a, ref in zip(answers, references, strict=True)]
     relevant = relevance([a.tuned for a in answers], documents)
+    questions = [a.question for a in answers]
+    tuned_stock, base_stock = _stock([a.tuned for a in answers], questions), _stock([a.base for a in answers], questions)
     for i, answer in enumerate(answers):
         answer.reference, answer.relevance = references[i], relevant[i]
+        answer.tuned_stock, answer.base_stock = tuned_stock[i], base_stock[i]
         answer.choice_correct, answer.choice_picked = tuned[i].correct, tuned[i].picked
         answer.choice_scores = dict(zip(tuned[i].kinds, tuned[i].scores, strict=True))
         if base is not None:
             answer.base_choice_correct, answer.base_choice_picked = base[i].correct, base[i].picked
         answer.tuned_pasted = _described(index.pastes(answer.tuned, answer.question))
         answer.base_pasted = _described(index.pastes(answer.base, answer.question))
-    questions = [a.question for a in answers]
-    for answer, tuned_stock, base_stock in zip(answers, _stock([a.tuned for a in answers], questions),
-                                               _stock([a.base for a in answers], questions), strict=True):
-        answer.tuned_stock, answer.base_stock = tuned_stock, base_stock
 
 
 def distractor_wins(scores: Sequence[dict[str, float]]) -> dict[str, float]:
