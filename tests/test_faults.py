@@ -170,7 +170,9 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_an_unin
         tiny_base, small_build, tmp_path):
     """kill -9 a real training process right after it saved checkpoint 8 of 12; training again in
     the same directory picks up at step 8 (model, optimizer, scheduler, RNG, data position) and
-    ends with the adapter an uninterrupted run gives."""
+    ends with the adapter an uninterrupted run gives. 24 rows in batches of 4 make 6 steps an
+    epoch, so the kill lands in the second epoch: the resumed run must read that epoch's own order
+    (before `epoch_order`, it read the first epoch's again, and ended 1.4e-3 away)."""
     from safetensors.torch import load_file
 
     from tasks.adapters.model.training import CHECKPOINTS, train_lora
@@ -178,15 +180,12 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_an_unin
 
     from conftest import write_rows
 
-    # max_length fits every one of the 96 rows, so the 12 steps stay inside the first epoch. With 128,
-    # the 61-pattern framework's longer rows were dropped (21 left), the run crossed an epoch boundary
-    # before step 8, and the resumed adapter differed by 1.4e-3: resuming after an epoch boundary
-    # is not bit-identical (not yet investigated; the real runs that cross one are CS, finance and
-    # physics, whose 24-48 steps see their rows more than once).
     cfg = TrainingConfig(device="cpu", max_steps=12, save_steps=4, save_total_limit=2, batch_size=4,
                          learning_rate=5e-3, max_length=320, warmup_ratio=0.0)
-    rows = write_rows(tmp_path / "rows.jsonl", small_build.train[:96])
-    uninterrupted = train_lora(tiny_base, small_build.train[:96], [], cfg, tmp_path / "uninterrupted")
+    kept = small_build.train[:24]
+    rows = write_rows(tmp_path / "rows.jsonl", kept)
+    uninterrupted = train_lora(tiny_base, kept, [], cfg, tmp_path / "uninterrupted")
+    assert uninterrupted.examples == 24 and uninterrupted.epochs == 2.0, "the 12 steps span two epochs"
 
     interrupted = tmp_path / "interrupted"
     code = pause_after_checkpoint("tasks.adapters.model.training", "build_trainer", 8) + textwrap.dedent(f"""
@@ -201,7 +200,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_an_unin
     kill_once_printed(code, "saved 8")
     assert not (interrupted / "adapter_model.safetensors").exists(), "killed before it finished"
 
-    resumed = train_lora(tiny_base, small_build.train[:96], [], cfg, interrupted)
+    resumed = train_lora(tiny_base, kept, [], cfg, interrupted)
     assert resumed.resumed_from_step == 8 and resumed.steps == 12
     assert sorted(p.name for p in (interrupted / CHECKPOINTS).glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
     expected = load_file(tmp_path / "uninterrupted" / "adapter_model.safetensors")

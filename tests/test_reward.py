@@ -238,7 +238,8 @@ def test_reward_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_
     """kill -9 a real reward-model training right after it saved checkpoint 8 of 12; training again
     in the same directory picks up at step 8 (model, optimizer, scheduler, RNG, data position),
     says so, and ends with the adapter and head an uninterrupted run gives (weights within 1e-5,
-    held-out step scores within 1e-4, the same held-out figures)."""
+    held-out step scores within 1e-4, the same held-out figures). 24 answers in batches of 4 make
+    6 steps an epoch, so the resumed run reads the second epoch's own order (`epoch_order`)."""
     import textwrap
 
     from safetensors.torch import load_file
@@ -254,8 +255,9 @@ def test_reward_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_
     cfg = RewardConfig(max_steps=12, save_steps=4, batch_size=4, learning_rate=5e-3, head_learning_rate=2e-2,
                        top_layers=1, warmup_ratio=0.0)
     rows = tmp_path / "steps.jsonl"
-    rows.write_text("".join(e.model_dump_json() + "\n" for e in examples[:48]))
-    train_reward_model(tiny_base, examples[:48], cfg, training, tmp_path / "uninterrupted")
+    rows.write_text("".join(e.model_dump_json() + "\n" for e in examples[:24]))
+    whole = train_reward_model(tiny_base, examples[:24], cfg, training, tmp_path / "uninterrupted")
+    assert whole["examples"] == 24, "every answer kept: the 12 steps span two epochs"
 
     interrupted = tmp_path / "interrupted"
     code = pause_after_checkpoint("tasks.adapters.model.reward_model", "build_reward_trainer", 8) + textwrap.dedent(f"""
@@ -273,7 +275,7 @@ def test_reward_training_killed_mid_run_resumes_from_its_checkpoint_and_matches_
     assert not (interrupted / "adapter_model.safetensors").exists(), "killed before it finished"
 
     told: list[str] = []
-    resumed = train_reward_model(tiny_base, examples[:48], cfg, training, interrupted, say=told.append)
+    resumed = train_reward_model(tiny_base, examples[:24], cfg, training, interrupted, say=told.append)
     assert resumed["resumed_from_step"] == 8 and resumed["steps"] == 12
     assert told and told[0].startswith("reward model: resuming from checkpoint 8 of 12 steps")
     assert sorted(p.name for p in (interrupted / CHECKPOINTS).glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]

@@ -134,12 +134,13 @@ def _trainer_class(head_on_step_ends_only: bool, class_weights: Sequence[float] 
     (the classifier's own loss over logits at every position, class-weighted when asked)."""
     from transformers import Trainer
 
+    from tasks.adapters.model.epoch_order import epoch_seeded
     from tasks.adapters.model.fast_step import as_forward, as_trainer_scales, step_end_loss
 
     if not head_on_step_ends_only:
-        return Trainer
+        return epoch_seeded(Trainer)
 
-    class StepEndTrainer(Trainer):
+    class StepEndTrainer(epoch_seeded(Trainer)):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:  # a caller that wants the logits gets the classifier's own path
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
