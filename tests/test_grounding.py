@@ -73,3 +73,19 @@ def test_a_grounded_run_trains_on_grounded_rows_and_its_model_is_asked_the_same_
     assert "heldout/choice_accuracy" in record["evaluation"]["metrics"]
     out = CliRunner().invoke(cli, ["chat", question, "--model", model_uri, "--max-new-tokens", "8"])
     assert out.exit_code == 0, out.output
+
+
+def test_refinement_asks_its_models_as_the_registered_model_is_asked(tiny_base):
+    """DPO's SFT parent is measured on the held-out questions, and the gate compares those figures
+    with the refined version's, which evaluation asks grounded: the parent must be asked grounded
+    too (it was asked closed-book before)."""
+    from flows.resolution import resolve_pipeline
+    from tasks.adapters.ops.config_files import load_pipeline_config
+    from tasks.stages.refine import refine_generator
+
+    grounded = resolve_pipeline(load_pipeline_config(overrides={"profile": "tiny", "dataset.grounding_passages": 2}))
+    generator = refine_generator(grounded, str(tiny_base), None)
+    assert generator.grounding == grounded.grounding and generator.grounding.k == 2
+    assert HEADER in generator.conversation("Why use a NAT gateway for private subnets?")[0].content
+    closed_book = resolve_pipeline(load_pipeline_config(overrides={"profile": "tiny"}))
+    assert refine_generator(closed_book, str(tiny_base), None).grounding is None

@@ -154,6 +154,14 @@ def _comparison_table(figures: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(columns).rename_axis("kind").reset_index()
 
 
+def refine_generator(spec: RunSpec, base_model: str, adapter_dir: str | Path) -> Generator:
+    """An adapter as the evaluation stage will ask it: under the run's grounding when it has one.
+    The SFT parent's held-out figures, which the gate compares with the refined version's, and the
+    on-policy answers must come from the prompts the registered model is asked with."""
+    return load_generator(base_model, adapter_dir, spec.framework.system_prompt, device=spec.training.device,
+                          grounding=spec.grounding)
+
+
 def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter, preferences: PreferenceSet,
                      paths: Paths, tracking: Tracking) -> TrainedAdapter:
     """DPO on top of `trained`, tracked as a run nested under its training run; returns the
@@ -161,7 +169,7 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
     from tasks.adapters.model.preference_training import train_dpo
     from tasks.adapters.tracking.plots import grouped_bars
 
-    cfg, profile, framework, training = spec.refine, spec.profile, spec.framework, spec.training
+    cfg, profile, training = spec.refine, spec.profile, spec.training
     train_rows = [row for _, row in read_rows(dataset.train_path)]
     context = PairContext.of(train_rows, [row for _, row in read_rows(dataset.eval_path)], spec.evaluation.heldout)
     train_pairs = read_preferences(Path(preferences.train_path))
@@ -176,7 +184,7 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
                       parent_run_id=trained.run_id) as run:
         run.log_params({**flatten_params("refine", cfg), **flatten_params("preferences", spec.config.preferences),
                         "refine.sft_adapter": trained.adapter_dir, "refine.held_out_pairs": str(len(held_out))})
-        sft = load_generator(trained.base_model, trained.adapter_dir, framework.system_prompt, device=training.device)
+        sft = refine_generator(spec, trained.base_model, trained.adapter_dir)
         figures = _before(sft, spec, held_out)
         # kept with the pairs, not in the adapter directory that is logged as the registered model
         on_policy_dir = Path(preferences.directory) / f"on-policy-{refined_dir.name}"
@@ -191,7 +199,7 @@ def refine_and_track(spec: RunSpec, dataset: DatasetRef, trained: TrainedAdapter
                         "refine.on_policy_sha256": on_policy_sha or "none"})
         summary = train_dpo(trained.base_model, trained.adapter_dir, pairs, cfg, training, work_dir,
                             sink=run.metrics_sink("dpo/"), chat_format=profile.chat_format)
-        refined = load_generator(trained.base_model, work_dir, framework.system_prompt, device=training.device)
+        refined = refine_generator(spec, trained.base_model, work_dir)
         figures |= _ranking(refined, held_out, spec.evaluation.settings.batch_size, "dpo")
         del refined
         run.log_metrics({**figures, **{f"dpo/final/{k}": v for k, v in summary.items() if isinstance(v, int | float)}})
