@@ -8,16 +8,19 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from tasks.adapters.model.distributed import MetricsSink, print_metrics
 from tasks.domain.config import RefineConfig, TrainingConfig
 from tasks.domain.preferences import PreferencePair
-from tasks.domain.records import Row
+from tasks.domain.records import Row, parse_jsonl
 
 
-def _read(path: str, record):
-    return [record.model_validate_json(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+def _read(path: str, record) -> list:
+    """The records `launch_job` wrote, through the one JSONL parser (a bad line is named)."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return [parsed for _, parsed in parse_jsonl(handle, path, record)]
 
 
 def _sft(spec: dict, cfg: TrainingConfig, sink: MetricsSink | None) -> dict:
@@ -27,7 +30,7 @@ def _sft(spec: dict, cfg: TrainingConfig, sink: MetricsSink | None) -> dict:
         spec["base_source"], _read(spec["rows"]["train"], Row), _read(spec["rows"]["eval"], Row), cfg,
         Path(spec["out_dir"]), Path(spec["resume"]) if spec["resume"] else None, sink=sink,
         chat_format=spec["chat_format"])
-    return json.loads(summary.to_json())
+    return asdict(summary)
 
 
 def _dpo(spec: dict, cfg: TrainingConfig, sink: MetricsSink | None) -> dict:
