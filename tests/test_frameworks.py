@@ -50,6 +50,27 @@ def test_physics_is_a_four_layer_curriculum_with_correct_numbers():
         assert r["i"] == pytest.approx(r["v"] / r["ohm"], abs=0.01) and r["w"] == round(r["v"] ** 2 / r["ohm"])
     for light in slot_values(physics, "photon-energy", "l"):
         assert light["ev"] == pytest.approx(1239.84 / light["nm"], abs=0.01)
+    # the patterns added when the framework grew (issue 30): 4 principles and 6 patterns -> 5 and 16
+    for lift in slot_values(physics, "lift-power", "l"):
+        assert lift["j"] == round(lift["kg"] * 9.81 * lift["h"]) and lift["w"] == round(lift["kg"] * 9.81 * lift["h"] / lift["s"])
+    for k in slot_values(physics, "kettle-time", "k"):
+        assert k["kj"] == round(k["kg"] * 4186 * k["dt"] / 1000, 1) and k["s"] == round(k["kj"] * 1000 / k["w"])
+    for i in slot_values(physics, "impulse-stop", "i"):
+        assert i["n"] == pytest.approx(i["kg"] * i["v"] / i["s"])
+    for r in slot_values(physics, "recoil", "r"):
+        assert r["back"] == pytest.approx(r["small"] * r["v"] / r["big"], abs=0.005)
+    for d in slot_values(physics, "water-pressure", "d"):
+        assert d["kpa"] == pytest.approx(9.81 * d["m"], abs=0.05)
+    for gas in slot_values(physics, "gas-heating", "g"):
+        assert gas["after"] == round(gas["kpa"] * gas["hot"] / gas["cold"])
+    for c in slot_values(physics, "heat-pump-cop", "c"):
+        assert c["cop"] == round(c["hot"] / (c["hot"] - c["cold"]), 1)
+    for w in slot_values(physics, "wire-loss", "w"):
+        assert w["a"] == w["kw"] * 1000 / w["v"] and w["loss"] == pytest.approx(w["a"] ** 2 * w["ohm"])
+    for sound in slot_values(physics, "sound-wavelength", "s"):
+        assert sound["m"] == pytest.approx(343 / sound["hz"], rel=0.01)
+    for h in slot_values(physics, "string-harmonic", "h"):
+        assert h["hz"] == round(h["v"] / (2 * h["m"]))
 
 
 @pytest.fixture(scope="module")
