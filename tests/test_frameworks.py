@@ -157,6 +157,20 @@ def test_cs_numbers(cs):
         assert c["share"] == round(100 * misses / (hits + misses)) and c["gain"] == pytest.approx((c["m"] - c["c"]) / 100), c
     for t in slot_values(cs, "index-depth", "t"):
         assert t["f"] ** t["depth"] >= t["n"] > t["f"] ** (t["depth"] - 1), t  # the fewest levels that reach n
+    # the patterns added when the framework grew (issue 30): 9 patterns -> 15
+    for pairs in [*slot_values(cs, "nested-loop-pairs", "p"), *slot_values(cs, "graph-max-edges", "g")]:
+        assert pairs["pairs"] == pairs["n"] * (pairs["n"] - 1) // 2, pairs
+    fib = [0, 1]
+    while len(fib) < 60:
+        fib.append(fib[-1] + fib[-2])
+    for m in slot_values(cs, "memo-calls", "m"):
+        assert m["calls"] == 2 * fib[m["n"] + 1] - 1 and m["evals"] == m["n"] + 1, m
+    for q in slot_values(cs, "pipeline-latency", "q"):
+        assert q["total"] == (q["stages"] + q["items"] - 1) * q["ns"] and q["serial"] == q["stages"] * q["items"] * q["ns"], q
+    for little in slot_values(cs, "littles-law-inflight", "l"):
+        assert little["inflight"] == round(little["rps"] * little["s"]), little
+    for b in slot_values(cs, "base64-size", "b"):
+        assert b["chars"] == 4 * math.ceil(b["bytes"] / 3), b
     for a in slot_values(cs, "speedup-limit", "a"):
         p = a["p"] / 100
         assert a["s"] == pytest.approx(1 / ((1 - p) + p / a["n"]), abs=0.05), a
