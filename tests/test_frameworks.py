@@ -135,6 +135,20 @@ def test_finance_numbers(finance):
     for e in slot_values(finance, "fee-cost", "e"):
         net, gross = (e["start"] * (1 + rate / 100) ** e["years"] for rate in (e["gross"] - e["fee"], e["gross"]))
         assert (e["net"], e["nofee"], e["lost"]) == (round(net), round(gross), round(gross) - round(net)), e
+    # the patterns added when the framework grew (issue 30): 10 patterns -> 16
+    for d in slot_values(finance, "doubling-time", "d"):
+        assert d["years"] == round(72 / d["r"], 1) and d["exact"] == round(math.log(2) / math.log(1 + d["r"] / 100), 1), d
+    for e in slot_values(finance, "effective-annual-rate", "e"):
+        assert e["ear"] == round(100 * ((1 + e["apr"] / 1200) ** 12 - 1), 2), e
+    for m in slot_values(finance, "gross-margin", "m"):
+        profit = m["price"] - m["cost"]
+        assert m["margin"] == round(100 * profit / m["price"]) and m["markup"] == round(100 * profit / m["cost"]), m
+    for y in slot_values(finance, "payback-period", "y"):
+        assert y["years"] == round(y["cost"] / y["save"], 1), y
+    for loss in slot_values(finance, "loss-recovery", "l"):
+        assert loss["gain"] == round(100 * loss["loss"] / (100 - loss["loss"])), loss
+    for v in slot_values(finance, "inventory-days", "v"):
+        assert v["turns"] == v["cogs"] / v["inv"] and v["days"] == round(365 / v["turns"]), v
 
 
 def test_cs_numbers(cs):
