@@ -106,7 +106,11 @@ def test_nightly_retrain_registers_a_loadable_adapter_and_the_gate_rejects_numbe
 
 
 def _steps(n: int) -> dict:
-    return tiny_run(n, **NO_FLOORS)
+    # The tiny model's style adherence is noise near zero (an 8-step champion at 0.036, its 40-step
+    # challenger at 0.000, after the epoch-order fix changed the row order): the runs below test the
+    # loss check, the champion history and rollback, so style may drop by that noise. The style
+    # check's own mechanics are tested in test_promotion.
+    return tiny_run(n, **NO_FLOORS, **{"promotion.max_style_adherence_drop": 0.1})
 
 
 def _artifact(key: str) -> str:
@@ -140,7 +144,8 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(prefect_harnes
     assert "Nothing changed" in _artifact("nightly-retrain-summary")
 
     better = nightly_retrain(overrides=_steps(40))
-    assert better["model_version"] == "2" and better["promotion"]["verdict"] == "promoted", better["promotion"]
+    assert better["model_version"] == "2" and better["promotion"]["verdict"] == "promoted", \
+        [c for c in better["promotion"]["checks"] if not c["passed"]]
     metrics, champion = better["evaluation"]["metrics"], better["evaluation"]["champion_metrics"]
     assert better["evaluation"]["champion_version"] == "1" and metrics["loss"] < champion["loss"]
     client = MlflowClient(tracking_uri=better["mlflow_tracking_uri"], registry_uri=better["mlflow_tracking_uri"])
