@@ -18,9 +18,10 @@ from tasks.domain.records import Row, parse_jsonl
 
 
 def _read(path: str, record) -> list:
-    """The records `launch_job` wrote, through the one JSONL parser (a bad line is named)."""
-    with Path(path).open(encoding="utf-8") as handle:
-        return [parsed for _, parsed in parse_jsonl(handle, path, record)]
+    """The records `launch_job` wrote, through the one JSONL parser (a bad line is named). An empty
+    file is an empty split here (a training without eval rows), not an error as in a user's dataset."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [parsed for _, parsed in parse_jsonl(text.splitlines(), path, record)] if text.strip() else []
 
 
 def _sft(spec: dict, cfg: TrainingConfig, sink: MetricsSink | None) -> dict:
