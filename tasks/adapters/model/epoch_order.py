@@ -7,8 +7,9 @@ left it (dropout included). A run resumed inside epoch 1 draws it before the Tra
 checkpoint's RNG, from the freshly seeded state, and so reads epoch 0's order again while skipping
 epoch 1's first batches: measured, the resumed adapter was 1.4e-3 off. The plain random sampler is
 already seeded per epoch (accelerate's `SeedableRandomSampler`); this gives the length-grouped one
-the same rule. Epoch 0's order is unchanged: it is drawn from `data_seed`, as the Trainer's
-`set_seed(seed)` left the global RNG (the two seeds are equal in every config here)."""
+the same rule. Epoch 0's order changed with it: something draws from the global RNG between the
+Trainer's `set_seed(seed)` and the first shuffle, so a generator seeded with `data_seed` does not
+reproduce the old order (measured: different first batches; the default model's figures moved)."""
 from __future__ import annotations
 
 

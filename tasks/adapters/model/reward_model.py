@@ -140,7 +140,7 @@ def _trainer_class(head_on_step_ends_only: bool, class_weights: Sequence[float] 
     if not head_on_step_ends_only:
         return epoch_seeded(Trainer)
 
-    class StepEndTrainer(epoch_seeded(Trainer)):
+    class StepEndTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:  # a caller that wants the logits gets the classifier's own path
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -150,7 +150,7 @@ def _trainer_class(head_on_step_ends_only: bool, class_weights: Sequence[float] 
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return as_trainer_scales(self, loss, num_items_in_batch if class_weights is None else None)
 
-    return StepEndTrainer
+    return epoch_seeded(StepEndTrainer)
 
 
 def build_reward_trainer(base_source: str | Path, examples: Sequence[StepExample], cfg: RewardConfig,

@@ -134,10 +134,9 @@ def _answer_only_trainer_class(share_prefix: bool):
     the same `mean_token_accuracy` as TRL's (its `entropy` would cost a pass over the vocabulary)."""
     from trl import SFTTrainer
 
-    from tasks.adapters.model.epoch_order import epoch_seeded
     from tasks.adapters.model.fast_step import answer_only_loss, as_forward, as_trainer_scales
 
-    class AnswerOnlySFTTrainer(epoch_seeded(SFTTrainer)):
+    class AnswerOnlySFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:  # a caller that wants the logits gets TRL's own path, which builds them
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -205,7 +204,8 @@ def build_trainer(base_source: str | Path, train_rows: Sequence[Row], eval_rows:
         **ddp_arguments(device),
     )
     answer_only_head = cfg.head_on_answers_only and not trl_head_scores_answers_only(device)
-    trainer_class = _answer_only_trainer_class(cfg.shared_prefix) if answer_only_head else epoch_seeded(SFTTrainer)
+    # either way, each epoch's row order comes from the data seed (a resumed run reads the same rows)
+    trainer_class = epoch_seeded(_answer_only_trainer_class(cfg.shared_prefix) if answer_only_head else SFTTrainer)
     trainer = trainer_class(model=model, args=args, train_dataset=_datasets(train_examples),
                             eval_dataset=_datasets(eval_examples) if eval_examples else None,
                             processing_class=tokenizer, callbacks=[metrics_callback(sink)])
