@@ -188,6 +188,33 @@ def test_stock_reasons_are_a_models_own_filler_repeated_across_questions():
     assert all(p.reason.startswith("Availability:") for i in range(len(found)) for p in found[i])
 
 
+def test_the_reward_model_is_compared_with_the_content_checks_on_the_steps_they_flag(plans):
+    """Each held-out answer's flagged steps are its pasted and stock reasons, by their place among
+    the steps the reward model scores (a preamble is a step); the AUROC says whether the reward
+    model scores those steps below the others."""
+    from tasks.domain.content import ChoiceResult
+    from tasks.domain.evaluation import HeldOutAnswer, judge_heldout_content, step_reward_on_flags
+
+    _, _, plan = plans["devops"]
+    heldout = _heldout("devops").questions[:3]
+    tuned = ["Sure. " + PASTED_ANSWERS[0][1],  # canary pastes, after a preamble
+             "1. Cost: one NAT gateway is a fixed cost. 2. Availability: one NAT gateway is always available.",
+             "1. Cost: shared runners bill by the minute. 2. Availability: a runner is always available."]
+    answers = [HeldOutAnswer(q.question, "b", t, True, True, False, False, 9) for q, t in zip(heldout, tuned, strict=True)]
+    verdict = [ChoiceResult(question=q.question, correct=True, picked="reference", scores=[0.0], kinds=["reference"])
+               for q in heldout]
+    judge_heldout_content(answers, [q.reference for q in heldout], verdict, None, plan.index)
+    assert [a.tuned_flagged_steps for a in answers] == [[1, 3], [1], [1]]
+    scores = [[0.9, 0.1, 0.8, 0.2], [0.7, 0.3], [0.6, 0.65]]  # one flagged step (0.65) above an unflagged one (0.6)
+    for answer, steps in zip(answers, scores, strict=True):
+        answer.tuned_step_scores = steps
+    figures = step_reward_on_flags(answers)
+    assert figures["heldout/step_reward_flag_auroc"] == pytest.approx(1 - 1 / 16)
+    assert figures["heldout/step_reward_flagged"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.65) / 4)
+    unflagged = HeldOutAnswer("q", "b", "1. R: r.", True, True, False, False, 2, tuned_step_scores=[0.5])
+    assert step_reward_on_flags([unflagged]) == {}, "no flagged step: nothing to compare"
+
+
 def test_the_gate_names_each_content_check_it_fails():
     from tasks.domain.promotion import PromotionGate, decide
 

@@ -25,6 +25,7 @@ from tasks.domain.metrics import (
     is_degenerate,
     is_structured,
     mean,
+    numbered_reasons,
     numbers_in,
     perplexity,
     spread,
@@ -44,6 +45,7 @@ from tasks.domain.promotion import (
     HELDOUT_PASTED,
     HELDOUT_RELEVANCE,
     HELDOUT_STEP_REWARD,
+    HELDOUT_STEP_REWARD_FLAG_AUROC,
     HELDOUT_STOCK,
     HELDOUT_STRUCTURED,
     HELDOUT_STYLE,
@@ -54,12 +56,14 @@ from tasks.domain.promotion import (
 )
 from tasks.domain.records import Message, Row
 from tasks.domain.sampling import round_robin
+from tasks.domain.steps import auroc
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
-METRICS_VERSION = 7  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
+METRICS_VERSION = 8  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
 # 5: a digit closing a parenthesis, as in "(2 + 1) = 2.0", is not a list marker;
-# 6: an answer that gives one reason twice is not structured; heldout/style; 7: content (choice, pasted, relevance)
+# 6: an answer that gives one reason twice is not structured; heldout/style; 7: content (choice, pasted, relevance);
+# 8: the step reward on flagged reasons (tuned_flagged_steps)
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -237,6 +241,9 @@ class HeldOutAnswer:
     tuned_stock: list[str] = field(default_factory=list)
     base_stock: list[str] = field(default_factory=list)
     relevance: float | None = None
+    # Indices among the tuned answer's steps (`answer_steps`) of the reasons flagged pasted or
+    # stock: where the reward model's step scores are compared with the content checks.
+    tuned_flagged_steps: list[int] = field(default_factory=list)
 
 
 def heldout_style(question: str, answer: str, style: Style) -> float:
@@ -269,9 +276,24 @@ def _described(pastes: Sequence[Paste]) -> list[str]:
     return [f"{p.pattern}: {p.reason}" for p in pastes]
 
 
+def _stock_described(found: Sequence[Sequence[Paste]], questions: Sequence[str]) -> list[list[str]]:
+    return [[f"{p.reason} [also to: {questions[int(p.pattern)]}]" for p in pastes] for pastes in found]
+
+
 def _stock(answers: Sequence[str], questions: Sequence[str]) -> list[list[str]]:
-    return [[f"{p.reason} [also to: {questions[int(p.pattern)]}]" for p in found]
-            for found in stock_reasons(answers, questions)]
+    return _stock_described(stock_reasons(answers, questions), questions)
+
+
+def flagged_steps(answer: str, flagged_reasons: Sequence[str]) -> list[int]:
+    """Indices, among the answer's steps as the reward model reads them (a preamble is a step of
+    its own), of the numbered reasons whose text is one of `flagged_reasons`.
+
+    >>> flagged_steps("Sure. 1. Cost: cheap. 2. Blast radius: 5% of users.", ["Blast radius: 5% of users."])
+    [2]
+    """
+    flagged = set(flagged_reasons)
+    items = [(number, text) for number, text in numbered_reasons(answer) if text or number]
+    return [i for i, (number, text) in enumerate(items) if number and text in flagged]
 
 
 def judge_eval_content(records: Sequence[AnswerRecord], rows: Sequence[Row], choices: Sequence[ChoiceResult],
@@ -291,7 +313,8 @@ def judge_heldout_content(answers: Sequence[HeldOutAnswer], references: Sequence
     documents = [f"{a.question} {ref}" for a, ref in zip(answers, references, strict=True)]
     relevant = relevance([a.tuned for a in answers], documents)
     questions = [a.question for a in answers]
-    tuned_stock, base_stock = _stock([a.tuned for a in answers], questions), _stock([a.base for a in answers], questions)
+    tuned_stock_found = stock_reasons([a.tuned for a in answers], questions)
+    tuned_stock, base_stock = _stock_described(tuned_stock_found, questions), _stock([a.base for a in answers], questions)
     for i, answer in enumerate(answers):
         answer.reference, answer.relevance = references[i], relevant[i]
         answer.tuned_stock, answer.base_stock = tuned_stock[i], base_stock[i]
@@ -299,8 +322,10 @@ def judge_heldout_content(answers: Sequence[HeldOutAnswer], references: Sequence
         answer.choice_scores = dict(zip(tuned[i].kinds, tuned[i].scores, strict=True))
         if base is not None:
             answer.base_choice_correct, answer.base_choice_picked = base[i].correct, base[i].picked
-        answer.tuned_pasted = _described(index.pastes(answer.tuned, answer.question))
+        pasted = index.pastes(answer.tuned, answer.question)
+        answer.tuned_pasted = _described(pasted)
         answer.base_pasted = _described(index.pastes(answer.base, answer.question))
+        answer.tuned_flagged_steps = flagged_steps(answer.tuned, [p.reason for p in [*pasted, *tuned_stock_found[i]]])
 
 
 def distractor_wins(scores: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -426,6 +451,27 @@ def step_reward_metrics(step_scores: Sequence[Sequence[float]]) -> dict[str, flo
         return {}
     return {HELDOUT_STEP_REWARD: mean(sum(s) / len(s) if s else 0.0 for s in step_scores),
             "heldout/answer_reward": mean(min(s) if s else 0.0 for s in step_scores)}
+
+
+def step_reward_on_flags(answers: Sequence[HeldOutAnswer]) -> dict[str, float]:
+    """Whether the reward model sees what the content checks see: the mean step score of the
+    tuned answers' flagged reasons (pasted or stock) and of the others, and the AUROC of "an
+    unflagged reason scores above a flagged one" (`heldout/step_reward_flag_auroc`: 1.0 ranks every
+    flagged reason lowest, 0.5 is a coin). {} unless both kinds of reason were scored.
+
+    >>> a = HeldOutAnswer("q", "b", "t", True, True, False, False, 3, tuned_step_scores=[0.9, 0.2, 0.8],
+    ...                   tuned_flagged_steps=[1])
+    >>> step_reward_on_flags([a])["heldout/step_reward_flag_auroc"]
+    1.0
+    """
+    flagged, others = [], []
+    for answer in answers:
+        for i, score in enumerate(answer.tuned_step_scores):
+            (flagged if i in answer.tuned_flagged_steps else others).append(score)
+    if not flagged or not others:
+        return {}
+    return {HELDOUT_STEP_REWARD_FLAG_AUROC: auroc(others, flagged), "heldout/step_reward_flagged": mean(flagged),
+            "heldout/step_reward_unflagged": mean(others)}
 
 
 @dataclass

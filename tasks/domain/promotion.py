@@ -33,6 +33,8 @@ HELDOUT_BASE_STRUCTURED = "heldout/base_structured"
 HELDOUT_GAIN = "heldout/structured_gain"
 HELDOUT_STYLE = "heldout/style"
 HELDOUT_STEP_REWARD = "heldout/step_reward"  # the process reward model's mean step score on held-out answers
+# ... and whether it scores the reasons the content checks flag (pasted, stock) below the others (AUROC)
+HELDOUT_STEP_REWARD_FLAG_AUROC = "heldout/step_reward_flag_auroc"
 # Content (issue 30): the reference answer picked among same-shaped distractors by the model's own
 # likelihood, on held-out questions (tuned and base) and on the eval split; the share of held-out
 # answers with a reason pasted from another pattern's training answer, and with a stock reason (one

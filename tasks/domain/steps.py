@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.domain.content import question_nouns
-from tasks.domain.framework import Framework
+from tasks.domain.content import patterns_of, question_nouns, reasons_of, with_nouns
+from tasks.domain.framework import Framework, Pattern
 from tasks.domain.frozen import Frozen
 from tasks.domain.hashing import content_hash
 from tasks.domain.metrics import numbered_reasons
@@ -27,14 +27,14 @@ from tasks.domain.preferences import corrupt, reasons_by_pattern
 from tasks.domain.records import Message, Row
 
 StepKind = Literal["correct", "other_pattern", "wrong_number", "contradiction", "hedged", "cut_short",
-                   "swapped_claim", "false_effect"]
+                   "swapped_claim", "false_effect", "pasted_reason"]
 CORRUPTIONS: tuple[StepKind, ...] = ("other_pattern", "wrong_number", "contradiction", "hedged", "cut_short",
-                                     "swapped_claim", "false_effect")
+                                     "swapped_claim", "false_effect", "pasted_reason")
 GOOD, BAD = 1, 0
 # Part of the step data's cache key: bump it when a corruption changes what it writes, or a step
 # set written by the old code is reused (and with it the reward model trained on it).
-# 2: swapped_claim and false_effect (issue 30).
-STEPS_VERSION = 2
+# 2: swapped_claim and false_effect (issue 30); 3: pasted_reason.
+STEPS_VERSION = 3
 
 
 class StepExample(Frozen):
@@ -194,6 +194,26 @@ def false_effect(step: str, subject: str, rng: random.Random) -> str | None:
     return own[0] + rng.choice(_FALSE_EFFECTS).format(subject=subject)
 
 
+def pasted_reasons(templates: Sequence[Pattern], nouns: Sequence[str]) -> list[str]:
+    """Other patterns' reasons with their slots filled by this question's nouns, those that name
+    one: what the tuned model writes when it pastes a template (issue 30's "Availability: read
+    replicas are available on the primary database"). Unlike `other_pattern`'s reason, such a
+    reason names the question's own subject, so only what it claims gives it away.
+
+    >>> canary = Pattern(id="canary", questions=["Why canary {service}?"], slots={"service": ["the API"]},
+    ...                  answer="1. Blast radius: a bad build of {service} hits 5% of users. 2. Rollback: instant.")
+    >>> pasted_reasons([canary], ["mutual TLS"])
+    ['Blast radius: a bad build of mutual TLS hits 5% of users.']
+    """
+    return [reason for template in templates for reason in reasons_of(with_nouns(template, nouns))
+            if any(noun in reason for noun in nouns)]
+
+
+def pasted_reason(step: str, pastes: Sequence[str], rng: random.Random) -> str | None:
+    """One of `pastes` (see `pasted_reasons`) in the step's place, under its number."""
+    return _body(step)[0] + rng.choice(pastes) if pastes else None
+
+
 def question_subject(question: str) -> str:
     """The noun phrase a question is about, as a claim's subject: its longest noun run, or ''."""
     nouns = [n for n in question_nouns(question) if not any(c.isdigit() for c in n)]  # "the 20 average" reads as noise
@@ -242,6 +262,10 @@ def corrupt_steps(kind: StepKind, row: Row, framework: Framework, pool: dict[str
     if kind == "false_effect":
         subject = question_subject(row.turns("user")[-1])
         return _one_step(steps, lambda s: false_effect(s, subject, rng), rng)
+    if kind == "pasted_reason":
+        templates = [t for pattern_id, t in sorted(patterns_of(framework).items()) if pattern_id != row.metadata.pattern_id]
+        pastes = pasted_reasons(templates, question_nouns(row.turns("user")[-1]))
+        return _one_step(steps, lambda s: pasted_reason(s, pastes, rng), rng)
     raise ValueError(f"{kind!r} is not a step corruption")
 
 

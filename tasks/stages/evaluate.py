@@ -22,6 +22,7 @@ from tasks.domain.evaluation import (
     HeldOutAnswer,
     heldout_markdown,
     step_reward_metrics,
+    step_reward_on_flags,
 )
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import KEY_METRICS, comparison_markdown
@@ -120,13 +121,15 @@ def _measure(info: VersionInfo, rows: list[Row], spec: EvaluationSpec, registry:
 
 def _score_steps(result: EvaluationResult, spec: EvaluationSpec, registry: ModelRegistry, paths: Paths) -> None:
     """The reward model's score of every step of the held-out answers, on the answers and as
-    `heldout/step_reward` and `heldout/answer_reward`."""
+    `heldout/step_reward` and `heldout/answer_reward`, and how it scores the reasons the content
+    checks flagged (`heldout/step_reward_flag_auroc`)."""
     scorer = registry.load_reward_scorer(spec.reward_model, paths.registry_cache)
     scored = scorer.score([h.question for h in result.heldout], [h.tuned for h in result.heldout],
                           spec.settings.batch_size)
     for answer, steps in zip(result.heldout, scored, strict=True):
         answer.tuned_step_scores = [round(v, 4) for v in steps.scores]
     result.metrics.update(step_reward_metrics([s.scores for s in scored]))
+    result.metrics.update(step_reward_on_flags(result.heldout))
 
 
 def _log_to_run(evaluation: Evaluation, result: EvaluationResult, tracking: Tracking) -> None:
