@@ -358,6 +358,8 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     # evaluation scored the chat model's held-out answers with the champion reward model
     metrics = first["evaluation"]["metrics"]
     assert 0 <= metrics["heldout/answer_reward"] <= metrics["heldout/step_reward"] <= 1
+    # ... and the hand-written references to the same questions, against which its answers are ranked
+    assert 0 <= metrics["heldout/step_reward_reference_auroc"] <= 1 and 0 <= metrics["heldout/step_reward_reference"] <= 1
     client = MlflowClient(tracking_uri=first["mlflow_tracking_uri"], registry_uri=first["mlflow_tracking_uri"])
     run = client.get_run(prm["run_id"])
     assert run.data.params["reward.lora.r"] == "16" and run.data.params["reward.head_learning_rate"] == "0.05"

@@ -46,6 +46,7 @@ from tasks.domain.promotion import (
     HELDOUT_RELEVANCE,
     HELDOUT_STEP_REWARD,
     HELDOUT_STEP_REWARD_FLAG_AUROC,
+    HELDOUT_STEP_REWARD_REFERENCE_AUROC,
     HELDOUT_STOCK,
     HELDOUT_STRUCTURED,
     HELDOUT_STYLE,
@@ -63,7 +64,7 @@ from tasks.domain.steps import auroc
 METRICS_VERSION = 8  # 3: structure, repetition, degenerate answers earn no style or consistency; 4: numbers_right;
 # 5: a digit closing a parenthesis, as in "(2 + 1) = 2.0", is not a list marker;
 # 6: an answer that gives one reason twice is not structured; heldout/style; 7: content (choice, pasted, relevance);
-# 8: the step reward on flagged reasons (tuned_flagged_steps)
+# 8: the step reward on flagged reasons (tuned_flagged_steps) and on the references
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -473,6 +474,25 @@ def step_reward_on_flags(answers: Sequence[HeldOutAnswer]) -> dict[str, float]:
     return {HELDOUT_STEP_REWARD_FLAG_AUROC: auroc(others, flagged), "heldout/step_reward_flagged": mean(flagged),
             "heldout/step_reward_unflagged": mean(others)}
 
+
+
+def step_reward_against_references(tuned: Sequence[Sequence[float]], references: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Whether the reward model prefers what is true to what the model said: the mean step score
+    of the hand-written held-out references (`heldout/step_reward_reference`), and the AUROC of "a
+    reference's step scores above a tuned answer's step" (`heldout/step_reward_reference_auroc`).
+    A tuned model that says what the references say scores 0.5; one that writes nonsense should
+    score near 1.0. Below 0.5, the reward model prefers the tuned answers to the truth, and a gate
+    on the step reward would reward the wrong thing. {} unless both have scored steps.
+
+    >>> step_reward_against_references([[0.9, 0.4]], [[0.95, 0.8]])["heldout/step_reward_reference_auroc"]
+    0.75
+    """
+    tuned_steps = [s for steps in tuned for s in steps]
+    reference_steps = [s for steps in references for s in steps]
+    if not tuned_steps or not reference_steps:
+        return {}
+    return {"heldout/step_reward_reference": mean(reference_steps),
+            HELDOUT_STEP_REWARD_REFERENCE_AUROC: auroc(reference_steps, tuned_steps)}
 
 @dataclass
 class SampledPass:

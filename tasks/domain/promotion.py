@@ -35,6 +35,8 @@ HELDOUT_STYLE = "heldout/style"
 HELDOUT_STEP_REWARD = "heldout/step_reward"  # the process reward model's mean step score on held-out answers
 # ... and whether it scores the reasons the content checks flag (pasted, stock) below the others (AUROC)
 HELDOUT_STEP_REWARD_FLAG_AUROC = "heldout/step_reward_flag_auroc"
+# ... and whether it scores the hand-written references' steps above the tuned answers' (AUROC)
+HELDOUT_STEP_REWARD_REFERENCE_AUROC = "heldout/step_reward_reference_auroc"
 # Content (issue 30): the reference answer picked among same-shaped distractors by the model's own
 # likelihood, on held-out questions (tuned and base) and on the eval split; the share of held-out
 # answers with a reason pasted from another pattern's training answer, and with a stock reason (one

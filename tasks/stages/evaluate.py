@@ -21,6 +21,7 @@ from tasks.domain.evaluation import (
     EvaluationResult,
     HeldOutAnswer,
     heldout_markdown,
+    step_reward_against_references,
     step_reward_metrics,
     step_reward_on_flags,
 )
@@ -122,7 +123,8 @@ def _measure(info: VersionInfo, rows: list[Row], spec: EvaluationSpec, registry:
 def _score_steps(result: EvaluationResult, spec: EvaluationSpec, registry: ModelRegistry, paths: Paths) -> None:
     """The reward model's score of every step of the held-out answers, on the answers and as
     `heldout/step_reward` and `heldout/answer_reward`, and how it scores the reasons the content
-    checks flagged (`heldout/step_reward_flag_auroc`)."""
+    checks flagged (`heldout/step_reward_flag_auroc`) and the references' steps against the tuned
+    answers' (`heldout/step_reward_reference_auroc`)."""
     scorer = registry.load_reward_scorer(spec.reward_model, paths.registry_cache)
     scored = scorer.score([h.question for h in result.heldout], [h.tuned for h in result.heldout],
                           spec.settings.batch_size)
@@ -130,6 +132,11 @@ def _score_steps(result: EvaluationResult, spec: EvaluationSpec, registry: Model
         answer.tuned_step_scores = [round(v, 4) for v in steps.scores]
     result.metrics.update(step_reward_metrics([s.scores for s in scored]))
     result.metrics.update(step_reward_on_flags(result.heldout))
+    references = [h.reference for h in result.heldout if h.reference]
+    if len(references) == len(result.heldout):  # every held-out question has its reference
+        reference_scores = scorer.score([h.question for h in result.heldout], references, spec.settings.batch_size)
+        result.metrics.update(step_reward_against_references([s.scores for s in scored],
+                                                             [s.scores for s in reference_scores]))
 
 
 def _log_to_run(evaluation: Evaluation, result: EvaluationResult, tracking: Tracking) -> None:
