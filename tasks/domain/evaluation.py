@@ -475,7 +475,6 @@ def step_reward_on_flags(answers: Sequence[HeldOutAnswer]) -> dict[str, float]:
             "heldout/step_reward_unflagged": mean(others)}
 
 
-
 def step_reward_against_references(tuned: Sequence[Sequence[float]], references: Sequence[Sequence[float]]) -> dict[str, float]:
     """Whether the reward model prefers what is true to what the model said: the mean step score
     of the hand-written held-out references (`heldout/step_reward_reference`), and the AUROC of "a
@@ -493,6 +492,7 @@ def step_reward_against_references(tuned: Sequence[Sequence[float]], references:
         return {}
     return {"heldout/step_reward_reference": mean(reference_steps),
             HELDOUT_STEP_REWARD_REFERENCE_AUROC: auroc(reference_steps, tuned_steps)}
+
 
 @dataclass
 class SampledPass:
