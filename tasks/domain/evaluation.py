@@ -25,7 +25,6 @@ from tasks.domain.metrics import (
     is_degenerate,
     is_structured,
     mean,
-    numbered_reasons,
     numbers_in,
     perplexity,
     spread,
@@ -57,7 +56,7 @@ from tasks.domain.promotion import (
 )
 from tasks.domain.records import Message, Row
 from tasks.domain.sampling import round_robin
-from tasks.domain.steps import auroc
+from tasks.domain.steps import auroc, step_items
 
 # Bump when a metric's definition changes: cached evaluations of older definitions are then
 # recomputed rather than compared with new numbers.
@@ -281,10 +280,6 @@ def _stock_described(found: Sequence[Sequence[Paste]], questions: Sequence[str])
     return [[f"{p.reason} [also to: {questions[int(p.pattern)]}]" for p in pastes] for pastes in found]
 
 
-def _stock(answers: Sequence[str], questions: Sequence[str]) -> list[list[str]]:
-    return _stock_described(stock_reasons(answers, questions), questions)
-
-
 def flagged_steps(answer: str, flagged_reasons: Sequence[str]) -> list[int]:
     """Indices, among the answer's steps as the reward model reads them (a preamble is a step of
     its own), of the numbered reasons whose text is one of `flagged_reasons`.
@@ -293,8 +288,7 @@ def flagged_steps(answer: str, flagged_reasons: Sequence[str]) -> list[int]:
     [2]
     """
     flagged = set(flagged_reasons)
-    items = [(number, text) for number, text in numbered_reasons(answer) if text or number]
-    return [i for i, (number, text) in enumerate(items) if number and text in flagged]
+    return [i for i, (number, text) in enumerate(step_items(answer)) if number and text in flagged]
 
 
 def judge_eval_content(records: Sequence[AnswerRecord], rows: Sequence[Row], choices: Sequence[ChoiceResult],
@@ -315,7 +309,8 @@ def judge_heldout_content(answers: Sequence[HeldOutAnswer], references: Sequence
     relevant = relevance([a.tuned for a in answers], documents)
     questions = [a.question for a in answers]
     tuned_stock_found = stock_reasons([a.tuned for a in answers], questions)
-    tuned_stock, base_stock = _stock_described(tuned_stock_found, questions), _stock([a.base for a in answers], questions)
+    tuned_stock = _stock_described(tuned_stock_found, questions)
+    base_stock = _stock_described(stock_reasons([a.base for a in answers], questions), questions)
     for i, answer in enumerate(answers):
         answer.reference, answer.relevance = references[i], relevant[i]
         answer.tuned_stock, answer.base_stock = tuned_stock[i], base_stock[i]

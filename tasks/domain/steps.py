@@ -69,7 +69,13 @@ def answer_steps(answer: str) -> list[str]:
     >>> answer_steps("Sure! 1. Isolation: one blast radius.")
     ['Sure!', '1. Isolation: one blast radius.']
     """
-    return [f"{number}. {text}" if number else text for number, text in numbered_reasons(answer) if text or number]
+    return [f"{number}. {text}" if number else text for number, text in step_items(answer)]
+
+
+def step_items(answer: str) -> list[tuple[int, str]]:
+    """`answer_steps` as (number, text) pairs, the preamble's number 0: the one place that says
+    which items of an answer are steps, so an index into one list is an index into the other."""
+    return [(number, text) for number, text in numbered_reasons(answer) if text or number]
 
 
 def joined(steps: Sequence[str]) -> str:
