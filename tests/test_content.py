@@ -2,6 +2,7 @@
 the shipped frameworks' own training rows and the hand-written held-out references."""
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 
 import pytest
@@ -247,15 +248,18 @@ def test_pool_is_every_pattern(plans):
     assert plan.source.most_frequent == "canary"
 
 
-def test_step_probes_pair_each_reference_with_one_planted_wrong_step():
-    """configs/probes/steps/devops.yaml (issue 30 part 6): every held-out reference as written and
-    once more with exactly one step replaced, at the index it names."""
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_step_probes_pair_each_reference_with_one_planted_wrong_step(domain):
+    """configs/probes/steps/<domain>.yaml (issue 30 part 6): every held-out reference as written and
+    once more with exactly one step replaced, at the index it names; the planted steps spread over
+    every position, so "the last step is wrong" is not a rule that scores well."""
     from tasks.adapters.ops.config_files import load_model
     from tasks.domain.config import StepProbeSet
     from tasks.domain.steps import answer_steps
 
-    probes = load_model(StepProbeSet, REPO / "configs/probes/steps/devops.yaml")
-    references = {q.question: answer_steps(q.reference) for q in _heldout("devops").questions}
+    probes = load_model(StepProbeSet, REPO / f"configs/probes/steps/{domain}.yaml")
+    assert probes.domain == domain
+    references = {q.question: answer_steps(q.reference) for q in _heldout(domain).questions}
     clean = [a for a in probes.answers if a.wrong_step is None]
     planted = [a for a in probes.answers if a.wrong_step is not None]
     assert len(clean) == len(planted) == len(references)
@@ -263,3 +267,5 @@ def test_step_probes_pair_each_reference_with_one_planted_wrong_step():
     for answer in planted:
         changed = [i for i, (s, r) in enumerate(zip(answer.steps, references[answer.question], strict=True)) if s != r]
         assert changed == [answer.wrong_step], answer.question
+    positions = Counter(a.wrong_step for a in planted)
+    assert len(positions) == 3 and max(positions.values()) <= len(planted) / 2, positions

@@ -3,7 +3,8 @@
 irrelevant step (`configs/probes/steps/<domain>.yaml`). Prints the F1 of "finds the earliest wrong
 step" and "says none when none is wrong", and every answer's step scores; writes JSON beside.
 
-    .venv/bin/python tests/bench/processbench.py [--reward-model models:/reasoning-slm-devops-prm@champion]
+    .venv/bin/python tests/bench/processbench.py [--framework configs/frameworks/cs.yaml]
+        [--reward-model models:/reasoning-slm-cs-prm/2]
 
 The reward stage measures the same figures on every reward model it trains
 (`prm/heldout/out_of_framework/*`), and gates on them where `reward.min_out_of_framework_f1` is set."""
@@ -26,15 +27,17 @@ from tasks.domain.steps import earliest_wrong, processbench_metrics  # noqa: E40
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/pipeline.yaml")
+    parser.add_argument("--framework", help="framework YAML (default: the config's); its domain picks the probes")
     parser.add_argument("--reward-model", help="reward model URI (default: the domain's -prm@champion)")
     parser.add_argument("--threshold", type=float, default=0.5, help="a step scored below this is wrong")
     args = parser.parse_args()
     config = load_pipeline_config(args.config)
-    domain = load_framework(config.framework).domain
+    domain = load_framework(args.framework or config.framework).domain
     probes = load_step_probes(config.evaluation, domain)
     if probes is None:
         sys.exit(f"{domain}: no step probes under {config.evaluation.step_probes_dir}")
-    scorer = registered_scorer(reward_model_uri(args.config, args.reward_model))
+    default = f"models:/{config.tracking.reward_model(domain)}@champion" if args.framework else None
+    scorer = registered_scorer(reward_model_uri(args.config, args.reward_model or default))
     scores = scorer.score_steps([scorer.conversation(a.question) for a in probes.answers],
                                 [a.steps for a in probes.answers])
     figures = processbench_metrics([a.wrong_step for a in probes.answers], scores, args.threshold)
