@@ -219,3 +219,28 @@ def test_every_reference_answer_counts_as_structured_and_numbers_right(name):
         for answer in row.turns("assistant"):
             assert is_structured(answer) and not is_degenerate(answer), answer
             assert check_numbers(row.turns("user")[0], answer, answer).right, answer
+
+
+def test_a_false_effect_must_name_the_subject_and_nothing_else(devops_framework):
+    data = devops_framework.model_dump()
+    for effect in ("the cache makes every read free.", "{subject} halves {cost}."):
+        with pytest.raises(ValueError, match="false effect .* placeholder"):
+            type(devops_framework).model_validate({**data, "false_effects": [effect]})
+
+
+@pytest.mark.parametrize("name", ["devops", "physics", "cs", "finance"])
+def test_false_effects_are_worded_apart_from_the_step_probes(name):
+    """The reward model's invented-effect negatives come from the framework; the out-of-framework
+    probe figure only means something if no planted step reuses their words (any 4-word run)."""
+    import yaml
+
+    def runs(text: str) -> set[tuple[str, ...]]:
+        words = text.lower().replace("{subject}", "").strip(" .").split()
+        return {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
+
+    effects = load_framework(REPO / f"configs/frameworks/{name}.yaml").false_effects
+    probes = yaml.safe_load((REPO / f"configs/probes/steps/{name}.yaml").read_text())["answers"]
+    planted = [a["steps"][a["wrong_step"]] for a in probes if a["wrong_step"] is not None]
+    assert len(effects) >= 10
+    shared = {(effect, step) for effect in effects for step in planted if runs(effect) & runs(step.partition(": ")[2])}
+    assert not shared, shared

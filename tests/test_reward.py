@@ -34,6 +34,30 @@ def test_every_corruption_breaks_exactly_the_step_it_labels(examples):
     assert all(len(positions) >= 2 for kind, positions in where.items() if kind != "wrong_number")
 
 
+def test_reordered_copies_move_each_label_with_its_step_and_change_nothing_else(examples, small_build, devops_framework):
+    """`reward.reorder_share`: the chosen answers' steps are shuffled and renumbered, each label
+    moving with its step; every other answer, and every corruption drawn, is as without it."""
+    from tasks.domain.steps import _body
+
+    mixed = step_examples(small_build.train, devops_framework, seed=3, reorder_share=0.5)
+    assert len(mixed) == len(examples)
+    moved = 0
+    for before, after in zip(examples, mixed, strict=True):
+        if after.id == before.id:
+            assert after == before
+            continue
+        moved += 1
+        assert after.id == f"{before.id}-reordered" and after.kind == before.kind
+        assert [_body(s)[0] for s in after.steps] == [f"{i}. " for i in range(1, len(after.steps) + 1)]
+        pairs = sorted((_body(s)[1], label) for s, label in zip(after.steps, after.labels, strict=True))
+        assert pairs == sorted((_body(s)[1], label) for s, label in zip(before.steps, before.labels, strict=True))
+        assert after.steps != [f"{i}. {_body(s)[1]}" for i, s in enumerate(before.steps, start=1)]
+        if before.bad_step is not None:
+            assert _body(after.steps[after.bad_step])[1] == _body(before.steps[before.bad_step])[1]
+            assert labels_consistent(after)
+    assert 0.4 * len(examples) < moved < 0.6 * len(examples)
+
+
 def test_content_corruptions_keep_the_label_and_change_only_the_claim(examples, small_build):
     """Issue 30: a swapped or invented claim sits under the step's own label, so only what the step
     says is wrong; the swapped claim is true of another pattern, the invented one names this question."""

@@ -160,6 +160,9 @@ class RewardConfig(Frozen):
     enabled: bool = False            # the profile's choice: whether the nightly run trains one
     kinds: list[StepKind] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1)
     per_row: int = Field(default=2, ge=1, le=5)  # corrupted copies per answer, kinds in rotation
+    # Share of the training answers (correct and corrupted) whose steps are shuffled and renumbered,
+    # labels with them, so that where a step stands says nothing about whether it is right.
+    reorder_share: float = Field(default=0.0, ge=0, le=1)
     max_steps: int = Field(default=60, ge=1)
     batch_size: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=1.0e-3, gt=0)

@@ -141,6 +141,18 @@ class Framework(Frozen):
     system_prompt: str = Field(min_length=1)
     style: Style
     principles: list[FinalPrinciple] = Field(min_length=1)
+    # Invented effects of "{subject}" (the question's subject) that no reason in the domain claims:
+    # the process reward model's `false_effect` negatives (issue 30 part 6). They are domain
+    # knowledge, so they live with the domain: a physics answer's false step reads nothing like
+    # a DevOps one's. None: the reward model gets no such negatives.
+    false_effects: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _false_effects_name_the_subject(self) -> "Framework":
+        for effect in self.false_effects:
+            if placeholders(effect) != ["subject"]:
+                raise ValueError(f"false effect {effect!r} must use the placeholder {{subject}} once and no other")
+        return self
 
     @model_validator(mode="after")
     def _ids_unique(self) -> "Framework":

@@ -167,37 +167,18 @@ def swapped_claim(step: str, foreign_reason: str) -> str | None:
     return own[0] + foreign[1]
 
 
-# Invented effects: magnitudes and mechanisms no reason in any framework claims. Worded apart from
-# the hand-written ProcessBench probes (configs/probes/steps/), which use "doubles", "halves",
-# "twice as fast", "faster", "encrypts" and "compresses": the probe figure then measures whether the
-# reward model learned that such claims are false, not these words. (Measured 2026-12-05: the same
-# effects without "every", "all" and "zero" did worse outside the framework, F1 0.42 against 0.53.)
-_FALSE_EFFECTS: tuple[str, ...] = (
-    "{subject} triples the throughput of every service.",
-    "{subject} cuts the cloud bill by 90% on its own.",
-    "{subject} makes every disk ten times larger.",
-    "{subject} removes all network latency.",
-    "{subject} guarantees zero failed requests.",
-    "{subject} shrinks each container image to a tenth of its size.",
-    "{subject} lets each CPU run at three times its clock speed.",
-    "{subject} uses a third of the memory of the application it serves.",
-    "{subject} speeds up every DNS lookup tenfold.",
-    "{subject} replaces the need for backups.",
-    "{subject} quadruples the bandwidth of the network card.",
-    "{subject} keeps every log line for free.",
-)
+def false_effect(step: str, subject: str, effects: Sequence[str], rng: random.Random) -> str | None:
+    """The step's own label over one of the framework's invented effects (`Framework.false_effects`)
+    of the question's subject; None where the step names no reason or there is nothing to invent.
 
-
-def false_effect(step: str, subject: str, rng: random.Random) -> str | None:
-    """The step's own label over an invented effect of the question's subject.
-
-    >>> false_effect("2. Capacity: requests spread across both servers.", "a load balancer", random.Random(1))
+    >>> false_effect("2. Capacity: requests spread across both servers.", "a load balancer",
+    ...              ["{subject} makes every disk ten times larger."], random.Random(1))
     '2. Capacity: a load balancer makes every disk ten times larger.'
     """
     own = _label_and_claim(step)
-    if own is None or not subject:
+    if own is None or not subject or not effects:
         return None
-    return own[0] + rng.choice(_FALSE_EFFECTS).format(subject=subject)
+    return own[0] + rng.choice(effects).format(subject=subject)
 
 
 def pasted_reasons(templates: Sequence[Pattern], nouns: Sequence[str]) -> list[str]:
@@ -267,7 +248,7 @@ def corrupt_steps(kind: StepKind, row: Row, framework: Framework, pool: dict[str
         return _one_step(steps, lambda s: swapped_claim(s, rng.choice(pool[rng.choice(others)])), rng) if others else None
     if kind == "false_effect":
         subject = question_subject(row.turns("user")[-1])
-        return _one_step(steps, lambda s: false_effect(s, subject, rng), rng)
+        return _one_step(steps, lambda s: false_effect(s, subject, framework.false_effects, rng), rng)
     if kind == "pasted_reason":
         templates = [t for pattern_id, t in sorted(patterns_of(framework).items()) if pattern_id != row.metadata.pattern_id]
         pastes = pasted_reasons(templates, question_nouns(row.turns("user")[-1]))
@@ -282,11 +263,51 @@ def _example(row: Row, kind: StepKind, steps: list[str], bad: int | None) -> Ste
         source_row_id=row.id, pattern_id=row.metadata.pattern_id, split=row.metadata.split or "train")
 
 
+def reordered(example: StepExample, rng: random.Random) -> StepExample | None:
+    """The same steps and labels in another order, renumbered 1..n; None for an answer of one step
+    or one with an unnumbered step (a preamble stays first).
+
+    A framework writes its reasons in one order (physics: principle, numbers, consequence; CS: the
+    computation first), so a reward model trained on it alone can learn where a kind of step
+    belongs: on the 20 hand-written CS answers outside the framework, it scored the true first step
+    below 0.5 in 8 and the 40 later steps in 4. Shuffled copies teach it to judge what a step says
+    wherever it stands.
+
+    >>> e = StepExample(id="a", prompt=[{"role": "user", "content": "Why?"}], steps=["1. A: x.", "2. B: y.", "3. C: z."],
+    ...                 labels=[1, 0, 1], kind="contradiction", bad_step=1, source_row_id="r", pattern_id="p", split="train")
+    >>> r = reordered(e, random.Random(0))
+    >>> r.steps, r.labels, r.bad_step
+    (['1. A: x.', '2. C: z.', '3. B: y.'], [1, 1, 0], 2)
+    """
+    bodies = [_body(step) for step in example.steps]
+    if len(bodies) < 2 or not all(marker for marker, _ in bodies):
+        return None
+    order = list(range(len(bodies)))
+    while order == sorted(order):
+        rng.shuffle(order)
+    steps = [f"{position}. {bodies[i][1]}" for position, i in enumerate(order, start=1)]
+    return example.model_copy(update={
+        "id": f"{example.id}-reordered", "steps": steps, "labels": [example.labels[i] for i in order],
+        "bad_step": None if example.bad_step is None else order.index(example.bad_step)})
+
+
 def step_examples(rows: Sequence[Row], framework: Framework, *, seed: int,
-                  kinds: Sequence[StepKind] = CORRUPTIONS, per_row: int = 2) -> list[StepExample]:
+                  kinds: Sequence[StepKind] = CORRUPTIONS, per_row: int = 2,
+                  reorder_share: float = 0.0) -> list[StepExample]:
     """Per row: the framework's answer with every step good, then up to `per_row` corrupted copies,
-    kinds in rotation (skipping one the answer cannot take), each with its one bad step.
+    kinds in rotation (skipping one the answer cannot take), each with its one bad step; then
+    `reorder_share` of them, drawn at random, with their steps shuffled (`reordered`).
     Deterministic for a seed."""
+    examples = _framework_examples(rows, framework, seed=seed, kinds=kinds, per_row=per_row)
+    if not reorder_share:
+        return examples
+    # its own generator: the corruptions drawn above stay the same whatever the share
+    shuffle = random.Random(f"{seed}-reorder")
+    return [(reordered(e, shuffle) or e) if shuffle.random() < reorder_share else e for e in examples]
+
+
+def _framework_examples(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: Sequence[StepKind],
+                        per_row: int) -> list[StepExample]:
     rng = random.Random(seed)
     pool = reasons_by_pattern(rows)
     examples: list[StepExample] = []

@@ -46,8 +46,10 @@ def build_step_data(dataset: DatasetRef, config: PipelineConfig, spec_reward: Re
     with), written whole, then read back and validated. The caller refuses a failed report."""
     train_rows = [row for _, row in read_rows(dataset.train_path)]
     eval_rows = [row for _, row in read_rows(dataset.eval_path)]
-    settings = {"kinds": spec_reward.kinds, "per_row": spec_reward.per_row}
-    train = step_examples(train_rows, framework, seed=config.seed, kinds=spec_reward.kinds, per_row=spec_reward.per_row)
+    settings = {"kinds": spec_reward.kinds, "per_row": spec_reward.per_row, "reorder_share": spec_reward.reorder_share}
+    train = step_examples(train_rows, framework, seed=config.seed, kinds=spec_reward.kinds, per_row=spec_reward.per_row,
+                          reorder_share=spec_reward.reorder_share)
+    # the held-out labels keep the framework's order: the in-framework figure stays comparable
     held_out = step_examples(eval_rows, framework, seed=config.seed + 1, kinds=spec_reward.kinds,
                              per_row=spec_reward.per_row)
     key = content_hash({"steps": settings, "seed": config.seed, "framework": framework.model_dump(),
