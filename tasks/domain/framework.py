@@ -142,9 +142,10 @@ class Framework(Frozen):
     style: Style
     principles: list[FinalPrinciple] = Field(min_length=1)
     # Invented effects of "{subject}" (the question's subject) that no reason in the domain claims:
-    # the process reward model's `false_effect` negatives (issue 30 part 6). They are domain
-    # knowledge, so they live with the domain: a physics answer's false step reads nothing like
-    # a DevOps one's. None: the reward model gets no such negatives.
+    # the process reward model's `false_effect` negatives (issue 30 part 6). Which claims teach a
+    # reward model "false" rather than "unfamiliar" depends on the domain and the model, so they
+    # are framework data, not code (docs/frameworks.md has what was measured). Empty: the reward
+    # model gets no such negatives.
     false_effects: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

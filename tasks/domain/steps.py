@@ -265,7 +265,7 @@ def _example(row: Row, kind: StepKind, steps: list[str], bad: int | None) -> Ste
 
 def reordered(example: StepExample, rng: random.Random) -> StepExample | None:
     """The same steps and labels in another order, renumbered 1..n; None for an answer of one step
-    or one with an unnumbered step (a preamble stays first).
+    or with an unnumbered step (a preamble).
 
     A framework writes its reasons in one order (physics: principle, numbers, consequence; CS: the
     computation first), so a reward model trained on it alone can learn where a kind of step
