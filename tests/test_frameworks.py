@@ -234,13 +234,12 @@ def test_false_effects_are_worded_apart_from_the_step_probes(name):
     probe figure only means something if no planted step reuses their words (any 4-word run)."""
     import yaml
 
-    def runs(text: str) -> set[tuple[str, ...]]:
-        words = text.lower().replace("{subject}", "").strip(" .").split()
-        return {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
+    from tasks.domain.contamination import ngrams
 
     effects = load_framework(REPO / f"configs/frameworks/{name}.yaml").false_effects
     probes = yaml.safe_load((REPO / f"configs/probes/steps/{name}.yaml").read_text())["answers"]
     planted = [a["steps"][a["wrong_step"]] for a in probes if a["wrong_step"] is not None]
     assert len(effects) >= 10
-    shared = {(effect, step) for effect in effects for step in planted if runs(effect) & runs(step.partition(": ")[2])}
+    shared = {(effect, step) for effect in effects for step in planted
+              if ngrams(effect.replace("{subject}", ""), 4) & ngrams(step.partition(": ")[2], 4)}
     assert not shared, shared
