@@ -103,7 +103,7 @@ def refine_adapter_task(spec: RunSpec, dataset: DatasetRef, trained: stage.Train
 @task(name="build-step-labels", cache_policy=NO_CACHE)
 def build_step_data_task(spec: RunSpec, dataset: DatasetRef) -> reward_stage.StepSet:
     return reward_stage.build_step_data(dataset, spec.config, spec.reward, spec.framework, paths().step_labels,
-                                        spec.evaluation.heldout)
+                                        spec.evaluation.heldout, borrowed=spec.borrowed_frameworks)
 
 
 @task(name="find-reward-model", cache_policy=NO_CACHE, **SERVICE_RETRIES)

@@ -26,7 +26,8 @@ def model_for(path):
     if path.parts[1] == "profiles":
         return ModelProfile
     if path.parts[1] == "probes":
-        return HeldOutSet if "heldout" in path.parts else StepProbeSet if "steps" in path.parts else ProbeSet
+        return (HeldOutSet if "heldout" in path.parts
+                else StepProbeSet if {"steps", "steps-dev"} & set(path.parts) else ProbeSet)
     return PipelineConfig
 
 

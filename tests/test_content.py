@@ -267,5 +267,32 @@ def test_step_probes_pair_each_reference_with_one_planted_wrong_step(domain):
     for answer in planted:
         changed = [i for i, (s, r) in enumerate(zip(answer.steps, references[answer.question], strict=True)) if s != r]
         assert changed == [answer.wrong_step], answer.question
+    _assert_spread_over_positions(planted)
+
+
+def _assert_spread_over_positions(planted) -> None:
     positions = Counter(a.wrong_step for a in planted)
     assert len(positions) == 3 and max(positions.values()) <= len(planted) / 2, positions
+
+
+def test_step_probe_dev_split_pairs_new_questions_with_one_planted_step(plans):
+    """configs/probes/steps-dev/devops.yaml, the split a reward-model change is tried on before the
+    test probes are read: each question once as written and once with one step replaced, the
+    planted steps over every position, and no question that the framework trains on, the held-out
+    set asks or the test probes hold."""
+    from tasks.adapters.ops.config_files import load_model
+    from tasks.domain.config import StepProbeSet
+
+    dev = load_model(StepProbeSet, REPO / "configs/probes/steps-dev/devops.yaml")
+    clean = {a.question: a.steps for a in dev.answers if a.wrong_step is None}
+    planted = [a for a in dev.answers if a.wrong_step is not None]
+    assert len(clean) == len(planted) == len({a.question for a in planted}) >= 10
+    for answer in planted:
+        changed = [i for i, (s, r) in enumerate(zip(answer.steps, clean[answer.question], strict=True)) if s != r]
+        assert changed == [answer.wrong_step], answer.question
+    _assert_spread_over_positions(planted)
+    test_probes = load_model(StepProbeSet, REPO / "configs/probes/steps/devops.yaml")
+    _, rows, _ = plans["devops"]
+    elsewhere = ({q.question for q in _heldout("devops").questions} | {a.question for a in test_probes.answers}
+                 | {"\n".join(r.turns("user")) for r in rows})
+    assert not set(clean) & elsewhere

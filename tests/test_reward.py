@@ -3,6 +3,7 @@ token-level labels, and the nightly stage that trains, registers, gates and reus
 uses built on it (evaluation's step reward, `rslm score`, best-of-n chat)."""
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,55 @@ def test_reordered_copies_move_each_label_with_its_step_and_change_nothing_else(
             assert _body(after.steps[after.bad_step])[1] == _body(before.steps[before.bad_step])[1]
             assert labels_consistent(after)
     assert 0.4 * len(examples) < moved < 0.6 * len(examples)
+
+
+def test_borrowed_frameworks_add_marked_training_answers_in_their_share(small_build, devops_blueprint, devops_framework,
+                                                                       tmp_path):
+    """`reward.borrowed_frameworks`: another framework's answers and their corrupted copies join
+    the training file only, marked with their domain and labelled as `step_examples` labels them;
+    the training sample takes `borrowed_share` of its answers from them; the domain's own answers,
+    and the held-out labels, are those of a step set without them."""
+    from tasks.adapters.data.dataset_store import write_dataset
+    from tasks.adapters.data.preference_store import read_located
+    from tasks.adapters.ops.config_files import load_framework, load_pipeline_config
+    from tasks.domain.config import RewardConfig
+    from tasks.domain.steps import StepExample
+    from tasks.stages.reward import _training_sample, build_step_data
+
+    config = load_pipeline_config("configs/pipeline.yaml")
+    dataset = write_dataset(small_build, devops_blueprint, config_hash="c", seed=7, root=tmp_path / "data")
+    plain = RewardConfig(max_steps=40, batch_size=8)
+    mixed = plain.model_copy(update={"borrowed_frameworks": ["configs/frameworks/physics.yaml"], "borrowed_share": 0.25})
+
+    def read(reward):
+        borrowed = [load_framework(path) for path in reward.borrowed_frameworks]
+        steps = build_step_data(dataset, config, reward, devops_framework, tmp_path / "steps", borrowed=borrowed)
+        assert steps.report.success, steps.report.summary()
+        return ([e for _, e in read_located(Path(steps.train_path), StepExample)],
+                [e for _, e in read_located(Path(steps.eval_path), StepExample)])
+
+    (own, own_eval), (train, held_out) = read(plain), read(mixed)
+    borrowed = [e for e in train if e.borrowed_from is not None]
+    assert [e for e in train if e.borrowed_from is None] == own and held_out == own_eval
+    assert {e.borrowed_from for e in borrowed} == {"physics"} and all(labels_consistent(e) for e in borrowed)
+    assert set(CORRUPTIONS) - {e.kind for e in borrowed} <= {"wrong_number"} and len(borrowed) > 300
+    assert all("?" in e.question() and e.question() not in {o.question() for o in own} for e in borrowed)
+    sample = _training_sample(train, mixed)
+    assert len(sample) == 320 and sum(e.borrowed_from == "physics" for e in sample) == 80
+    assert _training_sample(own, mixed) == _training_sample(own, plain)
+
+
+@pytest.mark.parametrize("domain", ["devops", "physics"])
+def test_a_run_borrows_every_listed_framework_but_its_own(domain):
+    """One profile may list all four frameworks; each domain's run reads the other three, once."""
+    from tasks.adapters.ops.config_files import load_framework, load_pipeline_config, resolve_run
+
+    every = [f"configs/frameworks/{d}.yaml" for d in ("devops", "cs", "finance", "physics")]
+    config = load_pipeline_config("configs/pipeline.yaml", {"reward_overrides": {"borrowed_frameworks": every}})
+    path = f"configs/frameworks/{domain}.yaml"
+    spec = resolve_run(config, load_framework(path), path)
+    assert spec.reward.borrowed_frameworks == every
+    assert sorted(b.domain for b in spec.borrowed_frameworks) == sorted({"devops", "cs", "finance", "physics"} - {domain})
 
 
 def test_content_corruptions_keep_the_label_and_change_only_the_claim(examples, small_build):

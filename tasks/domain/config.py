@@ -163,6 +163,11 @@ class RewardConfig(Frozen):
     # Share of the training answers (correct and corrupted) whose steps are shuffled and renumbered,
     # labels with them, so that where a step stands says nothing about whether it is right.
     reorder_share: float = Field(default=0.0, ge=0, le=1)
+    # Other frameworks (YAML paths) whose generated answers, and their corrupted copies, join the
+    # training answers: true steps unlike this framework's, so that unfamiliar is not read as wrong.
+    # `borrowed_share` of the answers drawn for training come from them (the held-out labels do not).
+    borrowed_frameworks: list[str] = Field(default_factory=list)
+    borrowed_share: float = Field(default=0.25, ge=0, lt=1)
     max_steps: int = Field(default=60, ge=1)
     batch_size: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=1.0e-3, gt=0)

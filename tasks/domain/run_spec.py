@@ -3,6 +3,8 @@ stage. Stages never re-read a YAML file by name, so a framework or profile edite
 long run cannot make registration disagree with training (a different system prompt, say)."""
 from __future__ import annotations
 
+from pydantic import Field
+
 from tasks.domain.config import (
     DeviceSlotConfig,
     EvaluationConfig,
@@ -44,6 +46,8 @@ class RunSpec(Frozen):
     framework_path: str  # as resolved: recorded on the registered version
     profile: ModelProfile
     evaluation: EvaluationSpec  # read with the rest, so a missing probe file fails the run before training
+    # The reward model's `borrowed_frameworks` other than this run's own domain, read with the rest.
+    borrowed_frameworks: list[Framework] = Field(default_factory=list)
 
     @property
     def training(self) -> TrainingConfig:

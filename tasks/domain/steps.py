@@ -33,8 +33,8 @@ CORRUPTIONS: tuple[StepKind, ...] = ("other_pattern", "wrong_number", "contradic
 GOOD, BAD = 1, 0
 # Part of the step data's cache key: bump it when a corruption changes what it writes, or a step
 # set written by the old code is reused (and with it the reward model trained on it).
-# 2: swapped_claim and false_effect (issue 30); 3: pasted_reason.
-STEPS_VERSION = 3
+# 2: swapped_claim and false_effect (issue 30); 3: pasted_reason; 4: borrowed_from.
+STEPS_VERSION = 4
 
 
 class StepExample(Frozen):
@@ -49,6 +49,9 @@ class StepExample(Frozen):
     source_row_id: str
     pattern_id: str
     split: Literal["train", "eval"]
+    # The domain whose framework wrote this answer, where it is not the reward model's own
+    # (`reward.borrowed_frameworks`); None for the domain's own answers.
+    borrowed_from: str | None = None
 
     @model_validator(mode="after")
     def _one_label_per_step(self) -> StepExample:
@@ -304,6 +307,20 @@ def step_examples(rows: Sequence[Row], framework: Framework, *, seed: int,
     # its own generator: the corruptions drawn above stay the same whatever the share
     shuffle = random.Random(f"{seed}-reorder")
     return [(reordered(e, shuffle) or e) if shuffle.random() < reorder_share else e for e in examples]
+
+
+def borrowed_examples(domain: str, rows: Sequence[Row], framework: Framework, *, seed: int,
+                      kinds: Sequence[StepKind] = CORRUPTIONS, per_row: int = 2) -> list[StepExample]:
+    """Another domain's step-labelled answers (its framework's answers and their corrupted copies,
+    as `step_examples` makes them), marked `borrowed_from` that domain.
+
+    A reward model trained on one framework alone learns what that framework's true steps look
+    like, and reads an unfamiliar true step as a wrong one: on hand-written finance answers outside
+    the framework it scored the true first step of 7 of 20 references below 0.5 (the framework's
+    answers open with a computation). Answers from other frameworks are unfamiliar and true, with
+    their own corruptions beside them."""
+    return [e.model_copy(update={"borrowed_from": domain})
+            for e in step_examples(rows, framework, seed=seed, kinds=kinds, per_row=per_row)]
 
 
 def _framework_examples(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: Sequence[StepKind],

@@ -17,7 +17,7 @@ from tasks.domain.blueprint import Blueprint, GeneratorInfo, OfflineBlueprintGen
 from tasks.domain.config import HeldOutSet, ImportedDatasetConfig, PipelineConfig, ValidationConfig
 from tasks.domain.dataset_card import dataset_card
 from tasks.domain.errors import DataValidationError
-from tasks.domain.expansion import assemble_dataset, build_dataset
+from tasks.domain.expansion import DatasetBuild, assemble_dataset, build_dataset
 from tasks.domain.framework import Framework
 from tasks.domain.grounding import framework_grounding, grounded_rows
 from tasks.domain.hashing import content_hash
@@ -37,12 +37,17 @@ def generate_blueprint(framework: Framework, config: PipelineConfig, paths: Path
     return generator.generate(framework)
 
 
+def dataset_build(blueprint: Blueprint, config: PipelineConfig, progress=None) -> DatasetBuild:
+    """The configured recipe (seed, split, caps) applied to a blueprint: rows in memory, unwritten."""
+    return build_dataset(blueprint, seed=config.seed, eval_fraction=config.dataset.eval_fraction,
+                         max_samples=config.dataset.max_samples, max_answer_repeats=config.dataset.max_answer_repeats,
+                         max_groups_per_pattern=config.dataset.max_groups_per_pattern,
+                         **({"progress": progress} if progress else {}))
+
+
 def expand_dataset(framework: Framework, blueprint: Blueprint, config: PipelineConfig, root: Path) -> DatasetRef:
     """Expand, dedup, split and write; the config hash covers everything that shapes the rows."""
-    build = build_dataset(blueprint, seed=config.seed, eval_fraction=config.dataset.eval_fraction,
-                          max_samples=config.dataset.max_samples, max_answer_repeats=config.dataset.max_answer_repeats,
-                          max_groups_per_pattern=config.dataset.max_groups_per_pattern,
-                          progress=tqdm_progress("expanding patterns"))
+    build = dataset_build(blueprint, config, progress=tqdm_progress("expanding patterns"))
     grounding = framework_grounding(framework, config.dataset.grounding_passages)
     if grounding:  # after dedup and the caps, which judge questions and answers, not system turns
         build = replace(build, train=grounded_rows(build.train, blueprint.system_prompt, grounding),

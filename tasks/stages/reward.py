@@ -21,13 +21,16 @@ from tasks.adapters.ops.atomic_files import publish_directory, staging_dir
 from tasks.adapters.ops.settings import Paths
 from tasks.adapters.tracking.registry import CHAMPION
 from tasks.adapters.tracking.runs import Tracking
+from tasks.domain.blueprint import OfflineBlueprintGenerator
 from tasks.domain.config import HeldOutSet, PipelineConfig, RewardConfig, flatten_params
 from tasks.domain.errors import DataValidationError
+from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import Check, decide_reward_model, eligibility
 from tasks.domain.run_spec import RunSpec
 from tasks.domain.sampling import spread_sample
-from tasks.domain.steps import STEPS_VERSION, StepExample, step_examples
+from tasks.domain.steps import STEPS_VERSION, StepExample, borrowed_examples, step_examples
+from tasks.stages.build_dataset import dataset_build
 from tasks.stages.evaluate import EVALUATION_STATUS
 from tasks.stages.record_set import CheckedRecords
 
@@ -41,14 +44,16 @@ StepSet = CheckedRecords  # the step-labelled answers the reward model trains on
 
 
 def build_step_data(dataset: DatasetRef, config: PipelineConfig, spec_reward: RewardConfig, framework, root: Path,
-                    heldout: HeldOutSet | None = None) -> StepSet:
-    """Step-labelled answers from the training rows (to train on) and the eval rows (to measure
-    with), written whole, then read back and validated. The caller refuses a failed report."""
+                    heldout: HeldOutSet | None = None, borrowed: Sequence[Framework] = ()) -> StepSet:
+    """Step-labelled answers from the training rows (to train on, with the `borrowed` frameworks'
+    answers) and the eval rows (to measure with), written whole, then read back and validated. The
+    caller refuses a failed report."""
     train_rows = [row for _, row in read_rows(dataset.train_path)]
     eval_rows = [row for _, row in read_rows(dataset.eval_path)]
-    settings = {"kinds": spec_reward.kinds, "per_row": spec_reward.per_row, "reorder_share": spec_reward.reorder_share}
+    settings = {"kinds": spec_reward.kinds, "per_row": spec_reward.per_row, "reorder_share": spec_reward.reorder_share,
+                "borrowed": {b.domain: content_hash(b.model_dump(mode="json")) for b in borrowed}}
     train = step_examples(train_rows, framework, seed=config.seed, kinds=spec_reward.kinds, per_row=spec_reward.per_row,
-                          reorder_share=spec_reward.reorder_share)
+                          reorder_share=spec_reward.reorder_share) + _borrowed_examples(config, spec_reward, borrowed)
     # the held-out labels keep the framework's order: the in-framework figure stays comparable
     held_out = step_examples(eval_rows, framework, seed=config.seed + 1, kinds=spec_reward.kinds,
                              per_row=spec_reward.per_row)
@@ -64,6 +69,15 @@ def build_step_data(dataset: DatasetRef, config: PipelineConfig, spec_reward: Re
     report = check_steps(target / STEPS_FILE, spec_reward, config, eval_questions, heldout_questions,
                          target / "validation")
     return CheckedRecords.written(target, STEPS_FILE, STEPS_EVAL_FILE, counts, report, unit="step-labelled answers")
+
+
+def _borrowed_examples(config: PipelineConfig, reward: RewardConfig, borrowed: Sequence[Framework]) -> list[StepExample]:
+    """The training answers of each borrowed framework, expanded offline by the same recipe as its own
+    dataset, with their corrupted copies."""
+    return [example for framework in borrowed
+            for example in borrowed_examples(framework.domain,
+                                             dataset_build(OfflineBlueprintGenerator().generate(framework), config).train,
+                                             framework, seed=config.seed, kinds=reward.kinds, per_row=reward.per_row)]
 
 
 def check_steps(path: Path, reward: RewardConfig, config: PipelineConfig, eval_questions: Sequence[str],
@@ -145,7 +159,17 @@ class TrainedReward:
 
 def _spread(examples: Sequence[StepExample], n: int) -> list[StepExample]:
     """Up to n examples across kinds and, within a kind, across patterns (the file is grouped by pattern)."""
-    return spread_sample(examples, n, kind=lambda e: e.kind, pattern=lambda e: e.pattern_id)
+    return spread_sample(examples, n, kind=lambda e: e.kind, pattern=lambda e: f"{e.borrowed_from or ''}/{e.pattern_id}")
+
+
+def _training_sample(examples: Sequence[StepExample], cfg: RewardConfig) -> list[StepExample]:
+    """The answers a training of `max_steps` x `batch_size` sees: `borrowed_share` of them from the
+    borrowed frameworks (where there are any), the rest the domain's own, each spread by `_spread`."""
+    n = cfg.max_steps * cfg.batch_size
+    own = [e for e in examples if e.borrowed_from is None]
+    borrowed = [e for e in examples if e.borrowed_from is not None]
+    taken = round(n * cfg.borrowed_share) if borrowed else 0
+    return _spread(own, n - taken) + (_spread(borrowed, taken) if taken else [])
 
 
 def _score(scorer, examples: Sequence[StepExample], batch_size: int) -> list[list[float]]:
@@ -202,7 +226,7 @@ def train_and_measure(spec: RunSpec, dataset: DatasetRef, steps: StepSet, base_m
     from tasks.adapters.tracking.plots import grouped_bars, loss_curve
 
     cfg, profile, training, domain = spec.reward, spec.profile, spec.training, dataset.domain
-    train = _spread([e for _, e in read_located(Path(steps.train_path), StepExample)], cfg.max_steps * cfg.batch_size)
+    train = _training_sample([e for _, e in read_located(Path(steps.train_path), StepExample)], cfg)
     held_out = _spread([e for _, e in read_located(Path(steps.eval_path), StepExample)], cfg.heldout_examples)
     key = content_hash({"steps": steps.sha256, "reward": cfg.model_dump(), "base": base_model})
     adapter_dir = paths.adapters / domain / f"prm-{key[:12]}"

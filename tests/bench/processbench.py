@@ -4,7 +4,7 @@ irrelevant step (`configs/probes/steps/<domain>.yaml`). Prints the F1 of "finds 
 step" and "says none when none is wrong", and every answer's step scores; writes JSON beside.
 
     .venv/bin/python tests/bench/processbench.py [--framework configs/frameworks/cs.yaml]
-        [--reward-model models:/reasoning-slm-cs-prm/2]
+        [--reward-model models:/reasoning-slm-cs-prm/2] [--probes my-answers.yaml]
 
 The reward stage measures the same figures on every reward model it trains
 (`prm/heldout/out_of_framework/*`), and gates on them where `reward.min_out_of_framework_f1` is set."""
@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from flows.cli.common import registered_scorer, reward_model_uri  # noqa: E402 - importable only after the sys.path lines above
-from tasks.adapters.ops.config_files import load_framework, load_pipeline_config, load_step_probes  # noqa: E402 - importable only after the sys.path lines above
+from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config, load_step_probes  # noqa: E402 - importable only after the sys.path lines above
 from tasks.adapters.ops.settings import paths  # noqa: E402 - importable only after the sys.path lines above
+from tasks.domain.config import StepProbeSet  # noqa: E402 - importable only after the sys.path lines above
 from tasks.domain.steps import earliest_wrong, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
 
 
@@ -29,11 +30,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/pipeline.yaml")
     parser.add_argument("--framework", help="framework YAML (default: the config's); its domain picks the probes")
     parser.add_argument("--reward-model", help="reward model URI (default: the domain's -prm@champion)")
+    parser.add_argument("--probes", help="a StepProbeSet YAML of your own (default: the domain's step probes)")
     parser.add_argument("--threshold", type=float, default=0.5, help="a step scored below this is wrong")
     args = parser.parse_args()
     config = load_pipeline_config(args.config)
     domain = load_framework(args.framework or config.framework).domain
-    probes = load_step_probes(config.evaluation, domain)
+    probes = load_model(StepProbeSet, Path(args.probes)) if args.probes else load_step_probes(config.evaluation, domain)
     if probes is None:
         sys.exit(f"{domain}: no step probes under {config.evaluation.step_probes_dir}")
     default = f"models:/{config.tracking.reward_model(domain)}@champion" if args.framework else None
@@ -51,7 +53,7 @@ def main() -> None:
               f"| {answer.question}")
         rows.append({"question": answer.question, "steps": answer.steps, "wrong_step": answer.wrong_step,
                      "found": found, "scores": step_scores})
-    out = paths().home / "bench" / f"processbench-{domain}.json"
+    out = paths().home / "bench" / f"processbench-{Path(args.probes).stem if args.probes else domain}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"figures": figures, "answers": rows}, indent=1))
     print(f"written: {out}")

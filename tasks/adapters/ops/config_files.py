@@ -98,7 +98,9 @@ def resolve_run(config: PipelineConfig, framework: Framework | None = None,
         spec.refine  # noqa: B018 - evaluated for its validation
     except ValidationError as error:
         raise ConfigError(f"refine ({spec.profile.name} profile + refine_overrides): {_problems(error)}") from None
-    return spec
+    # one profile may list every framework: a domain does not borrow its own answers
+    borrowed = [load_framework(path) for path in spec.reward.borrowed_frameworks]
+    return spec.model_copy(update={"borrowed_frameworks": [b for b in borrowed if b.domain != framework.domain]})
 
 
 def resolve_evaluation(config: PipelineConfig, framework: Framework) -> EvaluationSpec:
