@@ -60,6 +60,7 @@ from tasks.model_tasks import (
     refine_adapter_task,
     register_adapter_task,
     register_reward_model_task,
+    sample_on_policy_task,
     train_adapter_task,
     train_reward_model_task,
 )
@@ -129,7 +130,8 @@ def reward_model(spec: RunSpec, dataset: DatasetRef, tracking: Tracking, base_ov
     """Step labels built and validated (a failed check stops the run here), then the process
     reward model trained, measured and put through its own gate, unless a version with the same
     step data and settings is registered already."""
-    steps = build_step_data_task(spec, dataset)
+    on_policy = sample_on_policy_task(spec, dataset, tracking) if spec.reward.on_policy_rows else None
+    steps = build_step_data_task(spec, dataset, on_policy)
     publish_validation_task(steps.report, "step labels")
     require_valid_steps(steps.report)
     key, previous = find_reward_model_task(spec, dataset, steps, base_override, tracking)

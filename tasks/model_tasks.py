@@ -100,10 +100,17 @@ def refine_adapter_task(spec: RunSpec, dataset: DatasetRef, trained: stage.Train
         return refine_stage.refine_and_track(spec, dataset, trained, preferences, paths(), tracking)
 
 
+@task(name="sample-on-policy-answers", cache_policy=NO_CACHE)
+def sample_on_policy_task(spec: RunSpec, dataset: DatasetRef, tracking: Tracking) -> reward_stage.OnPolicyAnswers | None:
+    with training_slot(spec.config.device_slot):  # generation holds the device as training does
+        return reward_stage.sample_on_policy(spec, dataset, tracking, paths().registry_cache, get_run_logger().info)
+
+
 @task(name="build-step-labels", cache_policy=NO_CACHE)
-def build_step_data_task(spec: RunSpec, dataset: DatasetRef) -> reward_stage.StepSet:
+def build_step_data_task(spec: RunSpec, dataset: DatasetRef,
+                         on_policy: reward_stage.OnPolicyAnswers | None = None) -> reward_stage.StepSet:
     return reward_stage.build_step_data(dataset, spec.config, spec.reward, spec.framework, paths().step_labels,
-                                        spec.evaluation.heldout, borrowed=spec.borrowed_frameworks)
+                                        spec.evaluation.heldout, borrowed=spec.borrowed_frameworks, on_policy=on_policy)
 
 
 @task(name="find-reward-model", cache_policy=NO_CACHE, **SERVICE_RETRIES)

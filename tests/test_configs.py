@@ -111,3 +111,13 @@ def test_refine_is_the_profiles_choice_and_a_run_can_switch_it_on():
     assert spec.refine.enabled and spec.refine.learning_rate == profile.refine.learning_rate
     with pytest.raises(ConfigError, match=r"refine \(smollm2-135m profile \+ refine_overrides\): loss_type"):
         resolve_run(load_pipeline_config(overrides={"refine_overrides": {"loss_type": "bogus"}}))
+
+
+def test_reward_kinds_name_only_rule_based_corruptions():
+    """`on_policy` steps come from a registered model, not a rule: listed as a kind, it would fail
+    deep in the step builder, so the profile is refused with the setting that does ask for them."""
+    from tasks.domain.config import RewardConfig
+
+    with pytest.raises(ValueError, match=r"\['on_policy'\] are not rule-based corruptions.*reward.on_policy_rows"):
+        RewardConfig(kinds=["false_effect", "on_policy"])
+    assert RewardConfig(kinds=["false_effect"], on_policy_rows=8).on_policy_rows == 8

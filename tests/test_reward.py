@@ -95,6 +95,63 @@ def test_borrowed_frameworks_add_marked_training_answers_in_their_share(small_bu
     assert _training_sample(own, mixed) == _training_sample(own, plain)
 
 
+def test_on_policy_steps_put_the_models_pasted_and_stock_reasons_in_the_framework_answer(
+        small_build, devops_blueprint, devops_framework, tmp_path):
+    """`reward.on_policy_rows`: a chat model's answers to training questions, read reason by reason.
+    A reason copied from another pattern's training answer, or one it gave to another pattern's
+    question too, takes its step's place in the framework's answer, labelled bad; an answer that
+    gives the trained reasons gives nothing. The step file carries them, validated, and its key
+    moves with the answers."""
+    from tasks.adapters.data.dataset_store import write_dataset
+    from tasks.adapters.data.preference_store import read_located
+    from tasks.adapters.ops.config_files import load_pipeline_config
+    from tasks.domain.config import RewardConfig
+    from tasks.domain.content import reasons_of
+    from tasks.domain.steps import StepExample, on_policy_examples
+    from tasks.stages.reward import OnPolicyAnswers, build_step_data
+
+    rows = small_build.train
+    first_of = {}
+    for row in rows:
+        if len(reasons_of(row.turns("assistant")[-1])) == 3:
+            first_of.setdefault(row.metadata.pattern_id, row)
+    pasting, source, faithful, stock_a, stock_b = list(first_of.values())[:5]
+    own = reasons_of(pasting.turns("assistant")[-1])
+    foreign = reasons_of(source.turns("assistant")[-1])[2]  # another pattern's trained reason, its nouns and all
+    stock = "Cost: a quiet pager costs less than a loud pager."  # no pattern's reason; said for two patterns
+    novel = "Speed: the scheduler reboots every laptop twice a week."  # no pattern's reason; said once
+    kept = reasons_of(faithful.turns("assistant")[-1])
+    answers = [f"1. {own[0]} 2. {foreign} 3. {own[2]}", f"1. {kept[0]} 2. {kept[1]} 3. {novel}",
+               *(f"1. {stock} 2. {r[1]} 3. {r[2]}" for r in (reasons_of(x.turns("assistant")[-1]) for x in (stock_a, stock_b)))]
+    asked = [pasting, faithful, stock_a, stock_b]
+    made = on_policy_examples(asked, answers, rows, "pasted")
+
+    assert [(e.source_row_id, e.bad_step) for e in made] == [(pasting.id, 1), (stock_a.id, 0), (stock_b.id, 0)]
+    for example, row, reason in zip(made, (pasting, stock_a, stock_b), (foreign, stock, stock), strict=True):
+        reference = answer_steps(row.turns("assistant")[-1])
+        assert example.kind == "on_policy" and labels_consistent(example) and example.labels.count(0) == 1
+        assert example.steps[example.bad_step] == f"{example.bad_step + 1}. {reason}"
+        assert [s for i, s in enumerate(example.steps) if i != example.bad_step] == \
+            [s for i, s in enumerate(reference) if i != example.bad_step]
+    assert on_policy_examples([faithful], [faithful.turns("assistant")[-1]], rows, "pasted") == []
+    # `off_reference`: every reason that is not the reference's fails, the novel one too
+    off = on_policy_examples(asked, answers, rows, "off_reference")
+    assert [(e.source_row_id, e.bad_step) for e in off] == [(pasting.id, 1), (faithful.id, 2), (stock_a.id, 0), (stock_b.id, 0)]
+    assert off[1].steps[2] == f"3. {novel}"
+    assert on_policy_examples([faithful], [faithful.turns("assistant")[-1]], rows, "off_reference") == []
+
+    config = load_pipeline_config("configs/pipeline.yaml")
+    dataset = write_dataset(small_build, devops_blueprint, config_hash="c", seed=7, root=tmp_path / "data")
+    reward = RewardConfig(on_policy_rows=4, on_policy_rule="pasted")
+    plain = build_step_data(dataset, config, reward, devops_framework, tmp_path / "steps")
+    with_model = build_step_data(dataset, config, reward, devops_framework, tmp_path / "steps",
+                                 on_policy=OnPolicyAnswers("models:/reasoning-slm-devops/3", asked, answers))
+    assert with_model.report.success, with_model.report.summary()
+    assert with_model.counts["train"]["on_policy"] == 3 and "on_policy" not in plain.counts["train"]
+    written = [e for _, e in read_located(Path(with_model.train_path), StepExample) if e.kind == "on_policy"]
+    assert written == made and with_model.sha256 != plain.sha256
+
+
 @pytest.mark.parametrize("domain", ["devops", "physics"])
 def test_a_run_borrows_every_listed_framework_but_its_own(domain):
     """One profile may list all four frameworks; each domain's run reads the other three, once."""
@@ -502,6 +559,19 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
                      registered_scorer("models:/reasoning-slm-devops-prm@champion"))
     body = {"messages": [{"role": "user", "content": "Why pin images by digest?"}], "max_tokens": 12, "best_of": 3}
     reply = TestClient(app).post("/v1/chat/completions", json=body).json()
-    reward = reply["reward"]
-    assert reward["best_of"] == 3 and reply["choices"][0]["message"]["content"] == reward["candidates"][reward["chosen"]]["text"]
-    assert all("steps" in c and "answer_score" in c for c in reward["candidates"])
+    served = reply["reward"]
+    assert served["best_of"] == 3 and reply["choices"][0]["message"]["content"] == served["candidates"][served["chosen"]]["text"]
+    assert all("steps" in c and "answer_score" in c for c in served["candidates"])
+
+    # on-policy steps: the registered chat model answers training questions before the reward model
+    # trains; the step data records which version answered, and the reward model's run how many
+    # of its reasons became bad steps (the tiny model's babble may give none)
+    alias = client.get_model_version("reasoning-slm-devops", "1").aliases[0]
+    asked = nightly_retrain(overrides=tiny_run(6, reward_overrides={
+        **reward, "min_bad_step_found": 1.0, "on_policy_rows": 4, "on_policy_alias": alias}))
+    assert asked["reward_model"]["status"] == "trained" and asked["reward_model"]["version"] == "3"
+    params = client.get_run(asked["reward_model"]["run_id"]).data.params
+    assert params["reward.on_policy_rows"] == "4" and int(params["reward.on_policy_steps"]) >= 0
+    manifests = [json.loads(p.read_text()) for p in (rslm_home / "step-labels" / "devops").glob("*/manifest.json")]
+    sampled = [m["settings"]["on_policy"] for m in manifests if m["settings"]["on_policy"]]
+    assert [(s["model"], s["asked"]) for s in sampled] == [("models:/reasoning-slm-devops/1", 4)]

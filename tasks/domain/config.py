@@ -12,7 +12,7 @@ from tasks.domain.frozen import Frozen
 from tasks.domain.metrics import is_structured
 from tasks.domain.preferences import RULE_BASED, Kind
 from tasks.domain.promotion import PromotionGate
-from tasks.domain.steps import CORRUPTIONS, StepKind
+from tasks.domain.steps import CORRUPTIONS, OnPolicyRule, StepKind
 
 
 class LoraSettings(Frozen):
@@ -158,6 +158,7 @@ class RewardConfig(Frozen):
     read at each step's last token."""
 
     enabled: bool = False            # the profile's choice: whether the nightly run trains one
+    # The rule-based corruptions made from each training answer (`on_policy` comes from a model: below).
     kinds: list[StepKind] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1)
     per_row: int = Field(default=2, ge=1, le=5)  # corrupted copies per answer, kinds in rotation
     # Share of the training answers (correct and corrupted) whose steps are shuffled and renumbered,
@@ -168,6 +169,16 @@ class RewardConfig(Frozen):
     # `borrowed_share` of the answers drawn for training come from them (the held-out labels do not).
     borrowed_frameworks: list[str] = Field(default_factory=list)
     borrowed_share: float = Field(default=0.25, ge=0, lt=1)
+    # On-policy negatives: the domain's registered chat model at `on_policy_alias` answers this many
+    # training questions (sampled at `on_policy_temperature`), and each reason it pastes from another
+    # pattern, or repeats for another pattern's question, becomes a bad step in the framework's answer.
+    # 0: off. Where no version holds the alias (a first run), the run trains without them and says so.
+    on_policy_rows: int = Field(default=0, ge=0)
+    on_policy_alias: str = Field(default="champion", min_length=1)
+    on_policy_temperature: float = Field(default=0.7, gt=0, le=2)
+    # Which of its reasons become bad steps: `pasted` (pasted or stock reasons) or `off_reference`
+    # (every reason that does not say what the row's reference says; tasks/domain/steps.py).
+    on_policy_rule: OnPolicyRule = "off_reference"
     max_steps: int = Field(default=60, ge=1)
     batch_size: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=1.0e-3, gt=0)
@@ -208,6 +219,14 @@ class RewardConfig(Frozen):
     # ... and, where the domain has step probes, the F1 of "finds the earliest wrong step" and "says none
     # when none is wrong" on those hand-written answers outside the framework (None: measured, not gated).
     min_out_of_framework_f1: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _kinds_are_rules(self) -> RewardConfig:
+        unknown = [k for k in self.kinds if k not in CORRUPTIONS]
+        if unknown:
+            raise ValueError(f"reward.kinds: {unknown} are not rule-based corruptions (choose from {list(CORRUPTIONS)}; "
+                             "on-policy steps are reward.on_policy_rows)")
+        return self
 
 
 class ModelProfile(Frozen):

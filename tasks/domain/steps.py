@@ -7,18 +7,20 @@ another pattern, a computed number gone wrong, the step's claim negated (a contr
 principle it states), hedging filler, a step cut off mid-sentence, and two that keep the step's
 own label so that only what it says is wrong (issue 30): another pattern's claim under this
 step's label (a fact swapped between patterns, what pasting produces) and an invented effect,
-a false comparative or causal claim about the question's own subject.
+a false comparative or causal claim about the question's own subject. One more comes from a
+registered chat model rather than a rule (`on_policy`): its own pasted and stock reasons.
 """
 from __future__ import annotations
 
 import random
 import re
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.domain.content import patterns_of, question_nouns, reasons_of, with_nouns
+from tasks.domain.content import PasteIndex, patterns_of, question_nouns, reasons_of, with_nouns
 from tasks.domain.framework import Framework, Pattern
 from tasks.domain.frozen import Frozen
 from tasks.domain.hashing import content_hash
@@ -27,14 +29,14 @@ from tasks.domain.preferences import corrupt, reasons_by_pattern
 from tasks.domain.records import Message, Row
 
 StepKind = Literal["correct", "other_pattern", "wrong_number", "contradiction", "hedged", "cut_short",
-                   "swapped_claim", "false_effect", "pasted_reason"]
+                   "swapped_claim", "false_effect", "pasted_reason", "on_policy"]
 CORRUPTIONS: tuple[StepKind, ...] = ("other_pattern", "wrong_number", "contradiction", "hedged", "cut_short",
                                      "swapped_claim", "false_effect", "pasted_reason")
 GOOD, BAD = 1, 0
 # Part of the step data's cache key: bump it when a corruption changes what it writes, or a step
 # set written by the old code is reused (and with it the reward model trained on it).
-# 2: swapped_claim and false_effect (issue 30); 3: pasted_reason; 4: borrowed_from.
-STEPS_VERSION = 4
+# 2: swapped_claim and false_effect (issue 30); 3: pasted_reason; 4: borrowed_from; 5: on_policy.
+STEPS_VERSION = 5
 
 
 class StepExample(Frozen):
@@ -321,6 +323,53 @@ def borrowed_examples(domain: str, rows: Sequence[Row], framework: Framework, *,
     their own corruptions beside them."""
     return [e.model_copy(update={"borrowed_from": domain})
             for e in step_examples(rows, framework, seed=seed, kinds=kinds, per_row=per_row)]
+
+
+OnPolicyRule = Literal["pasted", "off_reference"]
+
+
+def on_policy_examples(asked: Sequence[Row], answers: Sequence[str], training_rows: Sequence[Row],
+                       rule: OnPolicyRule) -> list[StepExample]:
+    """A chat model's own failures as step labels: its `answers` to the `asked` training questions
+    read reason by reason, and each failing reason put in the place of the framework's step at the
+    same position, labelled bad; the framework's other steps stay good. One example per failing
+    reason; an answer without one gives none. A reason that nearly copies a training reason of this
+    question's own pattern never fails.
+
+    `rule` says what fails. `pasted`: a reason that nearly copies a training reason of another
+    pattern (a paste), or one the model gave, nearly word for word, to another pattern's question
+    too (a stock reason). `off_reference`: any reason that does not nearly copy one of the row's
+    own reference reasons (words the question uses do not count), on the evidence that a 135M
+    model's reasons that do not say what the framework says are almost all false.
+
+    The rule-based `pasted_reason` fills another pattern's template with this question's nouns;
+    what the tuned model writes is its own blend ("Cost: a fast boot costs less than a slow one."
+    for a startup-probe question), and the reward model trained on the rule alone scored such
+    reasons of its held-out answers 0.99 against 0.94 for the rest."""
+    pool = reasons_by_pattern(training_rows)
+    pasted = PasteIndex(pool)
+    own = {pattern: PasteIndex({pattern: reasons}) for pattern, reasons in pool.items()}
+    given: dict[str, list[str]] = defaultdict(list)
+    for row, answer in zip(asked, answers, strict=True):
+        given[row.metadata.pattern_id] += reasons_of(answer)
+    stock = PasteIndex(given)
+
+    def fails(reason: str, question: str, pattern: str, reference: PasteIndex) -> bool:
+        if reference.paste(reason, question) or (pattern in own and own[pattern].paste(reason, question)):
+            return False
+        return rule == "off_reference" or bool(pasted.paste(reason, question, pattern) or stock.paste(reason, question, pattern))
+
+    examples: list[StepExample] = []
+    for row, answer in zip(asked, answers, strict=True):
+        question, pattern = row.turns("user")[-1], row.metadata.pattern_id
+        reference = answer_steps(row.turns("assistant")[-1])
+        said = PasteIndex({"reference": reasons_of(row.turns("assistant")[-1])})
+        numbered = [i for i, step in enumerate(reference) if _body(step)[0]]
+        for slot, reason in zip(numbered, reasons_of(answer), strict=False):
+            if fails(reason, question, pattern, said):
+                steps = [*reference[:slot], _body(reference[slot])[0] + reason, *reference[slot + 1:]]
+                examples.append(_example(row, "on_policy", steps, slot))
+    return examples
 
 
 def _framework_examples(rows: Sequence[Row], framework: Framework, *, seed: int, kinds: Sequence[StepKind],

@@ -6,6 +6,7 @@ The reward model is a function of its step data and settings: a version register
 key is reused, so an unchanged nightly trains nothing here either (issue 17)."""
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,12 +25,14 @@ from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.blueprint import OfflineBlueprintGenerator
 from tasks.domain.config import HeldOutSet, PipelineConfig, RewardConfig, flatten_params
 from tasks.domain.errors import DataValidationError
+from tasks.domain.evaluation import context
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import Check, decide_reward_model, eligibility
+from tasks.domain.records import Row
 from tasks.domain.run_spec import RunSpec
 from tasks.domain.sampling import spread_sample
-from tasks.domain.steps import STEPS_VERSION, StepExample, borrowed_examples, step_examples
+from tasks.domain.steps import STEPS_VERSION, StepExample, borrowed_examples, on_policy_examples, step_examples
 from tasks.stages.build_dataset import dataset_build
 from tasks.stages.evaluate import EVALUATION_STATUS
 from tasks.stages.record_set import CheckedRecords
@@ -43,17 +46,55 @@ PREFIX = "prm/"  # the reward model's metrics on its MLflow run
 StepSet = CheckedRecords  # the step-labelled answers the reward model trains on and is measured with
 
 
+@dataclass(frozen=True)
+class OnPolicyAnswers:
+    """A registered chat model's sampled answers to training questions (`reward.on_policy_rows`)."""
+
+    model_uri: str  # pinned to its version: the step data's key changes when the model does
+    asked: list[Row]
+    answers: list[str]
+
+    def settings(self) -> dict:
+        return {"model": self.model_uri, "asked": len(self.asked), "answers": content_hash(self.answers)}
+
+
+def sample_on_policy(spec: RunSpec, dataset: DatasetRef, tracking: Tracking, cache_root: Path,
+                     say: Callable[[str], None] = print) -> OnPolicyAnswers | None:
+    """The domain's registered chat model at `reward.on_policy_alias`, asked `reward.on_policy_rows`
+    training questions drawn by the seed; None where that is 0 or no version holds the alias."""
+    cfg = spec.reward
+    if not cfg.on_policy_rows:
+        return None
+    name = spec.config.tracking.registered_model(dataset.domain)
+    version = tracking.registry.version_for_alias(name, cfg.on_policy_alias)
+    if version is None:
+        say(f"reward model: no {name}@{cfg.on_policy_alias} to answer training questions: no on-policy steps this run")
+        return None
+    rows = [row for _, row in read_rows(dataset.train_path)]
+    asked = random.Random(spec.config.seed).sample(rows, min(cfg.on_policy_rows, len(rows)))
+    uri = f"models:/{name}/{version}"
+    settings = spec.evaluation.settings
+    answers = tracking.registry.load_generator(uri, cache_root).reply_to(
+        [context(r) for r in asked], max_new_tokens=settings.max_new_tokens, temperature=cfg.on_policy_temperature,
+        seed=spec.config.seed, batch_size=settings.batch_size)
+    return OnPolicyAnswers(uri, asked, answers)
+
+
 def build_step_data(dataset: DatasetRef, config: PipelineConfig, spec_reward: RewardConfig, framework, root: Path,
-                    heldout: HeldOutSet | None = None, borrowed: Sequence[Framework] = ()) -> StepSet:
+                    heldout: HeldOutSet | None = None, borrowed: Sequence[Framework] = (),
+                    on_policy: OnPolicyAnswers | None = None) -> StepSet:
     """Step-labelled answers from the training rows (to train on, with the `borrowed` frameworks'
-    answers) and the eval rows (to measure with), written whole, then read back and validated. The
-    caller refuses a failed report."""
+    answers and the `on_policy` model's failures) and the eval rows (to measure with), written
+    whole, then read back and validated. The caller refuses a failed report."""
     train_rows = [row for _, row in read_rows(dataset.train_path)]
     eval_rows = [row for _, row in read_rows(dataset.eval_path)]
     settings = {"kinds": spec_reward.kinds, "per_row": spec_reward.per_row, "reorder_share": spec_reward.reorder_share,
-                "borrowed": {b.domain: content_hash(b.model_dump(mode="json")) for b in borrowed}}
+                "borrowed": {b.domain: content_hash(b.model_dump(mode="json")) for b in borrowed},
+                "on_policy": {**on_policy.settings(), "rule": spec_reward.on_policy_rule} if on_policy else None}
+    own = (on_policy_examples(on_policy.asked, on_policy.answers, train_rows, spec_reward.on_policy_rule)
+           if on_policy else [])
     train = step_examples(train_rows, framework, seed=config.seed, kinds=spec_reward.kinds, per_row=spec_reward.per_row,
-                          reorder_share=spec_reward.reorder_share) + _borrowed_examples(config, spec_reward, borrowed)
+                          reorder_share=spec_reward.reorder_share) + own + _borrowed_examples(config, spec_reward, borrowed)
     # the held-out labels keep the framework's order: the in-framework figure stays comparable
     held_out = step_examples(eval_rows, framework, seed=config.seed + 1, kinds=spec_reward.kinds,
                              per_row=spec_reward.per_row)
@@ -89,7 +130,7 @@ def check_steps(path: Path, reward: RewardConfig, config: PipelineConfig, eval_q
         raise DataValidationError(f"{path}: no step-labelled answers to train on", [])
     frame = flatten_steps([e for _, e in located], eval_questions, heldout_questions,
                           located=(str(path), [line for line, _ in located]))
-    return run_suite(frame, build_suite(config.validation, reward.kinds), out_dir)
+    return run_suite(frame, build_suite(config.validation, [*reward.kinds, "on_policy"]), out_dir)
 
 
 def require_valid_steps(report: ValidationReport) -> None:
@@ -236,7 +277,8 @@ def train_and_measure(spec: RunSpec, dataset: DatasetRef, steps: StepSet, base_m
     with tracking.run(experiment, run_name=f"{domain}-{profile.name}-prm", tags=tags) as run:
         run.log_params({**flatten_params("reward", cfg), "reward.base_model": base_model,
                         "reward.train_examples": str(len(train)), "reward.heldout_examples": str(len(held_out)),
-                        "reward.steps_path": steps.train_path})
+                        "reward.steps_path": steps.train_path,
+                        "reward.on_policy_steps": str(steps.counts["train"].get("on_policy", 0))})
         run.log_validation(Path(steps.report.result_path).parent)
         summary = train_reward_model(base_model, train, cfg, training, work_dir, sink=run.metrics_sink(f"{PREFIX}train/"),
                                      chat_format=profile.chat_format, say=say)
