@@ -8,7 +8,7 @@ principle it states), hedging filler, a step cut off mid-sentence, and two that 
 own label so that only what it says is wrong (issue 30): another pattern's claim under this
 step's label (a fact swapped between patterns, what pasting produces) and an invented effect,
 a false comparative or causal claim about the question's own subject. One more comes from a
-registered chat model rather than a rule (`on_policy`): its own pasted and stock reasons.
+registered chat model rather than a rule (`on_policy`): its own failing reasons.
 """
 from __future__ import annotations
 
