@@ -170,8 +170,8 @@ class RewardConfig(Frozen):
     borrowed_frameworks: list[str] = Field(default_factory=list)
     borrowed_share: float = Field(default=0.25, ge=0, lt=1)
     # On-policy negatives: the domain's registered chat model at `on_policy_alias` answers this many
-    # training questions (sampled at `on_policy_temperature`), and each reason it pastes from another
-    # pattern, or repeats for another pattern's question, becomes a bad step in the framework's answer.
+    # training questions (sampled at `on_policy_temperature`), and each of its reasons that fails
+    # `on_policy_rule` becomes a bad step in the framework's answer.
     # 0: off. Where no version holds the alias (a first run), the run trains without them and says so.
     on_policy_rows: int = Field(default=0, ge=0)
     on_policy_alias: str = Field(default="champion", min_length=1)
