@@ -238,6 +238,34 @@ def test_step_labels_suite_names_the_line_of_a_bad_label(examples, tmp_path):
         check_steps(target / STEPS_FILE, reward, config, [], [], tmp_path / "short")
 
 
+def test_out_of_framework_f1_interval_narrows_with_more_questions_and_draws_a_questions_answers_together():
+    """The F1 on the step probes comes with a bootstrap interval over questions: it holds the
+    F1, it narrows as the same outcomes come from more questions, and it is wider when a
+    question's reference and planted copy succeed or fail together than when the same answers
+    belong to separate questions (the probes are pairs: resampling answers alone would claim
+    more certainty than 20 questions give)."""
+    from tasks.domain.steps import processbench_f1_interval, processbench_metrics
+
+    right_pair = [([0.9, 0.1, 0.9], 1), ([0.9, 0.9, 0.9], None)]  # finds the planted step, says none
+    wrong_pair = [([0.9, 0.9, 0.9], 1), ([0.1, 0.9, 0.9], None)]  # misses it, flags a true step
+    def probes(questions: int, paired: bool):
+        answers = [a for q in range(questions) for a in (right_pair if q % 2 else wrong_pair)]
+        names = [f"q{i // 2 if paired else i}" for i in range(len(answers))]
+        return names, [w for _, w in answers], [s for s, _ in answers]
+
+    names, wrong, scores = probes(20, paired=True)
+    f1 = processbench_metrics(wrong, scores)["f1"]
+    low, high = processbench_f1_interval(names, wrong, scores)
+    assert low < f1 == 0.5 < high
+    assert high - low > 0.3  # 20 questions, half right: the probes cannot place it closer
+    low80, high80 = processbench_f1_interval(*probes(80, paired=True))
+    assert low < low80 < f1 < high80 < high
+    low_apart, high_apart = processbench_f1_interval(*probes(20, paired=False))
+    assert high_apart - low_apart < high - low
+    with pytest.raises(ValueError, match="3 questions"):
+        processbench_f1_interval(names[:3], wrong, scores)
+
+
 def test_labels_sit_on_each_steps_last_token(tiny_base, examples):
     from tasks.adapters.model.base_models import load_tokenizer
     from tasks.adapters.model.chat_codec import chat_codec
@@ -497,7 +525,9 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     assert run.data.params["reward.lora.r"] == "16" and run.data.params["reward.head_learning_rate"] == "0.05"
     assert "prm/heldout/auroc" in run.data.metrics
     # ... and on the hand-written DevOps answers outside the framework (configs/probes/steps/devops.yaml)
-    assert 0 <= run.data.metrics["prm/heldout/out_of_framework/f1"] <= 1
+    oof = {k.removeprefix("prm/heldout/out_of_framework/"): v for k, v in run.data.metrics.items()
+           if k.startswith("prm/heldout/out_of_framework/")}
+    assert 0 <= oof["f1_low"] <= oof["f1"] <= oof["f1_high"] <= 1  # ... with its interval over the 20 questions
     assert prm["metrics"]["out_of_framework/f1"] == run.data.metrics["prm/heldout/out_of_framework/f1"]
     assert len(client.get_metric_history(prm["run_id"], "prm/train/loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(prm["run_id"], "reward")}
@@ -534,6 +564,7 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     rows = {row["version"]: row for row in json.loads(listed.stdout)}
     assert rows["1"]["aliases"] == "champion" and rows["2"]["decision"] == "rejected"
     assert rows["1"]["bad_step_found"] == prm["metrics"]["bad_step_found"]
+    assert rows["1"]["out_of_framework_f1_low"] == oof["f1_low"] and rows["1"]["out_of_framework_f1_high"] == oof["f1_high"]
     out = runner.invoke(cli, ["score", "Why split a /16 VPC?", answer])
     assert out.exit_code == 0, out.output
     printed = json.loads(out.stdout)

@@ -216,4 +216,5 @@ def _reward_summary(reward: dict) -> dict:
     figures = reward.get("metrics", {})
     return {"version": reward["version"], "status": reward["status"], "verdict": reward["verdict"],
             "champion_version": reward["champion_version"],
-            **{k: figures.get(k) for k in ("bad_step_found", "auroc", "step_accuracy", "out_of_framework/f1")}}
+            **{k: figures.get(k) for k in ("bad_step_found", "auroc", "step_accuracy", "out_of_framework/f1",
+                                          "out_of_framework/f1_low", "out_of_framework/f1_high")}}

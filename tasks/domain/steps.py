@@ -12,6 +12,7 @@ registered chat model rather than a rule (`on_policy`): its own failing reasons.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import defaultdict
@@ -481,10 +482,14 @@ def earliest_wrong(scores: Sequence[float], threshold: float = 0.5) -> int | Non
 OUT_OF_FRAMEWORK = "out_of_framework/"  # prefix of the reward model's figures on the hand-written step probes
 
 
-def out_of_framework_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Sequence[float]]) -> dict[str, float]:
-    """ProcessBench's figures on hand-written answers outside the framework, named for the reward
-    model's run beside its in-framework `bad_step_found`."""
-    return {f"{OUT_OF_FRAMEWORK}{k}": v for k, v in processbench_metrics(wrong_steps, scores).items()}
+def out_of_framework_metrics(questions: Sequence[str], wrong_steps: Sequence[int | None],
+                             scores: Sequence[Sequence[float]]) -> dict[str, float]:
+    """ProcessBench's figures on hand-written answers outside the framework, with the F1's 95%
+    interval (`f1_low`, `f1_high`), named for the reward model's run beside its in-framework
+    `bad_step_found`."""
+    low, high = processbench_f1_interval(questions, wrong_steps, scores)
+    figures = processbench_metrics(wrong_steps, scores) | {"f1_low": low, "f1_high": high}
+    return {f"{OUT_OF_FRAMEWORK}{k}": v for k, v in figures.items()}
 
 
 def processbench_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Sequence[float]],
@@ -502,3 +507,43 @@ def processbench_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Seq
     a = sum(erroneous) / len(erroneous) if erroneous else float("nan")
     b = sum(correct) / len(correct) if correct else float("nan")
     return {"erroneous": a, "correct": b, "f1": 2 * a * b / (a + b) if a + b else 0.0}
+
+
+def processbench_f1_interval(questions: Sequence[str], wrong_steps: Sequence[int | None],
+                             scores: Sequence[Sequence[float]], threshold: float = 0.5, level: float = 0.95,
+                             draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """How far the F1 could move on other answers like these: a percentile bootstrap over the
+    questions. A question's answers are drawn together, because a probe set pairs each reference
+    with its planted copy and one reading of the question decides both. With 20 questions the
+    interval is wide: +-0.16 to +-0.22 around an F1 of 0.5, as a pair's two answers fare apart
+    or together. One F1 read from the probes is known no better than that.
+
+    >>> q = ["a", "a", "b", "b", "c", "c"]
+    >>> processbench_f1_interval(q, [1, None] * 3, [[0.9, 0.1], [0.9, 0.9]] * 3)  # every answer right
+    (1.0, 1.0)
+    >>> scores = [[0.9, 0.1], [0.9, 0.9], [0.9, 0.9], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]  # one miss, one false alarm
+    >>> low, high = processbench_f1_interval(q, [1, None] * 3, scores)
+    >>> low < processbench_metrics([1, None] * 3, scores)["f1"] < high
+    True
+    """
+    if not len(questions) == len(wrong_steps) == len(scores):
+        raise ValueError(f"{len(questions)} questions, {len(wrong_steps)} wrong steps, {len(scores)} score lists")
+    predicted = [earliest_wrong(s, threshold) for s in scores]
+    answers: dict[str, list[tuple[int | None, int | None]]] = defaultdict(list)
+    for question, wrong, found in zip(questions, wrong_steps, predicted, strict=True):
+        answers[question].append((wrong, found))
+    groups = list(answers.values())
+    rng = random.Random(seed)
+    f1s = []
+    for _ in range(draws):
+        drawn = [pair for group in rng.choices(groups, k=len(groups)) for pair in group]
+        erroneous = [found == wrong for wrong, found in drawn if wrong is not None]
+        correct = [found is None for wrong, found in drawn if wrong is None]
+        if erroneous and correct:  # a draw with no answer of one kind has no F1
+            a, b = sum(erroneous) / len(erroneous), sum(correct) / len(correct)
+            f1s.append(2 * a * b / (a + b) if a + b else 0.0)
+    if not f1s:
+        return float("nan"), float("nan")
+    f1s.sort()
+    tail = (1 - level) / 2  # each end rounded outwards: the interval errs wide
+    return f1s[math.floor(tail * (len(f1s) - 1))], f1s[math.ceil((1 - tail) * (len(f1s) - 1))]

@@ -112,8 +112,11 @@ def model_table(name: str, tracking: Tracking) -> list[dict]:
             figures = {"bad_step_found": v.metrics.get("prm/heldout/bad_step_found"),
                        "auroc": v.metrics.get("prm/heldout/auroc"),
                        "step_accuracy": v.metrics.get("prm/heldout/step_accuracy"),
-                       # the hand-written answers outside the framework (issue 30 part 6)
-                       "out_of_framework_f1": v.metrics.get("prm/heldout/out_of_framework/f1")}
+                       # the hand-written answers outside the framework (issue 30 part 6), with the
+                       # F1's 95% interval over their questions: 20 questions leave it wide
+                       "out_of_framework_f1": v.metrics.get("prm/heldout/out_of_framework/f1"),
+                       "out_of_framework_f1_low": v.metrics.get("prm/heldout/out_of_framework/f1_low"),
+                       "out_of_framework_f1_high": v.metrics.get("prm/heldout/out_of_framework/f1_high")}
         else:
             figures = {"eval_loss": v.metrics.get("eval/loss"), "style": v.metrics.get("eval/style_adherence"),
                        "consistency": v.metrics.get("eval/consistency"), "drift_kl": v.metrics.get("eval/drift_kl"),

@@ -22,7 +22,7 @@ from tasks.adapters.tracking.registry import VersionInfo
 from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.config import PipelineConfig, flatten_params
 from tasks.domain.errors import RslmError
-from tasks.domain.evaluation import answered_heldout_metrics, context
+from tasks.domain.evaluation import answered_heldout_metrics
 from tasks.domain.hashing import content_hash, sha256_bytes
 from tasks.domain.preferences import PreferencePair, balanced_sample, dpo_training_set, on_policy_pairs, preference_accuracy
 from tasks.domain.records import Row
@@ -65,12 +65,11 @@ def _before(gen: Generator, spec: RunSpec, held_out: Sequence[PreferencePair]) -
 def _on_policy(gen: Generator, spec: RunSpec, rows: Sequence[Row]) -> list[PreferencePair]:
     """The SFT model's sampled answers to the first `on_policy_rows` training questions; those that
     fail the framework's checks become rejected sides."""
-    cfg, settings = spec.refine, spec.evaluation.settings
+    cfg = spec.refine
     asked = list(rows[:cfg.on_policy_rows])
     if not asked:
         return []
-    answers = gen.reply_to([context(r) for r in asked], max_new_tokens=settings.max_new_tokens,
-                           temperature=cfg.on_policy_temperature, seed=spec.config.seed, batch_size=settings.batch_size)
+    answers = gen.answer_rows(asked, spec.evaluation.settings, cfg.on_policy_temperature, spec.config.seed)
     return on_policy_pairs(asked, answers, spec.framework)
 
 

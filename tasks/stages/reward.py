@@ -25,7 +25,6 @@ from tasks.adapters.tracking.runs import Tracking
 from tasks.domain.blueprint import OfflineBlueprintGenerator
 from tasks.domain.config import HeldOutSet, PipelineConfig, RewardConfig, flatten_params
 from tasks.domain.errors import DataValidationError
-from tasks.domain.evaluation import context
 from tasks.domain.framework import Framework
 from tasks.domain.hashing import content_hash
 from tasks.domain.promotion import Check, decide_reward_model, eligibility
@@ -73,10 +72,8 @@ def sample_on_policy(spec: RunSpec, dataset: DatasetRef, tracking: Tracking, cac
     rows = [row for _, row in read_rows(dataset.train_path)]
     asked = random.Random(spec.config.seed).sample(rows, min(cfg.on_policy_rows, len(rows)))
     uri = f"models:/{name}/{version}"
-    settings = spec.evaluation.settings
-    answers = tracking.registry.load_generator(uri, cache_root).reply_to(
-        [context(r) for r in asked], max_new_tokens=settings.max_new_tokens, temperature=cfg.on_policy_temperature,
-        seed=spec.config.seed, batch_size=settings.batch_size)
+    answers = tracking.registry.load_generator(uri, cache_root).answer_rows(
+        asked, spec.evaluation.settings, cfg.on_policy_temperature, spec.config.seed)
     return OnPolicyAnswers(uri, asked, answers)
 
 
@@ -229,7 +226,8 @@ def _measured(scorer, spec: RunSpec, held_out: Sequence[StepExample]) -> tuple[d
     if probes is not None:
         probe_scores = scorer.score_steps([scorer.conversation(a.question) for a in probes.answers],
                                           [a.steps for a in probes.answers], batch)
-        figures |= out_of_framework_metrics([a.wrong_step for a in probes.answers], probe_scores)
+        figures |= out_of_framework_metrics([a.question for a in probes.answers],
+                                            [a.wrong_step for a in probes.answers], probe_scores)
     return figures, scores
 
 

@@ -1,7 +1,8 @@
 """The process reward model on hand-written answers outside every pattern, ProcessBench-style
 (issue 30 part 6): each held-out question's reference as written and with one planted false or
 irrelevant step (`configs/probes/steps/<domain>.yaml`). Prints the F1 of "finds the earliest wrong
-step" and "says none when none is wrong", and every answer's step scores; writes JSON beside.
+step" and "says none when none is wrong", with its bootstrap interval over the questions, and
+every answer's step scores; writes JSON beside.
 
     .venv/bin/python tests/bench/processbench.py [--framework configs/frameworks/cs.yaml]
         [--reward-model models:/reasoning-slm-cs-prm/2] [--probes my-answers.yaml]
@@ -22,7 +23,7 @@ from flows.cli.common import registered_scorer, reward_model_uri  # noqa: E402 -
 from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config, load_step_probes  # noqa: E402 - importable only after the sys.path lines above
 from tasks.adapters.ops.settings import paths  # noqa: E402 - importable only after the sys.path lines above
 from tasks.domain.config import StepProbeSet  # noqa: E402 - importable only after the sys.path lines above
-from tasks.domain.steps import earliest_wrong, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
+from tasks.domain.steps import earliest_wrong, processbench_f1_interval, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
 
 
 def main() -> None:
@@ -42,9 +43,12 @@ def main() -> None:
     scorer = registered_scorer(reward_model_uri(args.config, args.reward_model or default))
     scores = scorer.score_steps([scorer.conversation(a.question) for a in probes.answers],
                                 [a.steps for a in probes.answers])
-    figures = processbench_metrics([a.wrong_step for a in probes.answers], scores, args.threshold)
-    print(f"{domain}: {len(probes.answers)} answers; finds the wrong step {figures['erroneous']:.2f}, "
-          f"says none when none is wrong {figures['correct']:.2f}, F1 {figures['f1']:.2f}")
+    questions, wrong_steps = [a.question for a in probes.answers], [a.wrong_step for a in probes.answers]
+    figures = processbench_metrics(wrong_steps, scores, args.threshold)
+    figures["f1_low"], figures["f1_high"] = processbench_f1_interval(questions, wrong_steps, scores, args.threshold)
+    print(f"{domain}: {len(probes.answers)} answers to {len(set(questions))} questions; finds the wrong step "
+          f"{figures['erroneous']:.2f}, says none when none is wrong {figures['correct']:.2f}, F1 {figures['f1']:.2f} "
+          f"(95% interval over questions {figures['f1_low']:.2f}-{figures['f1_high']:.2f})")
     rows = []
     for answer, step_scores in zip(probes.answers, scores, strict=True):
         found = earliest_wrong(step_scores, args.threshold)
@@ -53,7 +57,9 @@ def main() -> None:
               f"| {answer.question}")
         rows.append({"question": answer.question, "steps": answer.steps, "wrong_step": answer.wrong_step,
                      "found": found, "scores": step_scores})
-    out = paths().home / "bench" / f"processbench-{Path(args.probes).stem if args.probes else domain}.json"
+    # a probe file is named for its domain (steps/devops.yaml, steps-dev/devops.yaml): its folder tells them apart
+    name = f"{Path(args.probes).parent.name}-{Path(args.probes).stem}" if args.probes else domain
+    out = paths().home / "bench" / f"processbench-{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"figures": figures, "answers": rows}, indent=1))
     print(f"written: {out}")

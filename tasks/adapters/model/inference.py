@@ -7,8 +7,10 @@ from pathlib import Path
 
 from tasks.adapters.model.base_models import adapter_tokenizer, load_base_model, runtime, with_adapter
 from tasks.adapters.model.chat_codec import ChatCodec, chat_codec
+from tasks.domain.config import EvaluationConfig
+from tasks.domain.evaluation import context
 from tasks.domain.grounding import Grounding
-from tasks.domain.records import Message, question_turns
+from tasks.domain.records import Message, Row, question_turns
 
 DEFAULT_MAX_NEW_TOKENS = 96  # terse answers: 60 words fit comfortably
 
@@ -39,6 +41,12 @@ class Generator:
               seed: int = 0, batch_size: int = 16) -> list[str]:
         """Answers to single questions under the model's system prompt."""
         return self.reply_to([self.conversation(q) for q in questions], max_new_tokens, temperature, seed, batch_size)
+
+    def answer_rows(self, rows: Sequence[Row], settings: EvaluationConfig, temperature: float, seed: int) -> list[str]:
+        """Answers to dataset rows, each asked as it was trained (its system turn and question), at
+        the evaluation's answer length and batch size."""
+        return self.reply_to([context(r) for r in rows], max_new_tokens=settings.max_new_tokens,
+                             temperature=temperature, seed=seed, batch_size=settings.batch_size)
 
     def reply_to(self, conversations: Sequence[Sequence[Message]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[str]:

@@ -17,7 +17,6 @@ from tasks.domain.evaluation import (
     EvaluationResult,
     SampledPass,
     compare_heldout,
-    context,
     generation_sample,
     judge_eval_content,
     judge_heldout_content,
@@ -210,14 +209,9 @@ def probe_kl(gen: Generator, probes: Sequence[Probe], batch_size: int) -> tuple[
     return sums, counts
 
 
-def _answers(gen: Generator, rows: Sequence[Row], cfg: EvaluationConfig, temperature: float, seed: int) -> list[str]:
-    return gen.reply_to([context(r) for r in rows], max_new_tokens=cfg.max_new_tokens, temperature=temperature,
-                        seed=seed, batch_size=cfg.batch_size)
-
-
 def _paraphrase_answers(gen: Generator, groups: list[list[Row]], cfg: EvaluationConfig, temperature: float,
                         seed: int) -> list[list[str]]:
-    flat = _answers(gen, [r for g in groups for r in g], cfg, temperature, seed)
+    flat = gen.answer_rows([r for g in groups for r in g], cfg, temperature, seed)
     out, start = [], 0
     for group in groups:
         out.append(flat[start:start + len(group)])
@@ -254,11 +248,11 @@ def evaluate_generator(gen: Generator, eval_rows: Sequence[Row], framework: Fram
         tuned_choices = choice_scores(gen, heldout_items) if heldout_items else []
         sample_choices = choice_scores(gen, content.row_items(sample[:cfg.choice_rows])) if content else []
         losses = answer_losses(gen, loss_rows, cfg.batch_size)
-        generated = _answers(gen, sample, cfg, 0.0, cfg.seed)
+        generated = gen.answer_rows(sample, cfg, 0.0, cfg.seed)
         paraphrased = _paraphrase_answers(gen, groups, cfg, 0.0, cfg.seed)
         passes = []
         for seed in cfg.stability.seeds:
-            sampled = score_answers(sample, _answers(gen, sample, cfg, cfg.stability.temperature, seed), framework)
+            sampled = score_answers(sample, gen.answer_rows(sample, cfg, cfg.stability.temperature, seed), framework)
             sampled_groups = _paraphrase_answers(gen, groups, cfg, cfg.stability.temperature, seed)
             passes.append(SampledPass(seed=seed, style_adherence=style_metrics(sampled)["style_adherence"],
                                       consistency=consistency(sampled_groups)))
