@@ -266,6 +266,22 @@ def test_out_of_framework_f1_interval_narrows_with_more_questions_and_draws_a_qu
         processbench_f1_interval(names[:3], wrong, scores)
 
 
+def test_planted_below_true_compares_each_planted_step_with_the_true_step_it_replaced():
+    """A reward model that scores every step of one question low and every step of another high
+    has the F1 of a coin flip whatever it reads; `planted_below_true` asks only whether the planted
+    step scored below the true one in its place, so scores around it cannot move it."""
+    from tasks.domain.steps import planted_below_true, processbench_metrics
+
+    questions = ["a", "a", "b", "b"]
+    wrong = [None, 2, None, 0]
+    sees_content = [[0.2, 0.3, 0.4], [0.2, 0.3, 0.1], [0.9, 0.9, 0.8], [0.4, 0.9, 0.8]]  # low everywhere on "a"
+    assert planted_below_true(questions, wrong, sees_content) == 1.0
+    assert processbench_metrics(wrong, sees_content)["f1"] == 0.5  # "a" as written is a false alarm
+    blind = [[0.9, 0.9, 0.4], [0.9, 0.9, 0.6], [0.6, 0.9, 0.9], [0.6, 0.9, 0.9]]
+    assert planted_below_true(questions, wrong, blind) == 0.0
+    assert planted_below_true(["a"], [1], [[0.9, 0.1]]) != planted_below_true(["a"], [1], [[0.9, 0.1]])  # NaN: no pair
+
+
 def test_labels_sit_on_each_steps_last_token(tiny_base, examples):
     from tasks.adapters.model.base_models import load_tokenizer
     from tasks.adapters.model.chat_codec import chat_codec
@@ -528,6 +544,7 @@ def test_nightly_run_trains_gates_reuses_and_uses_the_reward_model(prefect_harne
     oof = {k.removeprefix("prm/heldout/out_of_framework/"): v for k, v in run.data.metrics.items()
            if k.startswith("prm/heldout/out_of_framework/")}
     assert 0 <= oof["f1_low"] <= oof["f1"] <= oof["f1_high"] <= 1  # ... with its interval over the 20 questions
+    assert 0 <= oof["planted_below_true"] <= 1
     assert prm["metrics"]["out_of_framework/f1"] == run.data.metrics["prm/heldout/out_of_framework/f1"]
     assert len(client.get_metric_history(prm["run_id"], "prm/train/loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(prm["run_id"], "reward")}

@@ -485,10 +485,12 @@ OUT_OF_FRAMEWORK = "out_of_framework/"  # prefix of the reward model's figures o
 def out_of_framework_metrics(questions: Sequence[str], wrong_steps: Sequence[int | None],
                              scores: Sequence[Sequence[float]]) -> dict[str, float]:
     """ProcessBench's figures on hand-written answers outside the framework, with the F1's 95%
-    interval (`f1_low`, `f1_high`), named for the reward model's run beside its in-framework
+    interval (`f1_low`, `f1_high`) and how often the planted step scores below the true step it
+    replaced (`planted_below_true`), named for the reward model's run beside its in-framework
     `bad_step_found`."""
     low, high = processbench_f1_interval(questions, wrong_steps, scores)
-    figures = processbench_metrics(wrong_steps, scores) | {"f1_low": low, "f1_high": high}
+    figures = (processbench_metrics(wrong_steps, scores) | {"f1_low": low, "f1_high": high}
+               | {"planted_below_true": planted_below_true(questions, wrong_steps, scores)})
     return {f"{OUT_OF_FRAMEWORK}{k}": v for k, v in figures.items()}
 
 
@@ -507,6 +509,22 @@ def processbench_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Seq
     a = sum(erroneous) / len(erroneous) if erroneous else float("nan")
     b = sum(correct) / len(correct) if correct else float("nan")
     return {"erroneous": a, "correct": b, "f1": 2 * a * b / (a + b) if a + b else 0.0}
+
+
+def planted_below_true(questions: Sequence[str], wrong_steps: Sequence[int | None],
+                       scores: Sequence[Sequence[float]]) -> float:
+    """The share of planted answers whose planted step scores below the true step it replaced, in
+    the same question's answer as written. Unlike the F1, no threshold and no other step enters:
+    0.5 is a model that cannot tell what the step says, however it scores the steps around it.
+    NaN without such pairs.
+
+    >>> planted_below_true(["a", "a", "b", "b"], [None, 1, None, 0], [[0.9, 0.8], [0.9, 0.6], [0.3, 0.9], [0.4, 0.9]])
+    0.5
+    """
+    written = {q: s for q, w, s in zip(questions, wrong_steps, scores, strict=True) if w is None}
+    below = [s[w] < written[q][w] for q, w, s in zip(questions, wrong_steps, scores, strict=True)
+             if w is not None and q in written]
+    return sum(below) / len(below) if below else float("nan")
 
 
 def processbench_f1_interval(questions: Sequence[str], wrong_steps: Sequence[int | None],

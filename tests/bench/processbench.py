@@ -23,7 +23,7 @@ from flows.cli.common import registered_scorer, reward_model_uri  # noqa: E402 -
 from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config, load_step_probes  # noqa: E402 - importable only after the sys.path lines above
 from tasks.adapters.ops.settings import paths  # noqa: E402 - importable only after the sys.path lines above
 from tasks.domain.config import StepProbeSet  # noqa: E402 - importable only after the sys.path lines above
-from tasks.domain.steps import earliest_wrong, processbench_f1_interval, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
+from tasks.domain.steps import earliest_wrong, planted_below_true, processbench_f1_interval, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
 
 
 def main() -> None:
@@ -49,6 +49,8 @@ def main() -> None:
     print(f"{domain}: {len(probes.answers)} answers to {len(set(questions))} questions; finds the wrong step "
           f"{figures['erroneous']:.2f}, says none when none is wrong {figures['correct']:.2f}, F1 {figures['f1']:.2f} "
           f"(95% interval over questions {figures['f1_low']:.2f}-{figures['f1_high']:.2f})")
+    figures["planted_below_true"] = planted_below_true(questions, wrong_steps, scores)
+    print(f"planted step scored below the true step it replaced: {figures['planted_below_true']:.2f} (0.5: blind to it)")
     rows = []
     for answer, step_scores in zip(probes.answers, scores, strict=True):
         found = earliest_wrong(step_scores, args.threshold)
