@@ -484,14 +484,18 @@ OUT_OF_FRAMEWORK = "out_of_framework/"  # prefix of the reward model's figures o
 
 def out_of_framework_metrics(questions: Sequence[str], wrong_steps: Sequence[int | None],
                              scores: Sequence[Sequence[float]]) -> dict[str, float]:
-    """ProcessBench's figures on hand-written answers outside the framework, with the F1's 95%
-    interval (`f1_low`, `f1_high`) and how often the planted step scores below the true step it
-    replaced (`planted_below_true`), named for the reward model's run beside its in-framework
-    `bad_step_found`."""
-    low, high = processbench_f1_interval(questions, wrong_steps, scores)
-    figures = (processbench_metrics(wrong_steps, scores) | {"f1_low": low, "f1_high": high}
-               | {"planted_below_true": planted_below_true(questions, wrong_steps, scores)})
-    return {f"{OUT_OF_FRAMEWORK}{k}": v for k, v in figures.items()}
+    """`step_probe_figures` on hand-written answers outside the framework, named for the reward
+    model's run beside its in-framework `bad_step_found`."""
+    return {f"{OUT_OF_FRAMEWORK}{k}": v for k, v in step_probe_figures(questions, wrong_steps, scores).items()}
+
+
+def step_probe_figures(questions: Sequence[str], wrong_steps: Sequence[int | None], scores: Sequence[Sequence[float]],
+                       threshold: float = 0.5) -> dict[str, float]:
+    """ProcessBench's figures on step probes, with the F1's 95% interval (`f1_low`, `f1_high`) and
+    how often the planted step scores below the true step it replaced (`planted_below_true`)."""
+    low, high = processbench_f1_interval(questions, wrong_steps, scores, threshold)
+    return (processbench_metrics(wrong_steps, scores, threshold) | {"f1_low": low, "f1_high": high}
+            | {"planted_below_true": planted_below_true(questions, wrong_steps, scores)})
 
 
 def processbench_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Sequence[float]],

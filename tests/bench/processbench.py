@@ -23,7 +23,7 @@ from flows.cli.common import registered_scorer, reward_model_uri  # noqa: E402 -
 from tasks.adapters.ops.config_files import load_framework, load_model, load_pipeline_config, load_step_probes  # noqa: E402 - importable only after the sys.path lines above
 from tasks.adapters.ops.settings import paths  # noqa: E402 - importable only after the sys.path lines above
 from tasks.domain.config import StepProbeSet  # noqa: E402 - importable only after the sys.path lines above
-from tasks.domain.steps import earliest_wrong, planted_below_true, processbench_f1_interval, processbench_metrics  # noqa: E402 - importable only after the sys.path lines above
+from tasks.domain.steps import earliest_wrong, step_probe_figures  # noqa: E402 - importable only after the sys.path lines above
 
 
 def main() -> None:
@@ -44,12 +44,10 @@ def main() -> None:
     scores = scorer.score_steps([scorer.conversation(a.question) for a in probes.answers],
                                 [a.steps for a in probes.answers])
     questions, wrong_steps = [a.question for a in probes.answers], [a.wrong_step for a in probes.answers]
-    figures = processbench_metrics(wrong_steps, scores, args.threshold)
-    figures["f1_low"], figures["f1_high"] = processbench_f1_interval(questions, wrong_steps, scores, args.threshold)
+    figures = step_probe_figures(questions, wrong_steps, scores, args.threshold)
     print(f"{domain}: {len(probes.answers)} answers to {len(set(questions))} questions; finds the wrong step "
           f"{figures['erroneous']:.2f}, says none when none is wrong {figures['correct']:.2f}, F1 {figures['f1']:.2f} "
           f"(95% interval over questions {figures['f1_low']:.2f}-{figures['f1_high']:.2f})")
-    figures["planted_below_true"] = planted_below_true(questions, wrong_steps, scores)
     print(f"planted step scored below the true step it replaced: {figures['planted_below_true']:.2f} (0.5: blind to it)")
     rows = []
     for answer, step_scores in zip(probes.answers, scores, strict=True):
