@@ -507,9 +507,14 @@ def processbench_metrics(wrong_steps: Sequence[int | None], scores: Sequence[Seq
     >>> processbench_metrics([1, None, 0, None], [[0.9, 0.2], [0.8, 0.9], [0.9, 0.1], [0.4, 0.9]])
     {'erroneous': 0.5, 'correct': 0.5, 'f1': 0.5}
     """
-    predicted = [earliest_wrong(s, threshold) for s in scores]
-    erroneous = [p == w for p, w in zip(predicted, wrong_steps, strict=True) if w is not None]
-    correct = [p is None for p, w in zip(predicted, wrong_steps, strict=True) if w is None]
+    return _processbench_rates(list(zip(wrong_steps, [earliest_wrong(s, threshold) for s in scores], strict=True)))
+
+
+def _processbench_rates(answers: Sequence[tuple[int | None, int | None]]) -> dict[str, float]:
+    """`processbench_metrics` from (wrong step, step found) per answer; a share with no answer of
+    its kind is NaN, and so is the F1 then."""
+    erroneous = [found == wrong for wrong, found in answers if wrong is not None]
+    correct = [found is None for wrong, found in answers if wrong is None]
     a = sum(erroneous) / len(erroneous) if erroneous else float("nan")
     b = sum(correct) / len(correct) if correct else float("nan")
     return {"erroneous": a, "correct": b, "f1": 2 * a * b / (a + b) if a + b else 0.0}
@@ -558,12 +563,9 @@ def processbench_f1_interval(questions: Sequence[str], wrong_steps: Sequence[int
     rng = random.Random(seed)
     f1s = []
     for _ in range(draws):
-        drawn = [pair for group in rng.choices(groups, k=len(groups)) for pair in group]
-        erroneous = [found == wrong for wrong, found in drawn if wrong is not None]
-        correct = [found is None for wrong, found in drawn if wrong is None]
-        if erroneous and correct:  # a draw with no answer of one kind has no F1
-            a, b = sum(erroneous) / len(erroneous), sum(correct) / len(correct)
-            f1s.append(2 * a * b / (a + b) if a + b else 0.0)
+        f1 = _processbench_rates([pair for group in rng.choices(groups, k=len(groups)) for pair in group])["f1"]
+        if f1 == f1:  # a draw with no answer of one kind has no F1 (NaN)
+            f1s.append(f1)
     if not f1s:
         return float("nan"), float("nan")
     f1s.sort()
